@@ -1,0 +1,1263 @@
+/*
+ * bench_xfer.c - kvbench write / kvbench read: RMA bandwidth and latency over
+ * any kvn_xport backend, with perftest's conventions.
+ *
+ *     server:  kvbench write -t ucx+tcp [-p 18515]
+ *     client:  kvbench write -t ucx+tcp [-p 18515] [-s 1M | -a] [-n N] [-w W] [-q Q] HOST
+ *
+ * The two processes meet over a plain TCP socket (the bootstrap), trade their
+ * transport address blobs and packed memory descriptors, connect to each other
+ * and then the client drives every transfer; the server only lends its buffer
+ * and keeps progressing its domain (UCX over TCP emulates put/get with active
+ * messages, so a target that stops progressing stalls the client).
+ *
+ *   client                               server
+ *     | -- HELLO {op, max size, name} -->  |   allocate + register buffer
+ *     | <-- ADDR blob, MR descriptor ----  |
+ *     | --- ADDR blob ------------------>  |   both connect to each other
+ *     |  for each size:                    |
+ *     | --- SIZE {bytes, seed} ---------->  |   write: zero [0,bytes)
+ *     | <-- READY ----------------------   |   read:  fill pattern(seed)
+ *     |  ... WRITE/READ x (warmup+iters)   |   (polls its domain meanwhile)
+ *     | --- DONE ----------------------->  |   write+verify: check pattern
+ *     | <-- RESULT {ok, bad offset} -----  |
+ *     | --- BYE ------------------------>  |
+ *
+ * Every frame is {u32 magic, u16 type, u16 zero, u32 payload length} in network
+ * byte order followed by the payload; an ERROR frame carries a text message.
+ * Every socket wait is bounded (--timeout), so both sides end by themselves.
+ *
+ * Figures (GB = 10^9 bytes, us = 10^-6 s), over the measured iterations only:
+ *   BW average  bytes * iters / (last completion - first measured post)
+ *   BW peak     best rate over any window of W consecutive completions,
+ *               W = max(2 * depth, 16) capped to iters (perftest's burst peak,
+ *               computed in O(n) instead of O(n^2))
+ *   MsgRate     iters / elapsed, in millions per second
+ *   lat p50/p99 post-to-completion time of each operation: with -q > 1 this is
+ *               the loaded latency; -q 1 gives the unloaded one
+ *
+ * "-t memcpy" measures a single-thread memcpy floor in the same table: no
+ * server, the copy runs in this process between two buffers of the size.
+ */
+#include "bench/bench.h"
+#include "transport/kvn_xport.h"
+#include "util/kvn_err.h"
+
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define XB_DEFAULT_PORT    18515
+#define XB_DEFAULT_SIZE    65536u
+#define XB_DEFAULT_ITERS   1000u
+#define XB_DEFAULT_WARMUP  100u
+#define XB_DEFAULT_DEPTH   16u
+#define XB_DEFAULT_TIMEOUT 60
+#define XB_MAX_SIZE        (1ull << 30)
+#define XB_MAX_ITERS       100000000u
+#define XB_MAX_DEPTH       1024u
+#define XB_SWEEP_MIN       2ull
+#define XB_SWEEP_MAX       (8ull << 20)
+#define XB_CQ_BATCH        64
+#define XB_STALL_NS        (30ull * 1000000000ull)
+
+#define XB_MAGIC       0x4b564258u /* "KVBX" */
+#define XB_VERSION     1u
+#define XB_MAX_PAYLOAD 65536u
+
+enum xb_frame {
+    XB_HELLO = 1,
+    XB_ADDR,
+    XB_MR,
+    XB_SIZE,
+    XB_READY,
+    XB_DONE,
+    XB_RESULT,
+    XB_BYE,
+    XB_ERROR,
+};
+
+enum xb_op { XB_OP_WRITE = 1, XB_OP_READ = 2 };
+
+struct xb_opts {
+    enum xb_op op;
+    const char *uri;
+    const char *host;      /* NULL: server */
+    const char *bind_host; /* bootstrap listen address and transport bind_host */
+    int port;
+    uint64_t size;
+    bool sweep;
+    uint32_t iters;
+    uint32_t warmup;
+    uint32_t depth;
+    bool verify;
+    bool json;
+    int timeout_s;
+};
+
+struct xb_result {
+    uint64_t bytes;
+    uint32_t iters;
+    double bw_peak_gbps;
+    double bw_avg_gbps;
+    double msg_rate_mpps;
+    double lat_p50_us;
+    double lat_p99_us;
+    int verified; /* -1: not checked, 0: mismatch, 1: ok */
+};
+
+/* --- small helpers ------------------------------------------------------- */
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static const char *op_name(enum xb_op op)
+{
+    return op == XB_OP_WRITE ? "write" : "read";
+}
+
+/* "4096", "64K", "64KiB", "1M", "1MB" (binary multiples, as perftest). */
+static int parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    if (!s || !*s || *s == '-')
+        return -EINVAL;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s)
+        return -EINVAL;
+    unsigned shift = 0;
+    switch (*end) {
+    case 'k': case 'K': shift = 10; end++; break;
+    case 'm': case 'M': shift = 20; end++; break;
+    case 'g': case 'G': shift = 30; end++; break;
+    default: break;
+    }
+    if (shift && (!strcmp(end, "iB") || !strcmp(end, "B") || !strcmp(end, "ib")))
+        end += strlen(end);
+    if (*end)
+        return -EINVAL;
+    if (v > (UINT64_MAX >> shift))
+        return -ERANGE;
+    *out = (uint64_t)v << shift;
+    return 0;
+}
+
+static int parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
+{
+    char *end;
+    errno = 0;
+    if (!s || !*s || *s == '-')
+        return -EINVAL;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return -EINVAL;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+/* Deterministic bytes: word k of the pattern is splitmix64(seed + k). */
+static uint64_t splitmix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+static void pattern_fill(unsigned char *buf, uint64_t len, uint64_t seed)
+{
+    uint64_t k, words = len / 8;
+    for (k = 0; k < words; k++) {
+        uint64_t w = splitmix64(seed + k);
+        memcpy(buf + k * 8, &w, 8);
+    }
+    if (len % 8) {
+        uint64_t w = splitmix64(seed + words);
+        memcpy(buf + words * 8, &w, len % 8);
+    }
+}
+
+/* Returns the first mismatching offset, or len when every byte matches. */
+static uint64_t pattern_check(const unsigned char *buf, uint64_t len, uint64_t seed)
+{
+    uint64_t k, words = len / 8;
+    for (k = 0; k < words; k++) {
+        uint64_t w = splitmix64(seed + k);
+        if (memcmp(buf + k * 8, &w, 8)) {
+            for (unsigned b = 0; b < 8; b++)
+                if (buf[k * 8 + b] != ((unsigned char *)&w)[b])
+                    return k * 8 + b;
+        }
+    }
+    if (len % 8) {
+        uint64_t w = splitmix64(seed + words);
+        for (unsigned b = 0; b < len % 8; b++)
+            if (buf[words * 8 + b] != ((unsigned char *)&w)[b])
+                return words * 8 + b;
+    }
+    return len;
+}
+
+static void *buf_alloc(uint64_t len)
+{
+    size_t sz = (size_t)((len + 4095) & ~4095ull);
+    void *p = aligned_alloc(4096, sz ? sz : 4096);
+    if (p)
+        memset(p, 0, sz ? sz : 4096); /* fault the pages in before timing */
+    return p;
+}
+
+static void put_u16(unsigned char *p, uint16_t v)
+{
+    p[0] = (unsigned char)(v >> 8);
+    p[1] = (unsigned char)v;
+}
+
+static void put_u32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (24 - 8 * i));
+}
+
+static void put_u64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (56 - 8 * i));
+}
+
+static uint16_t get_u16(const unsigned char *p)
+{
+    return (uint16_t)((p[0] << 8) | p[1]);
+}
+
+static uint32_t get_u32(const unsigned char *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static uint64_t get_u64(const unsigned char *p)
+{
+    return ((uint64_t)get_u32(p) << 32) | get_u32(p + 4);
+}
+
+/* --- the bootstrap socket -------------------------------------------------- */
+
+/*
+ * One side of the bootstrap connection. While waiting for the peer, the
+ * waiting side keeps progressing its domain (x, when set): the peer may be
+ * blocked on transport progress that only we can provide.
+ */
+struct xb_conn {
+    int fd;
+    struct kvn_xport *x;
+    int timeout_ms;
+};
+
+static int progress_domain(struct kvn_xport *x, struct kvn_err *err)
+{
+    struct kvn_xport_cqe cqe[XB_CQ_BATCH];
+    if (!x)
+        return 0;
+    int n = kvn_xport_poll(x, cqe, XB_CQ_BATCH);
+    if (n < 0)
+        return kvn_err_set(err, n, "poll: %s", kvn_err_name(n));
+    for (int i = 0; i < n; i++) {
+        /* The server posts nothing: an error here is the peer going away. */
+        if (cqe[i].status < 0 && cqe[i].kind != KVN_XPORT_RECV)
+            return kvn_err_set(err, cqe[i].status, "unexpected completion error: %s",
+                               cqe[i].msg);
+    }
+    return n;
+}
+
+/* Waits until fd is readable (or writable), progressing the domain meanwhile. */
+static int conn_wait(struct xb_conn *c, short events, struct kvn_err *err)
+{
+    uint64_t deadline = now_ns() + (uint64_t)c->timeout_ms * 1000000ull;
+    for (;;) {
+        struct pollfd pfd = {.fd = c->fd, .events = events};
+        int r = poll(&pfd, 1, c->x ? 0 : 100);
+        if (r < 0 && errno != EINTR)
+            return kvn_err_set(err, -errno, "bootstrap poll: %s", strerror(errno));
+        if (r > 0)
+            return 0;
+        int rc = progress_domain(c->x, err);
+        if (rc < 0)
+            return rc;
+        if (now_ns() > deadline)
+            return kvn_err_set(err, -ETIMEDOUT, "bootstrap: peer silent for %d ms",
+                               c->timeout_ms);
+    }
+}
+
+static int conn_io(struct xb_conn *c, void *buf, size_t len, bool out, struct kvn_err *err)
+{
+    unsigned char *p = buf;
+    while (len) {
+        int rc = conn_wait(c, out ? POLLOUT : POLLIN, err);
+        if (rc < 0)
+            return rc;
+        ssize_t n = out ? send(c->fd, p, len, MSG_NOSIGNAL) : recv(c->fd, p, len, 0);
+        if (n == 0)
+            return kvn_err_set(err, -ECONNRESET, "bootstrap: peer closed the connection");
+        if (n < 0) {
+            if (errno == EINTR || errno == EAGAIN)
+                continue;
+            return kvn_err_set(err, -errno, "bootstrap %s: %s", out ? "send" : "recv",
+                               strerror(errno));
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int frame_send(struct xb_conn *c, enum xb_frame type, const void *payload, uint32_t len,
+                      struct kvn_err *err)
+{
+    unsigned char hdr[12];
+    put_u32(hdr, XB_MAGIC);
+    put_u16(hdr + 4, (uint16_t)type);
+    put_u16(hdr + 6, 0);
+    put_u32(hdr + 8, len);
+    int rc = conn_io(c, hdr, sizeof(hdr), true, err);
+    if (rc == 0 && len)
+        rc = conn_io(c, (void *)payload, len, true, err);
+    return rc;
+}
+
+/*
+ * Receives one frame of the expected type into buf (capacity cap); *len gets
+ * the payload length. An ERROR frame from the peer becomes -EPROTO with the
+ * peer's message.
+ */
+static int frame_recv(struct xb_conn *c, enum xb_frame want, void *buf, uint32_t cap,
+                      uint32_t *len, struct kvn_err *err)
+{
+    unsigned char hdr[12];
+    int rc = conn_io(c, hdr, sizeof(hdr), false, err);
+    if (rc < 0)
+        return rc;
+    uint32_t magic = get_u32(hdr), plen = get_u32(hdr + 8);
+    uint16_t type = get_u16(hdr + 4);
+    if (magic != XB_MAGIC)
+        return kvn_err_set(err, -EPROTO, "bootstrap: bad magic 0x%08x (not a kvbench peer?)",
+                           magic);
+    if (plen > XB_MAX_PAYLOAD)
+        return kvn_err_set(err, -EPROTO, "bootstrap: frame of %u bytes is too large", plen);
+    if (type == XB_ERROR) {
+        char msg[512];
+        uint32_t take = plen < sizeof(msg) - 1 ? plen : (uint32_t)sizeof(msg) - 1;
+        rc = conn_io(c, msg, take, false, err);
+        if (rc < 0)
+            return rc;
+        msg[take] = '\0';
+        return kvn_err_set(err, -EPROTO, "peer: %s", msg);
+    }
+    if (type != want)
+        return kvn_err_set(err, -EPROTO, "bootstrap: got frame type %u, expected %u", type,
+                           (unsigned)want);
+    if (plen > cap)
+        return kvn_err_set(err, -EPROTO, "bootstrap: frame type %u of %u bytes exceeds %u",
+                           type, plen, cap);
+    if (plen) {
+        rc = conn_io(c, buf, plen, false, err);
+        if (rc < 0)
+            return rc;
+    }
+    *len = plen;
+    return 0;
+}
+
+static void frame_send_error(struct xb_conn *c, const char *msg)
+{
+    struct kvn_err ignored;
+    frame_send(c, XB_ERROR, msg, (uint32_t)strlen(msg), &ignored);
+}
+
+static int tcp_listen(const char *host, int port, int *out_fd, int *out_port, struct kvn_err *err)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE};
+    struct addrinfo *ai = NULL;
+    char pstr[16];
+    snprintf(pstr, sizeof(pstr), "%d", port);
+    int rc = getaddrinfo(host, pstr, &hints, &ai);
+    if (rc)
+        return kvn_err_set(err, -EINVAL, "bootstrap address %s: %s", host ? host : "*",
+                           gai_strerror(rc));
+    int fd = -1, last = 0;
+    for (struct addrinfo *a = ai; a; a = a->ai_next) {
+        fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            last = errno;
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 1) == 0)
+            break;
+        last = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(ai);
+    if (fd < 0)
+        return kvn_err_set(err, -last, "bootstrap listen on port %d: %s", port, strerror(last));
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    getsockname(fd, (struct sockaddr *)&ss, &sl);
+    *out_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                               : ((struct sockaddr_in *)&ss)->sin_port);
+    *out_fd = fd;
+    return 0;
+}
+
+static int tcp_accept(int lfd, int timeout_ms, int *out, struct kvn_err *err)
+{
+    struct pollfd pfd = {.fd = lfd, .events = POLLIN};
+    int r;
+    do {
+        r = poll(&pfd, 1, timeout_ms);
+    } while (r < 0 && errno == EINTR);
+    if (r == 0)
+        return kvn_err_set(err, -ETIMEDOUT, "no client connected within %d s",
+                           timeout_ms / 1000);
+    if (r < 0)
+        return kvn_err_set(err, -errno, "bootstrap accept: %s", strerror(errno));
+    int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0)
+        return kvn_err_set(err, -errno, "bootstrap accept: %s", strerror(errno));
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    *out = fd;
+    return 0;
+}
+
+/* Connects to host:port, retrying refused connections until the deadline (the
+ * server may still be starting). */
+static int tcp_connect(const char *host, int port, int timeout_ms, int *out, struct kvn_err *err)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *ai = NULL;
+    char pstr[16];
+    snprintf(pstr, sizeof(pstr), "%d", port);
+    int rc = getaddrinfo(host, pstr, &hints, &ai);
+    if (rc)
+        return kvn_err_set(err, -EINVAL, "server %s: %s", host, gai_strerror(rc));
+    uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000ull;
+    int last = ECONNREFUSED;
+    for (;;) {
+        for (struct addrinfo *a = ai; a; a = a->ai_next) {
+            int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, 0);
+            if (fd < 0) {
+                last = errno;
+                continue;
+            }
+            if (connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
+                int one = 1;
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+                freeaddrinfo(ai);
+                *out = fd;
+                return 0;
+            }
+            last = errno;
+            close(fd);
+        }
+        if (now_ns() > deadline || (last != ECONNREFUSED && last != EINTR))
+            break;
+        struct timespec ts = {0, 100 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    freeaddrinfo(ai);
+    return kvn_err_set(err, -last, "connect to %s:%d: %s", host, port, strerror(last));
+}
+
+/* --- the shared session state -------------------------------------------- */
+
+struct xb_session {
+    struct xb_opts *o;
+    struct kvn_xport *x;
+    struct kvn_xport_peer *peer;
+    struct kvn_xport_mr *mr;
+    struct kvn_xport_rmr *rmr; /* client: the server's buffer */
+    unsigned char *buf;
+    uint64_t buf_len;
+    struct xb_conn conn;
+};
+
+static void session_close(struct xb_session *s)
+{
+    if (s->rmr)
+        kvn_xport_rmr_free(s->rmr);
+    if (s->peer)
+        kvn_xport_disconnect(s->peer);
+    if (s->mr)
+        kvn_xport_mr_dereg(s->mr, NULL);
+    if (s->x)
+        kvn_xport_close(s->x);
+    free(s->buf);
+    if (s->conn.fd >= 0)
+        close(s->conn.fd);
+    memset(s, 0, sizeof(*s));
+    s->conn.fd = -1;
+}
+
+static int session_open(struct xb_session *s, uint64_t buf_len, struct kvn_err *err)
+{
+    struct kvn_xport_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.max_outstanding = s->o->depth > 64 ? s->o->depth : 64;
+    attr.bind_host = s->o->bind_host;
+    int rc = kvn_xport_open(s->o->uri, &attr, &s->x, err);
+    if (rc < 0)
+        return rc;
+    s->buf_len = buf_len;
+    s->buf = buf_alloc(buf_len);
+    if (!s->buf)
+        return kvn_err_set(err, -ENOMEM, "cannot allocate a %" PRIu64 "-byte buffer", buf_len);
+    return kvn_xport_mr_reg(s->x, s->buf, buf_len,
+                            KVN_XPORT_ACCESS_LOCAL | KVN_XPORT_ACCESS_REMOTE_READ |
+                                KVN_XPORT_ACCESS_REMOTE_WRITE,
+                            &s->mr, err);
+}
+
+static int send_blobs(struct xb_session *s, bool with_mr, struct kvn_err *err)
+{
+    unsigned char blob[XB_MAX_PAYLOAD];
+    size_t len = sizeof(blob);
+    int rc = kvn_xport_address(s->x, blob, &len, err);
+    if (rc < 0)
+        return rc;
+    rc = frame_send(&s->conn, XB_ADDR, blob, (uint32_t)len, err);
+    if (rc < 0 || !with_mr)
+        return rc;
+    len = sizeof(blob);
+    rc = kvn_xport_mr_pack(s->mr, blob, &len, err);
+    if (rc < 0)
+        return rc;
+    return frame_send(&s->conn, XB_MR, blob, (uint32_t)len, err);
+}
+
+static int recv_addr_and_connect(struct xb_session *s, struct kvn_err *err)
+{
+    unsigned char blob[XB_MAX_PAYLOAD];
+    uint32_t len;
+    int rc = frame_recv(&s->conn, XB_ADDR, blob, sizeof(blob), &len, err);
+    if (rc < 0)
+        return rc;
+    return kvn_xport_connect(s->x, blob, len, &s->peer, err);
+}
+
+/* --- server ---------------------------------------------------------------- */
+
+static int server_size(struct xb_session *s, const unsigned char *p, uint32_t len,
+                       uint64_t *bytes, uint64_t *seed, struct kvn_err *err)
+{
+    if (len != 16)
+        return kvn_err_set(err, -EPROTO, "SIZE frame of %u bytes, expected 16", len);
+    *bytes = get_u64(p);
+    *seed = get_u64(p + 8);
+    if (*bytes == 0 || *bytes > s->buf_len)
+        return kvn_err_set(err, -EPROTO, "size %" PRIu64 " outside the %" PRIu64
+                                         "-byte buffer", *bytes, s->buf_len);
+    if (s->o->op == XB_OP_WRITE)
+        memset(s->buf, 0, *bytes);
+    else
+        pattern_fill(s->buf, *bytes, *seed);
+    return 0;
+}
+
+/* After a write run: the client's completions may precede delivery on some
+ * backends, so keep progressing and re-checking for a bounded time. */
+static uint64_t server_check(struct xb_session *s, uint64_t bytes, uint64_t seed)
+{
+    uint64_t deadline = now_ns() + 5000000000ull, bad;
+    for (;;) {
+        bad = pattern_check(s->buf, bytes, seed);
+        if (bad == bytes || now_ns() > deadline)
+            return bad;
+        for (int i = 0; i < 1000; i++)
+            progress_domain(s->x, NULL);
+    }
+}
+
+static int run_server(struct xb_opts *o, struct kvn_err *err)
+{
+    struct xb_session s;
+    memset(&s, 0, sizeof(s));
+    s.o = o;
+    s.conn.fd = -1;
+    s.conn.timeout_ms = o->timeout_s * 1000;
+
+    int lfd = -1, port = 0;
+    int rc = tcp_listen(o->bind_host, o->port, &lfd, &port, err);
+    if (rc < 0)
+        return rc;
+    printf("kvbench %s server: transport %s, listening on %s:%d\n", op_name(o->op), o->uri,
+           o->bind_host ? o->bind_host : "*", port);
+    fflush(stdout);
+
+    rc = tcp_accept(lfd, o->timeout_s * 1000, &s.conn.fd, err);
+    close(lfd);
+    if (rc < 0)
+        return rc;
+
+    unsigned char hello[128];
+    uint32_t len;
+    rc = frame_recv(&s.conn, XB_HELLO, hello, sizeof(hello) - 1, &len, err);
+    if (rc < 0)
+        goto out;
+    if (len < 16) {
+        rc = kvn_err_set(err, -EPROTO, "HELLO of %u bytes is truncated", len);
+        goto refuse;
+    }
+    hello[len] = '\0';
+    uint32_t ver = get_u32(hello), op = get_u32(hello + 4);
+    uint64_t max = get_u64(hello + 8);
+    if (ver != XB_VERSION) {
+        rc = kvn_err_set(err, -EPROTO, "client speaks bootstrap version %u, we speak %u", ver,
+                         XB_VERSION);
+        goto refuse;
+    }
+    if (op != (uint32_t)o->op) {
+        rc = kvn_err_set(err, -EPROTO, "client runs '%s', this server runs '%s'",
+                         op == XB_OP_WRITE ? "write" : op == XB_OP_READ ? "read" : "?",
+                         op_name(o->op));
+        goto refuse;
+    }
+    if (max == 0 || max > XB_MAX_SIZE) {
+        rc = kvn_err_set(err, -EPROTO, "client asks for %" PRIu64 " bytes (limit %llu)", max,
+                         (unsigned long long)XB_MAX_SIZE);
+        goto refuse;
+    }
+    rc = session_open(&s, max, err);
+    if (rc < 0)
+        goto refuse;
+    const char *cname = (const char *)hello + 16;
+    if (strcmp(cname, kvn_xport_name(s.x))) {
+        rc = kvn_err_set(err, -EPROTO, "client uses transport '%s', this server '%s'", cname,
+                         kvn_xport_name(s.x));
+        goto refuse;
+    }
+    s.conn.x = s.x;
+    rc = send_blobs(&s, true, err);
+    if (rc < 0)
+        goto out;
+    rc = recv_addr_and_connect(&s, err);
+    if (rc < 0)
+        goto refuse;
+
+    /* Serve sizes until BYE, progressing the domain between frames. */
+    for (;;) {
+        unsigned char hdr[12], pay[64];
+        rc = conn_io(&s.conn, hdr, sizeof(hdr), false, err);
+        if (rc < 0)
+            goto out;
+        uint32_t plen = get_u32(hdr + 8);
+        uint16_t type = get_u16(hdr + 4);
+        if (get_u32(hdr) != XB_MAGIC || plen > sizeof(pay)) {
+            rc = kvn_err_set(err, -EPROTO, "bootstrap: malformed frame from the client");
+            goto refuse;
+        }
+        if (plen && (rc = conn_io(&s.conn, pay, plen, false, err)) < 0)
+            goto out;
+        if (type == XB_BYE)
+            break;
+        if (type != XB_SIZE) {
+            rc = kvn_err_set(err, -EPROTO, "bootstrap: unexpected frame type %u", type);
+            goto refuse;
+        }
+        uint64_t bytes = 0, seed = 0;
+        rc = server_size(&s, pay, plen, &bytes, &seed, err);
+        if (rc < 0)
+            goto refuse;
+        if ((rc = frame_send(&s.conn, XB_READY, NULL, 0, err)) < 0)
+            goto out;
+        rc = frame_recv(&s.conn, XB_DONE, pay, sizeof(pay), &plen, err);
+        if (rc < 0)
+            goto out;
+        unsigned char res[16];
+        uint64_t bad = bytes;
+        bool check = plen == 1 && pay[0] && o->op == XB_OP_WRITE;
+        if (check)
+            bad = server_check(&s, bytes, seed);
+        put_u64(res, bad == bytes ? 1 : 0);
+        put_u64(res + 8, bad);
+        if ((rc = frame_send(&s.conn, XB_RESULT, res, sizeof(res), err)) < 0)
+            goto out;
+    }
+    rc = 0;
+    goto out;
+refuse:
+    frame_send_error(&s.conn, err ? err->msg : "refused");
+out:
+    session_close(&s);
+    return rc;
+}
+
+/* --- client ---------------------------------------------------------------- */
+
+struct xb_run {
+    uint64_t *post_ns;  /* by cookie */
+    uint64_t *lat_ns;   /* measured ops, by cookie - warmup */
+    uint64_t *done_ns;  /* measured completions, in completion order */
+    struct kvn_xport_op *ops;
+    struct kvn_xport_sge *sges;
+};
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double percentile_us(uint64_t *sorted, uint32_t n, double p)
+{
+    uint64_t idx = (uint64_t)(p * (double)(n - 1) + 0.5);
+    return (double)sorted[idx] / 1000.0;
+}
+
+/* Turns raw timestamps into figures; sorts lat_ns in place. */
+static void compute_figures(struct xb_run *r, const struct xb_opts *o, uint64_t bytes,
+                            uint64_t t0, struct xb_result *res)
+{
+    uint32_t n = o->iters;
+    uint64_t t_end = r->done_ns[n - 1];
+    double elapsed = (double)(t_end > t0 ? t_end - t0 : 1);
+    res->bytes = bytes;
+    res->iters = n;
+    res->bw_avg_gbps = (double)bytes * n / elapsed;
+    res->msg_rate_mpps = (double)n * 1000.0 / elapsed;
+
+    uint32_t w = 2 * o->depth > 16 ? 2 * o->depth : 16;
+    if (w > n)
+        w = n;
+    double peak = res->bw_avg_gbps;
+    for (uint32_t j = 0; j + w <= n; j++) {
+        uint64_t start = j == 0 ? t0 : r->done_ns[j - 1];
+        uint64_t span = r->done_ns[j + w - 1] - start;
+        if (span == 0)
+            continue; /* completions reaped in the same poll: no time information */
+        double bw = (double)bytes * w / (double)span;
+        if (bw > peak)
+            peak = bw;
+    }
+    res->bw_peak_gbps = peak;
+
+    qsort(r->lat_ns, n, sizeof(uint64_t), cmp_u64);
+    res->lat_p50_us = percentile_us(r->lat_ns, n, 0.50);
+    res->lat_p99_us = percentile_us(r->lat_ns, n, 0.99);
+}
+
+static void progress_show(const struct xb_opts *o, uint64_t bytes, uint32_t done, uint32_t total,
+                          uint64_t *next_ns, uint64_t now)
+{
+    if (now < *next_ns)
+        return;
+    *next_ns = now + 500000000ull;
+    fprintf(stderr, "\r  %s %" PRIu64 " B: %u/%u   ", op_name(o->op), bytes, done, total);
+}
+
+static int run_transfers(struct xb_session *s, struct xb_run *r, uint64_t bytes,
+                         struct xb_result *res, struct kvn_err *err)
+{
+    const struct xb_opts *o = s->o;
+    uint32_t total = o->warmup + o->iters, posted = 0, completed = 0, measured = 0;
+    uint32_t inflight = 0;
+    struct kvn_xport_cqe cqe[XB_CQ_BATCH];
+    bool show = isatty(STDERR_FILENO);
+    uint64_t next_show = now_ns() + 1000000000ull, last_progress = now_ns();
+
+    for (uint32_t i = 0; i < o->depth; i++) {
+        r->sges[i].mr = s->mr;
+        r->sges[i].offset = 0;
+        r->sges[i].len = bytes;
+        r->ops[i].kind = o->op == XB_OP_WRITE ? KVN_XPORT_WRITE : KVN_XPORT_READ;
+        r->ops[i].local = &r->sges[i];
+        r->ops[i].n_local = 1;
+        r->ops[i].remote = s->rmr;
+        r->ops[i].remote_offset = 0;
+    }
+    while (completed < total) {
+        uint32_t avail = o->depth - inflight;
+        if (avail > total - posted)
+            avail = total - posted;
+        if (avail) {
+            for (uint32_t i = 0; i < avail; i++)
+                r->ops[i].cookie = posted + i;
+            uint64_t t = now_ns();
+            int rc = kvn_xport_post(s->peer, r->ops, avail, err);
+            if (rc == -EAGAIN) {
+                avail = 0; /* the domain is full: reap first */
+            } else if (rc < 0) {
+                return rc;
+            } else {
+                for (uint32_t i = 0; i < avail; i++)
+                    r->post_ns[posted + i] = t;
+                posted += avail;
+                inflight += avail;
+            }
+        }
+        int n = kvn_xport_poll(s->x, cqe, XB_CQ_BATCH);
+        if (n < 0)
+            return kvn_err_set(err, n, "poll: %s", kvn_err_name(n));
+        uint64_t t = now_ns();
+        for (int i = 0; i < n; i++) {
+            if (cqe[i].kind == KVN_XPORT_RECV || cqe[i].kind == KVN_XPORT_SEND)
+                continue;
+            if (cqe[i].status < 0)
+                return kvn_err_set(err, cqe[i].status, "%s of %" PRIu64 " B failed: %s",
+                                   op_name(o->op), bytes, cqe[i].msg);
+            uint64_t id = cqe[i].cookie;
+            if (id >= posted)
+                return kvn_err_set(err, -EPROTO, "completion for unknown cookie %" PRIu64, id);
+            if (id >= o->warmup) {
+                r->lat_ns[id - o->warmup] = t - r->post_ns[id];
+                r->done_ns[measured++] = t;
+            }
+            completed++;
+            inflight--;
+        }
+        if (n > 0)
+            last_progress = t;
+        else if (t - last_progress > XB_STALL_NS)
+            return kvn_err_set(err, -ETIMEDOUT, "no completion for 30 s (%u of %u done)",
+                               completed, total);
+        if (show)
+            progress_show(o, bytes, completed, total, &next_show, t);
+    }
+    if (show && next_show > 0)
+        fprintf(stderr, "\r%60s\r", "");
+    compute_figures(r, o, bytes, r->post_ns[o->warmup], res);
+    return 0;
+}
+
+static int client_size(struct xb_session *s, struct xb_run *r, uint64_t bytes, uint64_t seed,
+                       struct xb_result *res, struct kvn_err *err)
+{
+    const struct xb_opts *o = s->o;
+    unsigned char pay[16];
+    uint32_t len;
+
+    if (o->op == XB_OP_WRITE)
+        pattern_fill(s->buf, bytes, seed);
+    else
+        memset(s->buf, 0, bytes);
+    put_u64(pay, bytes);
+    put_u64(pay + 8, seed);
+    int rc = frame_send(&s->conn, XB_SIZE, pay, 16, err);
+    if (rc == 0)
+        rc = frame_recv(&s->conn, XB_READY, pay, sizeof(pay), &len, err);
+    if (rc == 0)
+        rc = run_transfers(s, r, bytes, res, err);
+    if (rc < 0)
+        return rc;
+    unsigned char v = o->verify;
+    rc = frame_send(&s->conn, XB_DONE, &v, 1, err);
+    if (rc == 0)
+        rc = frame_recv(&s->conn, XB_RESULT, pay, sizeof(pay), &len, err);
+    if (rc < 0)
+        return rc;
+    if (len != 16)
+        return kvn_err_set(err, -EPROTO, "RESULT of %u bytes, expected 16", len);
+    res->verified = -1;
+    if (o->verify) {
+        uint64_t bad = o->op == XB_OP_WRITE ? get_u64(pay + 8) : pattern_check(s->buf, bytes, seed);
+        res->verified = bad == bytes;
+        if (!res->verified)
+            return kvn_err_set(err, -EIO, "verify: %" PRIu64 "-byte %s differs at offset %" PRIu64,
+                               bytes, op_name(o->op), bad);
+    }
+    return 0;
+}
+
+static void print_header(const struct xb_opts *o, const char *name)
+{
+    if (o->json)
+        return;
+    printf("---------------------------------------------------------------------------------------\n");
+    printf(" kvbench %s  transport %s  depth %u  warmup %u\n", op_name(o->op), name, o->depth,
+           o->warmup);
+    printf("---------------------------------------------------------------------------------------\n");
+    printf(" #bytes     #iterations    BW peak[GB/s]    BW average[GB/s]   MsgRate[Mpps]"
+           "    lat p50[us]    lat p99[us]\n");
+}
+
+static int print_result(const struct xb_opts *o, const char *name, const struct xb_result *r)
+{
+    if (!o->json) {
+        printf(" %-10" PRIu64 " %-14u %-16.3f %-18.3f %-16.6f %-14.2f %-14.2f%s\n", r->bytes,
+               r->iters, r->bw_peak_gbps, r->bw_avg_gbps, r->msg_rate_mpps, r->lat_p50_us,
+               r->lat_p99_us, r->verified == 1 ? "  verified" : "");
+        fflush(stdout);
+        return 0;
+    }
+    cJSON *j = cJSON_CreateObject();
+    if (!j)
+        return -ENOMEM;
+    cJSON_AddStringToObject(j, "test", op_name(o->op));
+    cJSON_AddStringToObject(j, "transport", name);
+    cJSON_AddNumberToObject(j, "bytes", (double)r->bytes);
+    cJSON_AddNumberToObject(j, "iterations", r->iters);
+    cJSON_AddNumberToObject(j, "warmup", o->warmup);
+    cJSON_AddNumberToObject(j, "depth", o->depth);
+    cJSON_AddNumberToObject(j, "bw_peak_gbps", r->bw_peak_gbps);
+    cJSON_AddNumberToObject(j, "bw_avg_gbps", r->bw_avg_gbps);
+    cJSON_AddNumberToObject(j, "msg_rate_mpps", r->msg_rate_mpps);
+    cJSON_AddNumberToObject(j, "lat_p50_us", r->lat_p50_us);
+    cJSON_AddNumberToObject(j, "lat_p99_us", r->lat_p99_us);
+    if (r->verified >= 0)
+        cJSON_AddBoolToObject(j, "verified", r->verified == 1);
+    else
+        cJSON_AddNullToObject(j, "verified");
+    char *txt = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    if (!txt)
+        return -ENOMEM;
+    printf("%s\n", txt);
+    fflush(stdout);
+    free(txt);
+    return 0;
+}
+
+static void run_free(struct xb_run *r)
+{
+    free(r->post_ns);
+    free(r->lat_ns);
+    free(r->done_ns);
+    free(r->ops);
+    free(r->sges);
+}
+
+static int run_alloc(struct xb_run *r, const struct xb_opts *o, struct kvn_err *err)
+{
+    uint64_t total = (uint64_t)o->warmup + o->iters;
+    r->post_ns = calloc(total, sizeof(uint64_t));
+    r->lat_ns = calloc(o->iters, sizeof(uint64_t));
+    r->done_ns = calloc(o->iters, sizeof(uint64_t));
+    r->ops = calloc(o->depth, sizeof(*r->ops));
+    r->sges = calloc(o->depth, sizeof(*r->sges));
+    if (!r->post_ns || !r->lat_ns || !r->done_ns || !r->ops || !r->sges)
+        return kvn_err_set(err, -ENOMEM, "cannot allocate timestamps for %" PRIu64 " iterations",
+                           total);
+    return 0;
+}
+
+static uint64_t max_size(const struct xb_opts *o)
+{
+    return o->sweep ? XB_SWEEP_MAX : o->size;
+}
+
+static int run_client(struct xb_opts *o, struct kvn_err *err)
+{
+    struct xb_session s;
+    struct xb_run r;
+    memset(&s, 0, sizeof(s));
+    memset(&r, 0, sizeof(r));
+    s.o = o;
+    s.conn.fd = -1;
+    s.conn.timeout_ms = o->timeout_s * 1000;
+
+    int rc = run_alloc(&r, o, err);
+    if (rc < 0)
+        goto out;
+    rc = tcp_connect(o->host, o->port, o->timeout_s * 1000, &s.conn.fd, err);
+    if (rc < 0)
+        goto out;
+    rc = session_open(&s, max_size(o), err);
+    if (rc < 0) {
+        frame_send_error(&s.conn, err ? err->msg : "client failed");
+        goto out;
+    }
+    unsigned char hello[128];
+    const char *name = kvn_xport_name(s.x);
+    size_t nlen = strlen(name);
+    if (nlen > sizeof(hello) - 17)
+        nlen = sizeof(hello) - 17;
+    put_u32(hello, XB_VERSION);
+    put_u32(hello + 4, (uint32_t)o->op);
+    put_u64(hello + 8, max_size(o));
+    memcpy(hello + 16, name, nlen);
+    rc = frame_send(&s.conn, XB_HELLO, hello, (uint32_t)(16 + nlen), err);
+    if (rc < 0)
+        goto out;
+    s.conn.x = s.x;
+
+    unsigned char blob[XB_MAX_PAYLOAD];
+    uint32_t len;
+    rc = frame_recv(&s.conn, XB_ADDR, blob, sizeof(blob), &len, err);
+    if (rc < 0)
+        goto out;
+    rc = kvn_xport_connect(s.x, blob, len, &s.peer, err);
+    if (rc < 0)
+        goto refuse;
+    rc = frame_recv(&s.conn, XB_MR, blob, sizeof(blob), &len, err);
+    if (rc < 0)
+        goto out;
+    rc = kvn_xport_rmr_unpack(s.peer, blob, len, &s.rmr, err);
+    if (rc < 0)
+        goto refuse;
+    if (kvn_xport_rmr_len(s.rmr) < max_size(o)) {
+        rc = kvn_err_set(err, -EPROTO, "server registered %zu bytes, need %" PRIu64,
+                         kvn_xport_rmr_len(s.rmr), max_size(o));
+        goto refuse;
+    }
+    rc = send_blobs(&s, false, err);
+    if (rc < 0)
+        goto out;
+
+    print_header(o, name);
+    uint64_t lo = o->sweep ? XB_SWEEP_MIN : o->size, hi = max_size(o), seed = (uint64_t)getpid();
+    for (uint64_t bytes = lo; bytes <= hi; bytes *= 2) {
+        struct xb_result res;
+        memset(&res, 0, sizeof(res));
+        rc = client_size(&s, &r, bytes, seed + bytes, &res, err);
+        if (rc < 0) {
+            if (rc != -EIO)
+                goto refuse;
+            print_result(o, name, &res);
+            goto out;
+        }
+        if (print_result(o, name, &res) < 0) {
+            rc = kvn_err_set(err, -ENOMEM, "out of memory formatting JSON");
+            goto refuse;
+        }
+        if (!o->sweep)
+            break;
+    }
+    rc = frame_send(&s.conn, XB_BYE, NULL, 0, err);
+    goto out;
+refuse:
+    frame_send_error(&s.conn, err ? err->msg : "client failed");
+out:
+    session_close(&s);
+    run_free(&r);
+    return rc;
+}
+
+/* -t memcpy: the single-thread copy floor, same table, no server. */
+static int run_memcpy(struct xb_opts *o, struct kvn_err *err)
+{
+    struct xb_run r;
+    memset(&r, 0, sizeof(r));
+    uint64_t hi = max_size(o);
+    unsigned char *a = buf_alloc(hi), *b = buf_alloc(hi);
+    int rc = run_alloc(&r, o, err);
+    if (rc == 0 && (!a || !b))
+        rc = kvn_err_set(err, -ENOMEM, "cannot allocate two %" PRIu64 "-byte buffers", hi);
+    if (rc < 0)
+        goto out;
+    o->depth = 1;
+    print_header(o, "memcpy");
+    for (uint64_t bytes = o->sweep ? XB_SWEEP_MIN : o->size; bytes <= hi; bytes *= 2) {
+        unsigned char *src = o->op == XB_OP_WRITE ? a : b, *dst = o->op == XB_OP_WRITE ? b : a;
+        pattern_fill(src, bytes, bytes);
+        uint32_t total = o->warmup + o->iters;
+        uint64_t t = now_ns();
+        for (uint32_t i = 0; i < total; i++) {
+            r.post_ns[i] = t;
+            memcpy(dst, src, bytes);
+            __asm__ __volatile__("" : : "r"(dst) : "memory"); /* keep every copy */
+            t = now_ns();
+            if (i >= o->warmup) {
+                r.lat_ns[i - o->warmup] = t - r.post_ns[i];
+                r.done_ns[i - o->warmup] = t;
+            }
+        }
+        struct xb_result res;
+        memset(&res, 0, sizeof(res));
+        compute_figures(&r, o, bytes, r.post_ns[o->warmup], &res);
+        res.verified = -1;
+        if (o->verify) {
+            res.verified = pattern_check(dst, bytes, bytes) == bytes;
+            if (!res.verified) {
+                rc = kvn_err_set(err, -EIO, "memcpy verify failed");
+                goto out;
+            }
+        }
+        print_result(o, "memcpy", &res);
+        if (!o->sweep)
+            break;
+    }
+out:
+    free(a);
+    free(b);
+    run_free(&r);
+    return rc;
+}
+
+/* --- command line ----------------------------------------------------------- */
+
+static void usage(FILE *f, const char *cmd)
+{
+    fprintf(f,
+            "usage: kvbench %s -t URI [options]            (server)\n"
+            "       kvbench %s -t URI [options] HOST       (client)\n"
+            "  -t, --transport URI  ofi+tcp, ofi+shm, ofi+verbs, ucx+tcp, ucx+sm, ucx,\n"
+            "                       verbs+DEVICE, auto; or memcpy (local copy floor, no server)\n"
+            "  -p, --port PORT      bootstrap TCP port (default %d; 0 = any free, server only)\n"
+            "  -b, --bind HOST      server: bootstrap listen address; both: transport bind host\n"
+            "  -s, --size SIZE      bytes per operation, K/M/G suffixes (default %u)\n"
+            "  -a, --all            sweep sizes 2 B .. 8 MiB in powers of two\n"
+            "  -n, --iters N        measured iterations per size (default %u)\n"
+            "  -w, --warmup N       unmeasured iterations first (default %u)\n"
+            "  -q, --depth Q        operations in flight (default %u, max %u)\n"
+            "      --verify         check the transferred bytes after each size\n"
+            "      --json           one JSON object per size instead of the table\n"
+            "      --timeout SEC    bootstrap waits give up after SEC s (default %d)\n"
+            "  -h, --help           this text\n",
+            cmd, cmd, XB_DEFAULT_PORT, XB_DEFAULT_SIZE, XB_DEFAULT_ITERS, XB_DEFAULT_WARMUP,
+            XB_DEFAULT_DEPTH, XB_MAX_DEPTH, XB_DEFAULT_TIMEOUT);
+}
+
+/* Returns 0, 1 (help printed) or -EINVAL with the reason in err. */
+static int parse_args(int argc, char **argv, struct xb_opts *o, struct kvn_err *err)
+{
+    enum { OPT_VERIFY = 256, OPT_JSON, OPT_TIMEOUT };
+    static const struct option longopts[] = {
+        {"transport", required_argument, NULL, 't'}, {"port", required_argument, NULL, 'p'},
+        {"bind", required_argument, NULL, 'b'},      {"size", required_argument, NULL, 's'},
+        {"all", no_argument, NULL, 'a'},             {"iters", required_argument, NULL, 'n'},
+        {"warmup", required_argument, NULL, 'w'},    {"depth", required_argument, NULL, 'q'},
+        {"verify", no_argument, NULL, OPT_VERIFY},   {"json", no_argument, NULL, OPT_JSON},
+        {"timeout", required_argument, NULL, OPT_TIMEOUT},
+        {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0},
+    };
+    bool have_size = false;
+    uint32_t v;
+
+    if (argc < 1 || !argv || !argv[0])
+        return kvn_err_set(err, -EINVAL, "no subcommand");
+    if (!strcmp(argv[0], "write"))
+        o->op = XB_OP_WRITE;
+    else if (!strcmp(argv[0], "read"))
+        o->op = XB_OP_READ;
+    else
+        return kvn_err_set(err, -EINVAL, "subcommand '%s' is neither write nor read", argv[0]);
+    o->uri = "auto";
+    o->port = XB_DEFAULT_PORT;
+    o->size = XB_DEFAULT_SIZE;
+    o->iters = XB_DEFAULT_ITERS;
+    o->warmup = XB_DEFAULT_WARMUP;
+    o->depth = XB_DEFAULT_DEPTH;
+    o->timeout_s = XB_DEFAULT_TIMEOUT;
+
+    optind = 0; /* GNU: full reset, the entry point may run more than once */
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "+t:p:b:s:an:w:q:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 't': o->uri = optarg; break;
+        case 'b': o->bind_host = optarg; break;
+        case 'p':
+            if (parse_u32(optarg, 0, 65535, &v) < 0)
+                return kvn_err_set(err, -EINVAL, "port '%s' is not in 0..65535", optarg);
+            o->port = (int)v;
+            break;
+        case 's':
+            if (parse_size(optarg, &o->size) < 0 || o->size == 0 || o->size > XB_MAX_SIZE)
+                return kvn_err_set(err, -EINVAL, "size '%s' is not in 1..1G", optarg);
+            have_size = true;
+            break;
+        case 'a': o->sweep = true; break;
+        case 'n':
+            if (parse_u32(optarg, 1, XB_MAX_ITERS, &o->iters) < 0)
+                return kvn_err_set(err, -EINVAL, "iterations '%s' not in 1..%u", optarg,
+                                   XB_MAX_ITERS);
+            break;
+        case 'w':
+            if (parse_u32(optarg, 0, XB_MAX_ITERS, &o->warmup) < 0)
+                return kvn_err_set(err, -EINVAL, "warmup '%s' not in 0..%u", optarg,
+                                   XB_MAX_ITERS);
+            break;
+        case 'q':
+            if (parse_u32(optarg, 1, XB_MAX_DEPTH, &o->depth) < 0)
+                return kvn_err_set(err, -EINVAL, "depth '%s' not in 1..%u", optarg,
+                                   XB_MAX_DEPTH);
+            break;
+        case OPT_VERIFY: o->verify = true; break;
+        case OPT_JSON: o->json = true; break;
+        case OPT_TIMEOUT:
+            if (parse_u32(optarg, 1, 86400, &v) < 0)
+                return kvn_err_set(err, -EINVAL, "timeout '%s' not in 1..86400 s", optarg);
+            o->timeout_s = (int)v;
+            break;
+        case 'h': return 1;
+        case '?':
+        default:
+            if (optopt && strchr("tpbsnwq", optopt))
+                return kvn_err_set(err, -EINVAL, "option -%c needs a value", optopt);
+            return kvn_err_set(err, -EINVAL, "unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        o->host = argv[optind++];
+    if (optind < argc)
+        return kvn_err_set(err, -EINVAL, "unexpected argument '%s'", argv[optind]);
+    if (have_size && o->sweep)
+        return kvn_err_set(err, -EINVAL, "-s and -a exclude each other");
+    if (!*o->uri)
+        return kvn_err_set(err, -EINVAL, "empty transport URI");
+    bool local = !strcmp(o->uri, "memcpy");
+    if (local && o->host)
+        return kvn_err_set(err, -EINVAL, "-t memcpy runs locally: no HOST");
+    if (o->port == 0 && o->host)
+        return kvn_err_set(err, -EINVAL, "a client needs the server's port, not 0");
+    if (o->host && !*o->host)
+        return kvn_err_set(err, -EINVAL, "empty HOST");
+    return 0;
+}
+
+int kvn_bench_xfer_main(int argc, char **argv)
+{
+    struct xb_opts o;
+    struct kvn_err err;
+    const char *cmd = argc >= 1 && argv && argv[0] ? argv[0] : "write";
+
+    memset(&o, 0, sizeof(o));
+    kvn_err_clear(&err);
+    int rc = parse_args(argc, argv, &o, &err);
+    if (rc == 1) {
+        usage(stdout, cmd);
+        return 0;
+    }
+    if (rc < 0) {
+        fprintf(stderr, "kvbench %s: %s\n", cmd, err.msg);
+        usage(stderr, cmd);
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    if (!strcmp(o.uri, "memcpy"))
+        rc = run_memcpy(&o, &err);
+    else if (o.host)
+        rc = run_client(&o, &err);
+    else
+        rc = run_server(&o, &err);
+    if (rc < 0) {
+        fprintf(stderr, "kvbench %s: %s (%s)\n", cmd, err.msg, kvn_err_name(rc));
+        return 1;
+    }
+    return 0;
+}
