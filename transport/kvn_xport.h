@@ -49,9 +49,11 @@
  *   -EIO/-ECONNRESET/...  errors reported by the backend (msg has its text).
  * A backend that splits an op (iov limits) still completes it once.
  *
- * Peer failure: the first op of a peer that fails or times out marks the
- * peer failed: its other outstanding ops complete with an error and later
- * posts/notifies to it return -ENOTCONN.  Other peers are not affected.
+ * Peer failure: the first op of a peer that times out (or fails with a
+ * connection error: -ECONNRESET, -ENOTCONN, -EPIPE, -ECONNREFUSED,
+ * -EHOSTUNREACH) marks the peer failed: its other outstanding ops complete
+ * with an error and later posts/notifies to it return -ENOTCONN.  Other
+ * peers are not affected.
  * Disconnect it and connect again to retry.
  *
  * Ordering: completions are unordered.  A notification is NOT guaranteed to

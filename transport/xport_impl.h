@@ -79,6 +79,8 @@ struct kvn_xport {
     /* Backend capabilities, set by ops->open. */
     uint64_t max_op_bytes;  /* total bytes of one op; 0 = unlimited */
     bool remote_virt_addr;  /* descriptors carry virtual addresses */
+    uint32_t n_recv_bufs;   /* receive buffers the backend pre-posts (bounds
+                               the RECV entries of the completion ring) */
 
     /* Common state - backends do not touch. */
     struct xport_op *ops_mem;     /* max_outstanding slots */
@@ -97,6 +99,8 @@ struct kvn_xport {
     int backend_fd;
     uint64_t timer_deadline_ns;   /* armed timerfd deadline, 0 = none */
     bool in_close;
+    bool fd_used;                 /* wait fd requested: poll re-arms it */
+    bool ev_signaled;             /* evfd has been written */
 };
 
 struct kvn_xport_peer {
@@ -144,6 +148,7 @@ struct xport_op {
     uint8_t n_mrs;
     bool wide;                     /* more distinct mrs than XPORT_OP_MRS */
     bool reported;                 /* cqe already queued (zombie if live) */
+    bool posting;                  /* inside ops->post/notify: not recycled */
     enum kvn_xport_op_kind kind;
     uint64_t cookie;
     uint64_t bytes;
@@ -202,9 +207,11 @@ struct kvn_xport_ops {
     void (*rmr_free)(struct kvn_xport_rmr *r);
 
     /* Post one op; set op->parts before the first part is posted.  Return 0
-     * when the backend owns op (it will call xport_op_done per part), or a
-     * negative code if NOTHING was posted (the common layer then completes
-     * the op with that code and err's message). */
+     * when the backend owns op (it will call xport_op_done per part, also
+     * for parts it failed to post), or a negative code if NOTHING was
+     * posted and op->parts is 0 (the common layer then completes the op
+     * with that code and err's message).  The backend may progress its CQ
+     * while posting (retry on EAGAIN): op is not recycled meanwhile. */
     int (*post)(struct kvn_xport_peer *p, struct xport_op *op,
                 const struct xport_post_req *req, struct kvn_err *err);
     /* Send hdr+payload as one message; same ownership rule as post. */

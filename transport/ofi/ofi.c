@@ -1,0 +1,839 @@
+/*
+ * ofi.c - the libfabric backend: FI_EP_RDM endpoints with FI_RMA | FI_MSG.
+ *
+ *   ofi+tcp   -> provider "tcp;ofi_rxm"     ofi+shm -> "shm"
+ *   ofi+verbs -> provider "verbs;ofi_rxm"
+ *
+ * One domain = fabric + domain + AV (FI_AV_TABLE) + one CQ (FI_WAIT_FD when
+ * the provider has it; else no fd and the common layer ticks) + one RDM
+ * endpoint.  Peers are AV entries.
+ *
+ * Memory registration follows the provider's mr_mode:
+ *   FI_MR_VIRT_ADDR  descriptors carry the virtual base address, RMA
+ *                    targets are base + offset; otherwise 0-based offsets;
+ *   FI_MR_PROV_KEY   key = fi_mr_key(); otherwise unique keys we choose;
+ *   FI_MR_LOCAL      local iovs carry fi_mr_desc() (also for our own
+ *                    notification buffers, which we then register);
+ *   FI_MR_ENDPOINT   every MR is bound to the endpoint and enabled;
+ *   FI_MR_ALLOCATED  nothing to do (callers register allocated memory).
+ *
+ * Ops: a WRITE/READ is one fi_writemsg/fi_readmsg per part; a part holds
+ * at most tx iov_limit local iovs (and at most max_msg_size bytes), so a
+ * 1024-entry SG list over tcp (iov_limit 4) is 256 parts completing the op
+ * once.  The op context (struct xport_op) is the fi context of every part
+ * (the provider must not need FI_CONTEXT: we ask for mode 0).  -FI_EAGAIN
+ * on post progresses the CQ and retries, bounded by op_timeout_ms.
+ *
+ * Notifications: a ring of pre-posted receive buffers (hdr + max_msg_size
+ * each) and a pool of send buffers; fi_send with a completion.
+ *
+ * Ordering: rxm over tcp and shm give no ordering guarantee between an RMA
+ * write and a later send that we rely on: wait for write completions before
+ * notifying (documented in kvn_xport.h).
+ *
+ * Progress: rxm/tcp and shm use manual data progress - the TARGET of a
+ * WRITE/READ must keep calling kvn_xport_poll() (a node's event loop does).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+
+#include <rdma/fabric.h>
+#include <rdma/fi_cm.h>
+#include <rdma/fi_domain.h>
+#include <rdma/fi_endpoint.h>
+#include <rdma/fi_errno.h>
+#include <rdma/fi_rma.h>
+
+#include "transport/xport_impl.h"
+
+#define OFI_N_RX 64u
+#define OFI_MAX_TX_BUFS 256u
+#define OFI_MAX_IOV 16u
+#define OFI_CQ_BATCH 64
+
+struct ofi_rx {
+    uint32_t idx;
+};
+
+struct ofi_domain {
+    struct kvn_xport base;
+    struct fi_info *info;
+    struct fid_fabric *fabric;
+    struct fid_domain *domain;
+    struct fid_av *av;
+    struct fid_cq *cq;
+    struct fid_ep *ep;
+    uint64_t mr_mode;
+    size_t iov_limit;
+    uint64_t max_part;
+    uint64_t next_key;
+    int wait_fd;
+    bool is_shm;
+    char addr[256];
+    size_t addrlen;
+
+    /* receives */
+    size_t buf_size; /* hdr + max_msg_size */
+    uint32_t n_rx;
+    char *rx_mem;
+    struct fid_mr *rx_mr;
+    void *rx_desc;
+    struct ofi_rx *rx;
+    uint32_t *rx_pending; /* tokens whose repost got -FI_EAGAIN */
+    uint32_t n_rx_pending;
+
+    /* sends */
+    uint32_t n_tx;
+    char *tx_mem;
+    struct fid_mr *tx_mr;
+    void *tx_desc;
+    uint32_t *tx_free;
+    uint32_t n_tx_free;
+};
+
+struct ofi_peer {
+    struct kvn_xport_peer base;
+    fi_addr_t addr;
+    bool in_av;
+};
+
+struct ofi_mr {
+    struct kvn_xport_mr base;
+    struct fid_mr *mr;
+    void *desc;
+    uint64_t key;
+};
+
+struct ofi_rmr {
+    struct kvn_xport_rmr base;
+    uint64_t key;
+};
+
+static struct ofi_domain *dom(struct kvn_xport *x)
+{
+    return (struct ofi_domain *)x;
+}
+
+static int fi_to_errno(int fi_err)
+{
+    int e = fi_err < 0 ? -fi_err : fi_err;
+    if (e == 0)
+        return -EIO;
+    if (e >= FI_ERRNO_OFFSET)
+        return e == FI_ETRUNC ? -EMSGSIZE : -EIO;
+    return -e;
+}
+
+static int ofi_set(struct kvn_err *err, const char *what, int fi_rc)
+{
+    return kvn_err_set(err, fi_to_errno(fi_rc), "%s: %s", what,
+                       fi_strerror(fi_rc < 0 ? -fi_rc : fi_rc));
+}
+
+static int ofi_progress(struct kvn_xport *x);
+
+/* ------------------------------------------------------------------ */
+/* domain                                                              */
+
+static void ofi_teardown(struct ofi_domain *d)
+{
+    if (d->ep)
+        fi_close(&d->ep->fid);
+    if (d->rx_mr)
+        fi_close(&d->rx_mr->fid);
+    if (d->tx_mr)
+        fi_close(&d->tx_mr->fid);
+    if (d->cq)
+        fi_close(&d->cq->fid);
+    if (d->av)
+        fi_close(&d->av->fid);
+    if (d->domain)
+        fi_close(&d->domain->fid);
+    if (d->fabric)
+        fi_close(&d->fabric->fid);
+    if (d->info)
+        fi_freeinfo(d->info);
+    free(d->rx_mem);
+    free(d->rx);
+    free(d->rx_pending);
+    free(d->tx_mem);
+    free(d->tx_free);
+    free(d);
+}
+
+static void ofi_close(struct kvn_xport *x)
+{
+    ofi_teardown(dom(x));
+}
+
+static int reg_internal(struct ofi_domain *d, void *buf, size_t len,
+                        uint64_t access, struct fid_mr **mr, void **desc,
+                        struct kvn_err *err)
+{
+    *mr = NULL;
+    *desc = NULL;
+    if (!(d->mr_mode & FI_MR_LOCAL))
+        return 0;
+    int rc = fi_mr_reg(d->domain, buf, len, access, 0, d->next_key++, 0, mr,
+                       NULL);
+    if (rc)
+        return ofi_set(err, "fi_mr_reg(notify buffers)", rc);
+    if (d->mr_mode & FI_MR_ENDPOINT) {
+        rc = fi_mr_bind(*mr, &d->ep->fid, 0);
+        if (!rc)
+            rc = fi_mr_enable(*mr);
+        if (rc)
+            return ofi_set(err, "fi_mr_bind(notify buffers)", rc);
+    }
+    *desc = fi_mr_desc(*mr);
+    return 0;
+}
+
+static int post_rx(struct ofi_domain *d, uint32_t idx)
+{
+    ssize_t rc = fi_recv(d->ep, d->rx_mem + (size_t)idx * d->buf_size,
+                         d->buf_size, d->rx_desc, FI_ADDR_UNSPEC,
+                         &d->rx[idx]);
+    return (int)rc;
+}
+
+static int ofi_open(const struct xport_uri *uri,
+                    const struct kvn_xport_attr *attr, struct kvn_xport **out,
+                    struct kvn_err *err)
+{
+    const char *prov;
+    if (strcmp(uri->sub, "tcp") == 0)
+        prov = "tcp;ofi_rxm";
+    else if (strcmp(uri->sub, "shm") == 0)
+        prov = "shm";
+    else if (strcmp(uri->sub, "verbs") == 0)
+        prov = "verbs;ofi_rxm";
+    else
+        return kvn_err_set(err, -EINVAL, "ofi: unknown provider '%s'",
+                           uri->sub);
+
+    struct ofi_domain *d = calloc(1, sizeof(*d));
+    if (!d)
+        return kvn_err_set(err, -ENOMEM, "ofi: out of memory");
+    d->wait_fd = -1;
+    d->next_key = 1;
+    d->is_shm = strcmp(uri->sub, "shm") == 0;
+    snprintf(d->base.name, sizeof(d->base.name), "ofi+%s", uri->sub);
+
+    struct fi_info *hints = fi_allocinfo();
+    if (!hints) {
+        free(d);
+        return kvn_err_set(err, -ENOMEM, "ofi: fi_allocinfo failed");
+    }
+    hints->ep_attr->type = FI_EP_RDM;
+    hints->caps = FI_RMA | FI_MSG;
+    hints->mode = 0;
+    hints->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR |
+                                  FI_MR_ALLOCATED | FI_MR_PROV_KEY |
+                                  FI_MR_ENDPOINT;
+    hints->domain_attr->threading = FI_THREAD_DOMAIN;
+    hints->fabric_attr->prov_name = strdup(prov);
+    if (!hints->fabric_attr->prov_name) {
+        fi_freeinfo(hints);
+        free(d);
+        return kvn_err_set(err, -ENOMEM, "ofi: out of memory");
+    }
+
+    const char *node = NULL;
+    char service[16];
+    const char *svc = NULL;
+    uint64_t flags = 0;
+    if (!d->is_shm) {
+        const char *bh = attr->bind_host ? attr->bind_host : "127.0.0.1";
+        node = strcmp(bh, "any") == 0 ? "0.0.0.0" : bh;
+        snprintf(service, sizeof(service), "%u", attr->port);
+        svc = service;
+        flags = FI_SOURCE;
+    }
+    int rc = fi_getinfo(FI_VERSION(1, 9), node, svc, flags, hints, &d->info);
+    fi_freeinfo(hints);
+    if (rc || !d->info) {
+        d->info = NULL;
+        ofi_teardown(d);
+        return kvn_err_set(err, -ENODEV,
+                           "ofi: provider '%s' with FI_EP_RDM, FI_RMA|FI_MSG "
+                           "unavailable (bind %s): %s", prov,
+                           node ? node : "-", fi_strerror(-rc));
+    }
+    struct fi_info *fi = d->info;
+    d->mr_mode = fi->domain_attr->mr_mode;
+    d->iov_limit = fi->tx_attr->iov_limit;
+    if (d->iov_limit == 0)
+        d->iov_limit = 1;
+    if (d->iov_limit > OFI_MAX_IOV)
+        d->iov_limit = OFI_MAX_IOV;
+    d->max_part = fi->ep_attr->max_msg_size ? fi->ep_attr->max_msg_size
+                                            : UINT64_MAX;
+    if (fi->domain_attr->mr_key_size && fi->domain_attr->mr_key_size > 8) {
+        ofi_teardown(d);
+        return kvn_err_set(err, -ENOTSUP, "ofi: mr_key_size %zu > 8",
+                           fi->domain_attr->mr_key_size);
+    }
+
+    const char *step = "fi_fabric";
+    rc = fi_fabric(fi->fabric_attr, &d->fabric, NULL);
+    if (!rc) {
+        step = "fi_domain";
+        rc = fi_domain(d->fabric, fi, &d->domain, NULL);
+    }
+    if (!rc) {
+        struct fi_av_attr av = {.type = FI_AV_TABLE};
+        step = "fi_av_open";
+        rc = fi_av_open(d->domain, &av, &d->av, NULL);
+    }
+    if (!rc) {
+        struct fi_cq_attr cq = {
+            .size = attr->max_outstanding + OFI_N_RX + 64,
+            .format = FI_CQ_FORMAT_DATA,
+            .wait_obj = FI_WAIT_FD,
+        };
+        step = "fi_cq_open";
+        rc = fi_cq_open(d->domain, &cq, &d->cq, NULL);
+        if (rc) {
+            cq.wait_obj = FI_WAIT_NONE;
+            rc = fi_cq_open(d->domain, &cq, &d->cq, NULL);
+        } else if (fi_control(&d->cq->fid, FI_GETWAIT, &d->wait_fd) != 0) {
+            d->wait_fd = -1;
+        }
+    }
+    if (!rc) {
+        step = "fi_endpoint";
+        rc = fi_endpoint(d->domain, fi, &d->ep, NULL);
+    }
+    if (!rc) {
+        step = "fi_ep_bind(av)";
+        rc = fi_ep_bind(d->ep, &d->av->fid, 0);
+    }
+    if (!rc) {
+        step = "fi_ep_bind(cq)";
+        rc = fi_ep_bind(d->ep, &d->cq->fid, FI_TRANSMIT | FI_RECV);
+    }
+    if (!rc) {
+        step = "fi_enable";
+        rc = fi_enable(d->ep);
+    }
+    if (!rc) {
+        step = "fi_getname";
+        d->addrlen = sizeof(d->addr);
+        rc = fi_getname(&d->ep->fid, d->addr, &d->addrlen);
+    }
+    if (rc) {
+        int e = ofi_set(err, step, rc);
+        snprintf(err ? err->msg : (char[1]){0}, err ? sizeof(err->msg) : 1,
+                 "ofi %s: %s failed: %s", prov, step, fi_strerror(-rc));
+        ofi_teardown(d);
+        return e;
+    }
+
+    /* notification buffers */
+    d->buf_size = sizeof(struct xport_notify_hdr) + attr->max_msg_size;
+    d->n_rx = OFI_N_RX;
+    d->n_tx = attr->max_outstanding < OFI_MAX_TX_BUFS ? attr->max_outstanding
+                                                      : OFI_MAX_TX_BUFS;
+    d->rx_mem = aligned_alloc(64, ((size_t)d->n_rx * d->buf_size + 63) & ~(size_t)63);
+    d->tx_mem = aligned_alloc(64, ((size_t)d->n_tx * d->buf_size + 63) & ~(size_t)63);
+    d->rx = calloc(d->n_rx, sizeof(*d->rx));
+    d->rx_pending = calloc(d->n_rx, sizeof(*d->rx_pending));
+    d->tx_free = calloc(d->n_tx, sizeof(*d->tx_free));
+    if (!d->rx_mem || !d->tx_mem || !d->rx || !d->rx_pending || !d->tx_free) {
+        ofi_teardown(d);
+        return kvn_err_set(err, -ENOMEM, "ofi: out of memory for buffers");
+    }
+    rc = reg_internal(d, d->rx_mem, (size_t)d->n_rx * d->buf_size, FI_RECV,
+                      &d->rx_mr, &d->rx_desc, err);
+    if (!rc)
+        rc = reg_internal(d, d->tx_mem, (size_t)d->n_tx * d->buf_size,
+                          FI_SEND, &d->tx_mr, &d->tx_desc, err);
+    if (rc) {
+        ofi_teardown(d);
+        return rc;
+    }
+    for (uint32_t i = 0; i < d->n_tx; i++)
+        d->tx_free[i] = d->n_tx - 1 - i;
+    d->n_tx_free = d->n_tx;
+    for (uint32_t i = 0; i < d->n_rx; i++) {
+        d->rx[i].idx = i;
+        rc = post_rx(d, i);
+        if (rc) {
+            int e = ofi_set(err, "fi_recv", rc);
+            ofi_teardown(d);
+            return e;
+        }
+    }
+
+    d->base.n_recv_bufs = d->n_rx;
+    d->base.remote_virt_addr = (d->mr_mode & FI_MR_VIRT_ADDR) != 0;
+    d->base.max_op_bytes = 0; /* parts are split by max_part */
+    *out = &d->base;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* addresses and peers                                                 */
+
+static int ofi_address(struct kvn_xport *x, void *buf, size_t *len,
+                       struct kvn_err *err)
+{
+    struct ofi_domain *d = dom(x);
+    if (*len < d->addrlen)
+        return kvn_err_set(err, -ENOSPC, "ofi: address needs %zu bytes",
+                           d->addrlen);
+    memcpy(buf, d->addr, d->addrlen);
+    *len = d->addrlen;
+    return 0;
+}
+
+/* Checks that raw is a well-formed address of our address format, so the
+ * provider never reads past it. */
+static int check_raw_addr(struct ofi_domain *d, const void *raw, size_t len,
+                          struct kvn_err *err)
+{
+    switch (d->info->addr_format) {
+    case FI_SOCKADDR_IN: {
+        struct sockaddr_in sin;
+        if (len != sizeof(sin))
+            return kvn_err_set(err, -EINVAL,
+                               "ofi: IPv4 address of %zu bytes", len);
+        memcpy(&sin, raw, sizeof(sin));
+        if (sin.sin_family != AF_INET || sin.sin_port == 0)
+            return kvn_err_set(err, -EINVAL, "ofi: bad IPv4 address");
+        return 0;
+    }
+    case FI_SOCKADDR_IN6: {
+        struct sockaddr_in6 sin6;
+        if (len != sizeof(sin6))
+            return kvn_err_set(err, -EINVAL,
+                               "ofi: IPv6 address of %zu bytes", len);
+        memcpy(&sin6, raw, sizeof(sin6));
+        if (sin6.sin6_family != AF_INET6 || sin6.sin6_port == 0)
+            return kvn_err_set(err, -EINVAL, "ofi: bad IPv6 address");
+        return 0;
+    }
+    case FI_ADDR_STR:
+        if (len > sizeof(d->addr) || memchr(raw, '\0', len) == NULL ||
+            ((const char *)raw)[0] == '\0')
+            return kvn_err_set(err, -EINVAL,
+                               "ofi: string address not NUL-terminated");
+        return 0;
+    default:
+        if (len != d->addrlen)
+            return kvn_err_set(err, -EINVAL,
+                               "ofi: address of %zu bytes, expected %zu", len,
+                               d->addrlen);
+        return 0;
+    }
+}
+
+static int ofi_connect(struct kvn_xport *x, struct kvn_xport_peer *p,
+                       const void *raw, size_t len, struct kvn_err *err)
+{
+    struct ofi_domain *d = dom(x);
+    struct ofi_peer *op = (struct ofi_peer *)p;
+    int rc = check_raw_addr(d, raw, len, err);
+    if (rc < 0)
+        return rc;
+    char abuf[256] __attribute__((aligned(16)));
+    memset(abuf, 0, sizeof(abuf));
+    memcpy(abuf, raw, len);
+    fi_addr_t fa = FI_ADDR_NOTAVAIL;
+    rc = fi_av_insert(d->av, abuf, 1, &fa, 0, NULL);
+    if (rc != 1 || fa == FI_ADDR_NOTAVAIL)
+        return kvn_err_set(err, -EINVAL, "ofi: fi_av_insert refused the "
+                           "address (%d)", rc);
+    op->addr = fa;
+    op->in_av = true;
+    return 0;
+}
+
+static void ofi_disconnect(struct kvn_xport_peer *p)
+{
+    /* RMA cannot be canceled in rxm/shm: ops still owned complete (or
+     * fail) later and are recycled then; the AV entry goes in peer_free. */
+    (void)p;
+}
+
+static void ofi_peer_free(struct kvn_xport_peer *p)
+{
+    struct ofi_peer *op = (struct ofi_peer *)p;
+    struct ofi_domain *d = dom(p->x);
+    if (op->in_av && !p->x->in_close)
+        fi_av_remove(d->av, &op->addr, 1, 0);
+    op->in_av = false;
+}
+
+/* ------------------------------------------------------------------ */
+/* memory                                                              */
+
+static int ofi_mr_reg(struct kvn_xport *x, struct kvn_xport_mr *mr,
+                      struct kvn_err *err)
+{
+    struct ofi_domain *d = dom(x);
+    struct ofi_mr *m = (struct ofi_mr *)mr;
+    uint64_t access = 0;
+    if (mr->access & KVN_XPORT_ACCESS_LOCAL)
+        access |= FI_READ | FI_WRITE | FI_SEND | FI_RECV;
+    if (mr->access & KVN_XPORT_ACCESS_REMOTE_READ)
+        access |= FI_REMOTE_READ;
+    if (mr->access & KVN_XPORT_ACCESS_REMOTE_WRITE)
+        access |= FI_REMOTE_WRITE;
+    uint64_t key = d->next_key;
+    int rc = fi_mr_reg(d->domain, mr->addr, mr->len, access, 0, key, 0,
+                       &m->mr, NULL);
+    if (rc)
+        return kvn_err_set(err, fi_to_errno(rc), "ofi: fi_mr_reg(%p, %zu): %s",
+                           mr->addr, mr->len, fi_strerror(-rc));
+    if (d->mr_mode & FI_MR_ENDPOINT) {
+        rc = fi_mr_bind(m->mr, &d->ep->fid, 0);
+        if (!rc)
+            rc = fi_mr_enable(m->mr);
+        if (rc) {
+            fi_close(&m->mr->fid);
+            return kvn_err_set(err, fi_to_errno(rc), "ofi: fi_mr_bind: %s",
+                               fi_strerror(-rc));
+        }
+    }
+    d->next_key++;
+    m->key = (d->mr_mode & FI_MR_PROV_KEY) ? fi_mr_key(m->mr) : key;
+    m->desc = fi_mr_desc(m->mr);
+    return 0;
+}
+
+static void ofi_mr_dereg(struct kvn_xport_mr *mr)
+{
+    struct ofi_mr *m = (struct ofi_mr *)mr;
+    if (m->mr)
+        fi_close(&m->mr->fid);
+    m->mr = NULL;
+}
+
+static int ofi_mr_pack_key(const struct kvn_xport_mr *mr, void *key,
+                           size_t *len, struct kvn_err *err)
+{
+    const struct ofi_mr *m = (const struct ofi_mr *)mr;
+    if (*len < 8)
+        return kvn_err_set(err, -ENOSPC, "ofi: key needs 8 bytes");
+    uint8_t *b = key;
+    for (int i = 0; i < 8; i++)
+        b[i] = (uint8_t)(m->key >> (8 * i));
+    *len = 8;
+    return 0;
+}
+
+static int ofi_rmr_unpack_key(struct kvn_xport_peer *p,
+                              struct kvn_xport_rmr *r, const void *key,
+                              size_t len, struct kvn_err *err)
+{
+    (void)p;
+    if (len != 8)
+        return kvn_err_set(err, -EINVAL, "ofi: key of %zu bytes, want 8",
+                           len);
+    const uint8_t *b = key;
+    uint64_t k = 0;
+    for (int i = 7; i >= 0; i--)
+        k = (k << 8) | b[i];
+    ((struct ofi_rmr *)r)->key = k;
+    return 0;
+}
+
+static void ofi_rmr_free(struct kvn_xport_rmr *r)
+{
+    (void)r;
+}
+
+/* ------------------------------------------------------------------ */
+/* posting                                                             */
+
+static int post_part(struct ofi_domain *d, struct ofi_peer *p,
+                     struct xport_op *op, enum kvn_xport_op_kind kind,
+                     struct iovec *iov, void **desc, size_t n, uint64_t raddr,
+                     uint64_t len, uint64_t key)
+{
+    struct fi_rma_iov rma = {.addr = raddr, .len = len, .key = key};
+    struct fi_msg_rma msg = {
+        .msg_iov = iov,
+        .desc = desc,
+        .iov_count = n,
+        .addr = p->addr,
+        .rma_iov = &rma,
+        .rma_iov_count = 1,
+        .context = op,
+    };
+    uint64_t deadline = 0;
+    for (uint32_t spin = 0;; spin++) {
+        ssize_t rc = kind == KVN_XPORT_WRITE
+                         ? fi_writemsg(d->ep, &msg, FI_COMPLETION)
+                         : fi_readmsg(d->ep, &msg, FI_COMPLETION);
+        if (rc != -FI_EAGAIN)
+            return (int)rc;
+        ofi_progress(&d->base);
+        if ((spin & 255) == 255) {
+            uint64_t now = xport_now_ns();
+            if (!deadline)
+                deadline = now + (uint64_t)d->base.attr.op_timeout_ms *
+                                     1000000ull;
+            else if (now > deadline)
+                return -FI_EAGAIN;
+        }
+    }
+}
+
+/*
+ * Walks the SG list cutting parts of at most iov_limit iovs and max_part
+ * bytes.  Counts them (post == false) or posts them, stopping at the first
+ * failure (*rc_out = its fi code); returns the parts counted / posted.
+ */
+static uint32_t walk_parts(struct ofi_domain *d, struct ofi_peer *p,
+                           struct xport_op *op,
+                           const struct xport_post_req *req, bool post,
+                           int *rc_out)
+{
+    struct iovec iov[OFI_MAX_IOV];
+    void *desc[OFI_MAX_IOV];
+    size_t n = 0;
+    uint64_t part_len = 0, raddr = req->remote_addr;
+    uint32_t parts = 0;
+    uint64_t key = ((struct ofi_rmr *)req->remote)->key;
+    *rc_out = 0;
+    for (uint32_t k = 0; k < req->n_local; k++) {
+        const struct kvn_xport_sge *s = &req->local[k];
+        void *md = ((struct ofi_mr *)s->mr)->desc;
+        uint64_t off = s->offset, left = s->len;
+        while (left) {
+            uint64_t room = d->max_part - part_len;
+            uint64_t take = left < room ? left : room;
+            iov[n].iov_base = (char *)s->mr->addr + off;
+            iov[n].iov_len = take;
+            desc[n] = md;
+            n++;
+            part_len += take;
+            off += take;
+            left -= take;
+            bool last = (k + 1 == req->n_local) && left == 0;
+            if (n == d->iov_limit || part_len == d->max_part || last) {
+                if (post) {
+                    int rc = post_part(d, p, op, req->kind, iov, desc, n,
+                                       raddr, part_len, key);
+                    if (rc) {
+                        *rc_out = rc;
+                        return parts;
+                    }
+                }
+                parts++;
+                raddr += part_len;
+                part_len = 0;
+                n = 0;
+            }
+        }
+    }
+    return parts;
+}
+
+static int ofi_post(struct kvn_xport_peer *p, struct xport_op *op,
+                    const struct xport_post_req *req, struct kvn_err *err)
+{
+    struct ofi_domain *d = dom(p->x);
+    struct ofi_peer *pp = (struct ofi_peer *)p;
+    int rc;
+    uint32_t total = walk_parts(d, pp, op, req, false, &rc);
+    op->parts = total;
+    uint32_t posted = walk_parts(d, pp, op, req, true, &rc);
+    if (rc == 0)
+        return 0;
+    char msg[KVN_XPORT_CQE_MSG];
+    snprintf(msg, sizeof(msg), "ofi: %s: %s",
+             req->kind == KVN_XPORT_WRITE ? "fi_writemsg" : "fi_readmsg",
+             fi_strerror(-rc));
+    if (posted == 0) {
+        op->parts = 0; /* nothing reached the provider */
+        return kvn_err_set(err, fi_to_errno(rc), "%s", msg);
+    }
+    for (uint32_t i = posted; i < total; i++)
+        xport_op_done(op, fi_to_errno(rc), msg);
+    return 0;
+}
+
+static int ofi_notify(struct kvn_xport_peer *p, struct xport_op *op,
+                      const struct xport_notify_hdr *hdr, const void *buf,
+                      size_t len, struct kvn_err *err)
+{
+    struct ofi_domain *d = dom(p->x);
+    struct ofi_peer *pp = (struct ofi_peer *)p;
+    uint64_t deadline = 0;
+    for (uint32_t spin = 0; d->n_tx_free == 0; spin++) {
+        ofi_progress(&d->base);
+        if ((spin & 255) == 255) {
+            uint64_t now = xport_now_ns();
+            if (!deadline)
+                deadline = now + (uint64_t)d->base.attr.op_timeout_ms *
+                                     1000000ull;
+            else if (now > deadline)
+                return kvn_err_set(err, -EAGAIN,
+                                   "ofi: no send buffer became free");
+        }
+    }
+    uint32_t slot = d->tx_free[--d->n_tx_free];
+    char *b = d->tx_mem + (size_t)slot * d->buf_size;
+    memcpy(b, hdr, sizeof(*hdr));
+    memcpy(b + sizeof(*hdr), buf, len);
+    op->backend[0] = slot;
+    op->parts = 1;
+    ssize_t rc;
+    deadline = 0;
+    for (uint32_t spin = 0;; spin++) {
+        rc = fi_send(d->ep, b, sizeof(*hdr) + len, d->tx_desc, pp->addr, op);
+        if (rc != -FI_EAGAIN)
+            break;
+        ofi_progress(&d->base);
+        if ((spin & 255) == 255) {
+            uint64_t now = xport_now_ns();
+            if (!deadline)
+                deadline = now + (uint64_t)d->base.attr.op_timeout_ms *
+                                     1000000ull;
+            else if (now > deadline)
+                break;
+        }
+    }
+    if (rc) {
+        d->tx_free[d->n_tx_free++] = slot;
+        op->parts = 0;
+        return kvn_err_set(err, fi_to_errno((int)rc), "ofi: fi_send: %s",
+                           fi_strerror((int)-rc));
+    }
+    return 0;
+}
+
+static bool is_rx_ctx(struct ofi_domain *d, void *ctx)
+{
+    return (char *)ctx >= (char *)d->rx &&
+           (char *)ctx < (char *)(d->rx + d->n_rx);
+}
+
+static void ofi_recv_repost(struct kvn_xport *x, uint64_t token)
+{
+    struct ofi_domain *d = dom(x);
+    if (token >= d->n_rx)
+        return;
+    int rc = post_rx(d, (uint32_t)token);
+    if (rc == -FI_EAGAIN && d->n_rx_pending < d->n_rx)
+        d->rx_pending[d->n_rx_pending++] = (uint32_t)token;
+}
+
+static void op_complete(struct ofi_domain *d, struct xport_op *op, int status,
+                        const char *msg)
+{
+    if (op->kind == KVN_XPORT_SEND && op->parts == 1)
+        d->tx_free[d->n_tx_free++] = (uint32_t)op->backend[0];
+    xport_op_done(op, status, msg);
+}
+
+static void handle_error(struct ofi_domain *d)
+{
+    struct fi_cq_err_entry e;
+    memset(&e, 0, sizeof(e));
+    if (fi_cq_readerr(d->cq, &e, 0) != 1)
+        return;
+    char msg[KVN_XPORT_CQE_MSG];
+    const char *ptext = fi_cq_strerror(d->cq, e.prov_errno, e.err_data, NULL, 0);
+    int st = fi_to_errno(e.err);
+    snprintf(msg, sizeof(msg), "ofi: %s (%s)%s", fi_strerror(e.err),
+             ptext ? ptext : "?",
+             d->is_shm && (st == -EPERM || st == -EACCES)
+                 ? "; shm needs ptrace permission for CMA"
+                 : "");
+    if (!e.op_context)
+        return;
+    if (is_rx_ctx(d, e.op_context)) {
+        if (!d->base.in_close)
+            ofi_recv_repost(&d->base, ((struct ofi_rx *)e.op_context)->idx);
+        return;
+    }
+    op_complete(d, e.op_context, st, msg);
+}
+
+static int ofi_progress(struct kvn_xport *x)
+{
+    struct ofi_domain *d = dom(x);
+    struct fi_cq_data_entry ent[OFI_CQ_BATCH];
+    if (d->n_rx_pending) {
+        uint32_t n = d->n_rx_pending;
+        d->n_rx_pending = 0;
+        for (uint32_t i = 0; i < n; i++)
+            ofi_recv_repost(x, d->rx_pending[i]);
+    }
+    for (int round = 0; round < 16; round++) {
+        ssize_t n = fi_cq_read(d->cq, ent, OFI_CQ_BATCH);
+        if (n == -FI_EAGAIN)
+            return 0;
+        if (n == -FI_EAVAIL) {
+            handle_error(d);
+            continue;
+        }
+        if (n < 0)
+            return fi_to_errno((int)n);
+        for (ssize_t i = 0; i < n; i++) {
+            void *ctx = ent[i].op_context;
+            if (!ctx)
+                continue;
+            if (is_rx_ctx(d, ctx)) {
+                uint32_t idx = ((struct ofi_rx *)ctx)->idx;
+                xport_recv_deliver(x, d->rx_mem + (size_t)idx * d->buf_size,
+                                   ent[i].len, idx);
+            } else {
+                op_complete(d, ctx, 0, NULL);
+            }
+        }
+        if (n < OFI_CQ_BATCH)
+            return 0;
+    }
+    return 0;
+}
+
+static int ofi_get_fd(struct kvn_xport *x)
+{
+    return dom(x)->wait_fd;
+}
+
+static int ofi_arm(struct kvn_xport *x)
+{
+    struct ofi_domain *d = dom(x);
+    if (d->wait_fd < 0)
+        return 0;
+    struct fid *f = &d->cq->fid;
+    return fi_trywait(d->fabric, &f, 1) == FI_SUCCESS ? 0 : -EAGAIN;
+}
+
+const struct kvn_xport_ops xport_ofi_ops = {
+    .family = "ofi",
+    .id = KVN_XPORT_BACKEND_OFI,
+    .peer_size = sizeof(struct ofi_peer),
+    .mr_size = sizeof(struct ofi_mr),
+    .rmr_size = sizeof(struct ofi_rmr),
+    .open = ofi_open,
+    .close = ofi_close,
+    .address = ofi_address,
+    .connect = ofi_connect,
+    .disconnect = ofi_disconnect,
+    .peer_free = ofi_peer_free,
+    .mr_reg = ofi_mr_reg,
+    .mr_dereg = ofi_mr_dereg,
+    .mr_pack_key = ofi_mr_pack_key,
+    .rmr_unpack_key = ofi_rmr_unpack_key,
+    .rmr_free = ofi_rmr_free,
+    .post = ofi_post,
+    .notify = ofi_notify,
+    .recv_repost = ofi_recv_repost,
+    .progress = ofi_progress,
+    .get_fd = ofi_get_fd,
+    .arm = ofi_arm,
+};
