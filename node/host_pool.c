@@ -1,0 +1,111 @@
+/* host_pool.c - the L2 host pool (see host_pool.h). */
+#include "node/host_pool.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define HUGE_2M (2ull << 20)
+#define MPOL_BIND_ 2 /* <numaif.h> is libnuma's, not libc's: the value is ABI */
+
+static bool numa_node_exists(int node)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/sys/devices/system/node/node%d", node);
+    return access(path, F_OK) == 0;
+}
+
+int kvn_host_pool_create(struct kvn_host_pool **out, uint64_t bytes, uint64_t page_bytes,
+                         bool try_huge, int numa_node, struct kvn_err *err)
+{
+    if (!out)
+        return kvn_err_set(err, -EINVAL, "out is NULL");
+    if (page_bytes == 0)
+        return kvn_err_set(err, -EINVAL, "page_bytes must be >= 1");
+    if (bytes < page_bytes)
+        return kvn_err_set(err, -EINVAL, "pool of %" PRIu64 " bytes holds no %" PRIu64
+                           "-byte page", bytes, page_bytes);
+    if (bytes / page_bytes > UINT32_MAX)
+        return kvn_err_set(err, -EINVAL, "pool would have more than 2^32 pages");
+    if (numa_node < -1 || numa_node > 1023 || (numa_node >= 0 && !numa_node_exists(numa_node)))
+        return kvn_err_set(err, -EINVAL, "NUMA node %d does not exist", numa_node);
+
+    struct kvn_host_pool *p = calloc(1, sizeof(*p));
+    if (!p)
+        return kvn_err_set(err, -ENOMEM, "no memory for the pool header");
+    p->page_bytes = page_bytes;
+    p->n_pages = (uint32_t)(bytes / page_bytes);
+    p->numa_node = -1;
+    uint64_t want = (uint64_t)p->n_pages * page_bytes;
+    void *base = MAP_FAILED;
+    if (try_huge) {
+        p->map_bytes = (size_t)((want + HUGE_2M - 1) / HUGE_2M * HUGE_2M);
+        base = mmap(NULL, p->map_bytes, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+        if (base != MAP_FAILED)
+            p->huge = true;
+    }
+    if (base == MAP_FAILED) {
+        long ps = sysconf(_SC_PAGESIZE);
+        size_t pg = ps > 0 ? (size_t)ps : 4096;
+        p->map_bytes = (size_t)((want + pg - 1) / pg * pg);
+        base = mmap(NULL, p->map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                    -1, 0);
+        if (base == MAP_FAILED) {
+            free(p);
+            return kvn_err_set(err, -ENOMEM, "mmap of %" PRIu64 " bytes failed: %s", want,
+                               strerror(errno));
+        }
+        if (p->map_bytes >= HUGE_2M)
+            (void)madvise(base, p->map_bytes, MADV_HUGEPAGE); /* a hint; THP may be off */
+    }
+    p->base = base;
+    const char *numa_note = "no NUMA binding";
+    if (numa_node >= 0) {
+        unsigned long mask[1024 / (8 * sizeof(unsigned long))] = {0};
+        mask[numa_node / (8 * sizeof(unsigned long))] |= 1ul << (numa_node % (8 * sizeof(unsigned long)));
+        long r = syscall(SYS_mbind, base, p->map_bytes, MPOL_BIND_, mask, 1024ul, 0u);
+        if (r == 0) {
+            p->numa_node = numa_node;
+            numa_note = "bound to the NUMA node";
+        } else if (errno == ENOSYS || errno == EPERM) {
+            numa_note = "NUMA binding skipped: the kernel refused mbind";
+        } else {
+            int e = errno;
+            munmap(base, p->map_bytes);
+            free(p);
+            return kvn_err_set(err, -e, "mbind to NUMA node %d failed: %s", numa_node,
+                               strerror(e));
+        }
+    }
+    snprintf(p->note, sizeof(p->note), "%" PRIu32 " pages of %" PRIu64 " bytes, %s, %s",
+             p->n_pages, page_bytes, p->huge ? "huge pages (MAP_HUGETLB)" : "regular pages",
+             numa_note);
+    *out = p;
+    return 0;
+}
+
+void kvn_host_pool_destroy(struct kvn_host_pool *pool)
+{
+    if (!pool)
+        return;
+    if (pool->base)
+        munmap(pool->base, pool->map_bytes);
+    free(pool);
+}
+
+void *kvn_host_pool_page(const struct kvn_host_pool *pool, uint32_t idx)
+{
+    if (!pool || idx >= pool->n_pages)
+        return NULL;
+    return pool->base + (uint64_t)idx * pool->page_bytes;
+}
+
+uint64_t kvn_host_pool_bytes(const struct kvn_host_pool *pool)
+{
+    return pool ? (uint64_t)pool->n_pages * pool->page_bytes : 0;
+}
