@@ -983,14 +983,13 @@ static int run_client(struct xb_opts *o, struct kvn_err *err)
     int rc = run_alloc(&r, o, err);
     if (rc < 0)
         goto out;
+    /* Open the transport first: a bad URI fails before anything else. */
+    rc = session_open(&s, max_size(o), err);
+    if (rc < 0)
+        goto out;
     rc = tcp_connect(o->host, o->port, o->timeout_s * 1000, &s.conn.fd, err);
     if (rc < 0)
         goto out;
-    rc = session_open(&s, max_size(o), err);
-    if (rc < 0) {
-        frame_send_error(&s.conn, err ? err->msg : "client failed");
-        goto out;
-    }
     unsigned char hello[128];
     const char *name = kvn_xport_name(s.x);
     size_t nlen = strlen(name);
