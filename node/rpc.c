@@ -331,7 +331,7 @@ int kvn_rpc_parse(const void *buf, size_t len, struct kvn_rpc_req *req, struct k
 uint64_t kvn_rpc_fnv1a(const void *buf, size_t len)
 {
     const uint8_t *p = buf;
-    uint64_t h = 1469598103934665603ull;
+    uint64_t h = 14695981039346656037ull;
     for (size_t i = 0; i < len; i++) {
         h ^= p[i];
         h *= 1099511628211ull;
