@@ -1,0 +1,1104 @@
+/*
+ * ucx.c - the UCX backend: one ucp_context + one ucp_worker per domain.
+ *
+ *   ucx+tcp  UCX_TLS=tcp     ucx+sm  UCX_TLS=sm (sysv, posix, cma)
+ *   ucx      UCX's own choice (the UCX_TLS of the environment, else all)
+ *
+ * The transports are restricted with ucp_config_modify("TLS") before
+ * ucp_init, never with setenv; UCX logging is lowered to "error" the same
+ * way.  Thread mode is single: a domain belongs to one thread at a time.
+ *
+ *   domain ── ucp_context ── ucp_worker ── efd (the wait fd)
+ *     │            address blob = ucp_worker_get_address()
+ *     ├── peer ── ucp_ep (ucp_ep_create from the peer's worker address)
+ *     │     └── rmr ── ucp_rkey (ucp_ep_rkey_unpack of the descriptor key)
+ *     └── mr ── ucp_mem_h (ucp_mem_map of the caller's buffer), packed
+ *               rkey cached at registration for kvn_xport_mr_pack()
+ *
+ * Ops.  A WRITE/READ is one ucp_put_nbx / ucp_get_nbx per local SG entry
+ * (each a part of the op, completing it once), with the mr's memh passed in
+ * the request parameters so UCX does no registration lookup.  Request
+ * callbacks feed the common layer (xport_op_done); a part that completes
+ * immediately (NULL request) is reported at once.  Nothing is malloc'd per
+ * op: UCX takes requests from its own pool, and UCP_PARAM_FIELD_REQUEST_SIZE
+ * reserves our per-request context (struct ucx_req) inside them.
+ *
+ * Completion semantics.  A WRITE completion is UCX's put completion: the
+ * local buffer may be reused.  It does NOT promise that the bytes are
+ * visible at the target (over tcp they may still be in flight).  What is
+ * promised is the notification rule below.
+ *
+ * Notifications and ordering.  kvn_xport_notify() is an active message
+ * (ucp_am_send_nbx, eager, whole message = xport_notify_hdr + payload,
+ * copied into a send buffer).  If WRITEs/READs were posted to the peer since
+ * its last notification, the endpoint is flushed first (ucp_ep_flush_nbx:
+ * remote completion of everything posted before) and the message is sent
+ * from the flush completion.  So on every UCX transport a notification
+ * arrives AFTER the bytes of every WRITE posted before it to the same peer,
+ * whether or not the caller waited for the WRITE completions, and
+ * notifications to one peer keep their order.  Receivers copy each message
+ * into one of n_recv_bufs buffers (given back by recv_repost); a message
+ * arriving while all are held by unpolled RECV completions is dropped and
+ * counted (rx_dropped), never queued without bound.
+ *
+ * Progress.  UCX over tcp emulates RMA with active messages: the TARGET must
+ * progress its worker (kvn_xport_poll / kvn_xport_wait do), so every user of
+ * a domain polls it regularly, also when it only serves as a target.
+ * Over sm, puts and gets go through CMA and need no target progress once the
+ * endpoint is wired up (which still needs the target to poll once).
+ *
+ * Wait fd.  ucp_worker_get_efd(); arm protocol: poll until empty, then
+ * ucp_worker_arm(); UCS_ERR_BUSY means events arrived meanwhile (-EAGAIN:
+ * poll again).  A notification waiting for its flush also makes arm busy.
+ *
+ * Peer failure.  Endpoints use UCP_ERR_HANDLING_MODE_PEER where UCX supports
+ * it (tcp, and "ucx" which then avoids shm): the error handler marks the
+ * peer failed and UCX completes its outstanding requests with an error
+ * (mapped to -ECONNRESET).  UCX 1.13's shared-memory transports have no
+ * peer-failure support, so ucx+sm endpoints use mode NONE: an op to a dead
+ * sm peer never completes in UCX and only the common layer's op_timeout_ms
+ * ends it (-ETIMEDOUT).  Disconnect closes the endpoint (FORCE in mode PEER,
+ * a flush-close otherwise, reaped later by progress) and hands every op UCX
+ * still holds back to the common layer as canceled.  Such requests become
+ * "stale" (a generation number in the op's backend scratch no longer
+ * matches the one in the request) and are freed when UCX finally calls back
+ * (at the latest in ucp_worker_destroy); while any are alive, memory
+ * unmapping and rkey destruction are deferred to domain close.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <ucp/api/ucp.h>
+
+#include "transport/xport_impl.h"
+
+#define UCX_AM_ID 0x4b56u      /* "KV" */
+#define UCX_N_RX 128u          /* receive buffers per domain */
+#define UCX_PROGRESS_ROUNDS 64 /* ucp_worker_progress calls per poll, at most */
+#define UCX_KEY_MAGIC 0x4b584355u /* "UCXK" */
+#define UCX_KEY_HDR 8u            /* u32 magic, u32 packed rkey length */
+
+enum ucx_req_kind { UCX_REQ_RMA = 1, UCX_REQ_FLUSH, UCX_REQ_SEND };
+
+struct ucx_domain;
+struct ucx_peer;
+
+/* A notification waiting to be sent or in flight (a send buffer). */
+struct ucx_sbuf {
+    struct ucx_sbuf *next;     /* free list or the peer's pending FIFO */
+    struct xport_op *op;
+    uint32_t gen;              /* op generation when queued */
+    uint32_t len;              /* bytes in data */
+    int status;                /* flush result */
+    bool ready;                /* flush done (or not needed): may be sent */
+    bool flushing;             /* a flush request refers to it */
+    unsigned char data[];      /* xport_notify_hdr + payload */
+};
+
+/* Our context inside every UCX request (UCP_PARAM_FIELD_REQUEST_SIZE). */
+struct ucx_req {
+    struct ucx_domain *d;
+    struct xport_op *op;
+    struct ucx_sbuf *sb;
+    uint32_t gen;
+    uint32_t kind;
+};
+
+/* A chunk of send buffers (allocated on demand, freed at close). */
+struct ucx_chunk {
+    struct ucx_chunk *next;
+};
+
+/* An endpoint being closed, reaped by progress. */
+struct ucx_grave {
+    struct ucx_grave *next;
+    void *req;
+};
+
+struct ucx_domain {
+    struct kvn_xport base;
+    ucp_context_h ctx;
+    ucp_worker_h worker;
+    ucp_address_t *addr;
+    size_t addr_len;
+    int efd;
+    ucp_err_handling_mode_t err_mode;
+
+    /* notifications */
+    size_t sbuf_size;          /* sizeof(ucx_sbuf) + hdr + max_msg_size */
+    struct ucx_sbuf *free_sbufs;
+    struct ucx_chunk *chunks;
+    uint32_t n_sbufs;          /* allocated */
+    struct ucx_peer *drain;    /* peers whose FIFO head may be sendable */
+    unsigned char *rx_mem;     /* UCX_N_RX * rx_size */
+    size_t rx_size;
+    uint32_t *rx_free;         /* stack of free receive buffer indexes */
+    uint32_t n_rx_free;
+    uint64_t rx_dropped;
+
+    /* disconnects and stale requests */
+    struct ucx_grave *graves;
+    uint64_t n_stale;          /* UCX requests whose op was handed back */
+    ucp_mem_h *dead_memh;      /* unmaps deferred while n_stale > 0 */
+    uint32_t n_dead_memh, cap_dead_memh;
+    ucp_rkey_h *dead_rkey;
+    uint32_t n_dead_rkey, cap_dead_rkey;
+};
+
+struct ucx_peer {
+    struct kvn_xport_peer base;
+    ucp_ep_h ep;
+    bool ep_failed;            /* error handler ran */
+    bool dirty;                /* RMA posted since the last flush */
+    bool in_drain;
+    char why[80];              /* the error handler's status text */
+    struct ucx_peer *drain_next;
+    struct ucx_sbuf *q_head, *q_tail; /* notifications in order */
+    struct xport_link owned;   /* ops UCX still holds (via op scratch) */
+};
+
+struct ucx_mr {
+    struct kvn_xport_mr base;
+    ucp_mem_h memh;
+    void *packed;              /* rkey bytes from ucp_rkey_pack */
+    size_t packed_len;
+};
+
+struct ucx_rmr {
+    struct kvn_xport_rmr base;
+    ucp_rkey_h rkey;
+};
+
+/*
+ * The op's backend scratch: [0] generation (survives recycling, the common
+ * layer only clears the fields before `backend`), [1..2] the link in the
+ * peer's owned list.
+ */
+static inline uint32_t op_gen(const struct xport_op *op)
+{
+    return (uint32_t)op->backend[0];
+}
+
+static inline struct xport_link *op_olink(struct xport_op *op)
+{
+    return (struct xport_link *)(void *)&op->backend[1];
+}
+
+static inline struct xport_op *olink_op(struct xport_link *l)
+{
+    return XPORT_CONTAINER((void *)l, struct xport_op, backend[1]);
+}
+
+static void link_init_(struct xport_link *l)
+{
+    l->prev = l->next = l;
+}
+
+static void link_add_(struct xport_link *h, struct xport_link *l)
+{
+    l->prev = h->prev;
+    l->next = h;
+    h->prev->next = l;
+    h->prev = l;
+}
+
+static void link_del_(struct xport_link *l)
+{
+    l->prev->next = l->next;
+    l->next->prev = l->prev;
+    l->prev = l->next = l;
+}
+
+static inline struct ucx_domain *dom(struct kvn_xport *x)
+{
+    return (struct ucx_domain *)x;
+}
+
+static inline struct ucx_peer *upeer(struct kvn_xport_peer *p)
+{
+    return (struct ucx_peer *)p;
+}
+
+/* UCX status -> negative errno (connection losses are connection errors so
+ * that the common layer fails the peer). */
+static int ucx_errno(ucs_status_t st)
+{
+    switch (st) {
+    case UCS_OK:
+        return 0;
+    case UCS_ERR_NO_MEMORY:
+        return -ENOMEM;
+    case UCS_ERR_INVALID_PARAM:
+    case UCS_ERR_INVALID_ADDR:
+        return -EINVAL;
+    case UCS_ERR_NO_RESOURCE:
+    case UCS_ERR_BUSY:
+        return -EAGAIN;
+    case UCS_ERR_UNREACHABLE:
+        return -EHOSTUNREACH;
+    case UCS_ERR_CONNECTION_RESET:
+    case UCS_ERR_ENDPOINT_TIMEOUT:
+        return -ECONNRESET;
+    case UCS_ERR_REJECTED:
+        return -ECONNREFUSED;
+    case UCS_ERR_NOT_CONNECTED:
+        return -ENOTCONN;
+    case UCS_ERR_CANCELED:
+        return -ECANCELED;
+    case UCS_ERR_TIMED_OUT:
+        return -ETIMEDOUT;
+    case UCS_ERR_NO_DEVICE:
+    case UCS_ERR_NO_ELEM:
+        return -ENODEV;
+    case UCS_ERR_UNSUPPORTED:
+        return -ENOTSUP;
+    case UCS_ERR_MESSAGE_TRUNCATED:
+    case UCS_ERR_EXCEEDS_LIMIT:
+        return -EMSGSIZE;
+    default:
+        return -EIO;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* op ownership                                                        */
+
+static void own(struct ucx_peer *up, struct xport_op *op, uint32_t parts)
+{
+    op->parts = parts;
+    link_add_(&up->owned, op_olink(op));
+}
+
+/* One part of op is back from UCX. */
+static void part_done(struct xport_op *op, int status, const char *msg)
+{
+    if (op->parts <= 1)
+        link_del_(op_olink(op));
+    xport_op_done(op, status, msg);
+}
+
+static void part_done_ucs(struct xport_op *op, ucs_status_t st)
+{
+    if (st == UCS_OK)
+        part_done(op, 0, NULL);
+    else
+        part_done(op, ucx_errno(st), ucs_status_string(st));
+}
+
+/* ------------------------------------------------------------------ */
+/* send buffers and receive buffers                                    */
+
+static struct ucx_sbuf *sbuf_get(struct ucx_domain *d)
+{
+    if (!d->free_sbufs) {
+        /* grow by a chunk; bounded by max_outstanding buffers in total */
+        uint32_t n = 16;
+        if (d->n_sbufs >= d->base.attr.max_outstanding)
+            return NULL;
+        if (n > d->base.attr.max_outstanding - d->n_sbufs)
+            n = d->base.attr.max_outstanding - d->n_sbufs;
+        struct ucx_chunk *c = malloc(16 + (size_t)n * d->sbuf_size);
+        if (!c)
+            return NULL;
+        c->next = d->chunks;
+        d->chunks = c;
+        unsigned char *m = (unsigned char *)c + 16; /* 16-byte aligned */
+        for (uint32_t i = 0; i < n; i++) {
+            struct ucx_sbuf *sb = (struct ucx_sbuf *)(void *)(m + i * d->sbuf_size);
+            sb->next = d->free_sbufs;
+            d->free_sbufs = sb;
+        }
+        d->n_sbufs += n;
+    }
+    struct ucx_sbuf *s = d->free_sbufs;
+    d->free_sbufs = s->next;
+    s->next = NULL;
+    s->ready = false;
+    s->flushing = false;
+    s->status = 0;
+    return s;
+}
+
+static void sbuf_put(struct ucx_domain *d, struct ucx_sbuf *s)
+{
+    s->op = NULL;
+    s->next = d->free_sbufs;
+    d->free_sbufs = s;
+}
+
+static void ucx_recv_repost(struct kvn_xport *x, uint64_t token)
+{
+    struct ucx_domain *d = dom(x);
+    if (token >= UCX_N_RX || d->n_rx_free >= UCX_N_RX)
+        return;
+    d->rx_free[d->n_rx_free++] = (uint32_t)token;
+}
+
+static ucs_status_t am_recv_cb(void *arg, const void *header, size_t hlen,
+                               void *data, size_t len,
+                               const ucp_am_recv_param_t *param)
+{
+    struct ucx_domain *d = arg;
+    (void)header;
+    (void)hlen;
+    if (d->base.in_close)
+        return UCS_OK;
+    if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) ||
+        len > d->rx_size || d->n_rx_free == 0) {
+        /* never sent by us (eager only) or no buffer left: drop */
+        d->rx_dropped++;
+        return UCS_OK;
+    }
+    uint32_t idx = d->rx_free[--d->n_rx_free];
+    unsigned char *buf = d->rx_mem + (size_t)idx * d->rx_size;
+    memcpy(buf, data, len);
+    xport_recv_deliver(&d->base, buf, len, idx);
+    return UCS_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* request callbacks                                                   */
+
+static void am_send(struct ucx_peer *up, struct ucx_sbuf *sb);
+
+/* Common prologue: false when the request is stale (its op was handed back
+ * to the common layer) or the domain is closing; the request is then freed
+ * here and so is a send buffer it held. */
+static bool req_live(struct ucx_req *rq, void *request)
+{
+    struct ucx_domain *d = rq->d;
+    if (d->base.in_close) {
+        ucp_request_free(request);
+        return false;
+    }
+    if (rq->gen != op_gen(rq->op)) {
+        if (d->n_stale)
+            d->n_stale--;
+        if (rq->sb)
+            sbuf_put(d, rq->sb);
+        ucp_request_free(request);
+        return false;
+    }
+    return true;
+}
+
+static void rma_cb(void *request, ucs_status_t st, void *user_data)
+{
+    struct ucx_req *rq = request;
+    (void)user_data;
+    if (!req_live(rq, request))
+        return;
+    struct xport_op *op = rq->op;
+    ucp_request_free(request);
+    part_done_ucs(op, st);
+}
+
+static void send_cb(void *request, ucs_status_t st, void *user_data)
+{
+    struct ucx_req *rq = request;
+    (void)user_data;
+    if (!req_live(rq, request))
+        return;
+    struct xport_op *op = rq->op;
+    sbuf_put(rq->d, rq->sb);
+    ucp_request_free(request);
+    part_done_ucs(op, st);
+}
+
+static void drain_mark(struct ucx_domain *d, struct ucx_peer *up)
+{
+    if (up->in_drain)
+        return;
+    up->in_drain = true;
+    up->drain_next = d->drain;
+    d->drain = up;
+}
+
+static void flush_cb(void *request, ucs_status_t st, void *user_data)
+{
+    struct ucx_req *rq = request;
+    struct ucx_peer *up = user_data;
+    struct ucx_sbuf *sb = rq->sb;
+    rq->sb = NULL; /* the peer's FIFO owns it, not this request */
+    if (sb)
+        sb->flushing = false;
+    if (!req_live(rq, request)) {
+        /* stale: the FIFO was emptied at disconnect, the buffer is ours */
+        if (sb && !rq->d->base.in_close)
+            sbuf_put(rq->d, sb);
+        return;
+    }
+    ucp_request_free(request);
+    sb->ready = true;
+    sb->status = ucx_errno(st);
+    drain_mark(rq->d, up);
+}
+
+static void ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t st)
+{
+    struct ucx_peer *up = arg;
+    (void)ep;
+    up->ep_failed = true;
+    snprintf(up->why, sizeof(up->why), "peer endpoint failed: %s",
+             ucs_status_string(st));
+}
+
+/* ------------------------------------------------------------------ */
+/* open / close                                                        */
+
+static int ucx_open(const struct xport_uri *uri,
+                    const struct kvn_xport_attr *attr, struct kvn_xport **out,
+                    struct kvn_err *err)
+{
+    const char *tls = NULL;
+    const char *name = "ucx";
+    ucp_err_handling_mode_t mode = UCP_ERR_HANDLING_MODE_PEER;
+    if (strcmp(uri->sub, "tcp") == 0) {
+        tls = "tcp";
+        name = "ucx+tcp";
+    } else if (strcmp(uri->sub, "sm") == 0) {
+        tls = "sm";
+        name = "ucx+sm";
+        mode = UCP_ERR_HANDLING_MODE_NONE; /* no shm peer failure in 1.13 */
+    } else if (uri->sub[0]) {
+        return kvn_err_set(err, -EINVAL,
+                           "unknown UCX transport '%s' (ucx, ucx+tcp, ucx+sm)",
+                           uri->sub);
+    }
+
+    struct ucx_domain *d = calloc(1, sizeof(*d));
+    if (!d)
+        return kvn_err_set(err, -ENOMEM, "out of memory for a UCX domain");
+    d->efd = -1;
+    d->err_mode = mode;
+    snprintf(d->base.name, sizeof(d->base.name), "%s", name);
+    d->base.remote_virt_addr = true;
+    d->base.max_op_bytes = 0;
+    d->base.n_recv_bufs = UCX_N_RX;
+
+    uint32_t max_msg = attr->max_msg_size;
+    d->rx_size = sizeof(struct xport_notify_hdr) + max_msg;
+    d->sbuf_size = (sizeof(struct ucx_sbuf) + d->rx_size + 15) & ~(size_t)15;
+    d->rx_mem = malloc((size_t)UCX_N_RX * d->rx_size);
+    d->rx_free = calloc(UCX_N_RX, sizeof(*d->rx_free));
+    if (!d->rx_mem || !d->rx_free) {
+        free(d->rx_mem);
+        free(d->rx_free);
+        free(d);
+        return kvn_err_set(err, -ENOMEM, "out of memory for receive buffers");
+    }
+    for (uint32_t i = 0; i < UCX_N_RX; i++)
+        d->rx_free[i] = UCX_N_RX - 1 - i;
+    d->n_rx_free = UCX_N_RX;
+
+    int rc;
+    ucp_config_t *cfg = NULL;
+    ucs_status_t st = ucp_config_read(NULL, NULL, &cfg);
+    if (st != UCS_OK) {
+        rc = kvn_err_set(err, ucx_errno(st), "ucp_config_read: %s",
+                    ucs_status_string(st));
+        goto fail;
+    }
+    (void)ucp_config_modify(cfg, "LOG_LEVEL", "error");
+    if (tls && (st = ucp_config_modify(cfg, "TLS", tls)) != UCS_OK) {
+        ucp_config_release(cfg);
+        rc = kvn_err_set(err, ucx_errno(st), "UCX TLS=%s: %s", tls,
+                    ucs_status_string(st));
+        goto fail;
+    }
+    ucp_params_t pp = {
+        .field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_REQUEST_SIZE |
+                      UCP_PARAM_FIELD_MT_WORKERS_SHARED,
+        .features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP,
+        .request_size = sizeof(struct ucx_req),
+        .mt_workers_shared = 0,
+    };
+    st = ucp_init(&pp, cfg, &d->ctx);
+    ucp_config_release(cfg);
+    if (st != UCS_OK) {
+        d->ctx = NULL;
+        rc = kvn_err_set(err, st == UCS_ERR_NO_ELEM ? -ENODEV : ucx_errno(st),
+                    "ucp_init (%s): %s", name, ucs_status_string(st));
+        goto fail;
+    }
+    ucp_worker_params_t wp = {
+        .field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
+        .thread_mode = UCS_THREAD_MODE_SINGLE,
+    };
+    st = ucp_worker_create(d->ctx, &wp, &d->worker);
+    if (st != UCS_OK) {
+        d->worker = NULL;
+        rc = kvn_err_set(err, ucx_errno(st), "ucp_worker_create (%s): %s", name,
+                    ucs_status_string(st));
+        goto fail;
+    }
+    st = ucp_worker_get_address(d->worker, &d->addr, &d->addr_len);
+    if (st != UCS_OK) {
+        d->addr = NULL;
+        rc = kvn_err_set(err, ucx_errno(st), "ucp_worker_get_address: %s",
+                    ucs_status_string(st));
+        goto fail;
+    }
+    if (d->addr_len > KVN_XPORT_ADDR_MAX - 64) {
+        rc = kvn_err_set(err, -EMSGSIZE, "UCX worker address of %zu bytes too long",
+                    d->addr_len);
+        goto fail;
+    }
+    st = ucp_worker_get_efd(d->worker, &d->efd);
+    if (st != UCS_OK) {
+        d->efd = -1;
+        rc = kvn_err_set(err, ucx_errno(st), "ucp_worker_get_efd: %s",
+                    ucs_status_string(st));
+        goto fail;
+    }
+    ucp_am_handler_param_t ap = {
+        .field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID |
+                      UCP_AM_HANDLER_PARAM_FIELD_CB |
+                      UCP_AM_HANDLER_PARAM_FIELD_ARG |
+                      UCP_AM_HANDLER_PARAM_FIELD_FLAGS,
+        .id = UCX_AM_ID,
+        .flags = UCP_AM_FLAG_WHOLE_MSG,
+        .cb = am_recv_cb,
+        .arg = d,
+    };
+    st = ucp_worker_set_am_recv_handler(d->worker, &ap);
+    if (st != UCS_OK) {
+        rc = kvn_err_set(err, ucx_errno(st), "ucp_worker_set_am_recv_handler: %s",
+                    ucs_status_string(st));
+        goto fail;
+    }
+    *out = &d->base;
+    return 0;
+
+fail:
+    if (d->addr)
+        ucp_worker_release_address(d->worker, d->addr);
+    if (d->worker)
+        ucp_worker_destroy(d->worker);
+    if (d->ctx)
+        ucp_cleanup(d->ctx);
+    free(d->rx_mem);
+    free(d->rx_free);
+    free(d);
+    return rc;
+}
+
+static void graves_reap(struct ucx_domain *d, bool all)
+{
+    struct ucx_grave **gp = &d->graves;
+    while (*gp) {
+        struct ucx_grave *g = *gp;
+        if (all || ucp_request_check_status(g->req) != UCS_INPROGRESS) {
+            /* a close request that never completes (dead sm peer) is
+             * released here; ucp_worker_destroy finishes it */
+            ucp_request_free(g->req);
+            *gp = g->next;
+            free(g);
+        } else {
+            gp = &g->next;
+        }
+    }
+}
+
+static void ucx_close(struct kvn_xport *x)
+{
+    struct ucx_domain *d = dom(x);
+    x->in_close = true;
+    if (d->worker) {
+        graves_reap(d, true);
+        if (d->addr)
+            ucp_worker_release_address(d->worker, d->addr);
+        ucp_worker_destroy(d->worker); /* cancels stale requests */
+    }
+    if (d->ctx) {
+        for (uint32_t i = 0; i < d->n_dead_rkey; i++)
+            ucp_rkey_destroy(d->dead_rkey[i]);
+        for (uint32_t i = 0; i < d->n_dead_memh; i++)
+            ucp_mem_unmap(d->ctx, d->dead_memh[i]);
+        ucp_cleanup(d->ctx);
+    }
+    while (d->chunks) {
+        struct ucx_chunk *c = d->chunks;
+        d->chunks = c->next;
+        free(c);
+    }
+    free(d->dead_rkey);
+    free(d->dead_memh);
+    free(d->rx_mem);
+    free(d->rx_free);
+    free(d);
+}
+
+/* ------------------------------------------------------------------ */
+/* addresses and peers                                                 */
+
+static int ucx_address(struct kvn_xport *x, void *buf, size_t *len,
+                       struct kvn_err *err)
+{
+    struct ucx_domain *d = dom(x);
+    if (*len < d->addr_len) {
+        *len = d->addr_len;
+        return kvn_err_set(err, -ENOSPC, "UCX address needs %zu bytes",
+                           d->addr_len);
+    }
+    memcpy(buf, d->addr, d->addr_len);
+    *len = d->addr_len;
+    return 0;
+}
+
+static int ucx_connect(struct kvn_xport *x, struct kvn_xport_peer *p,
+                       const void *raw, size_t len, struct kvn_err *err)
+{
+    struct ucx_domain *d = dom(x);
+    struct ucx_peer *up = upeer(p);
+    if (len < 8)
+        return kvn_err_set(err, -EINVAL, "UCX worker address of %zu bytes "
+                           "is too short", len);
+    link_init_(&up->owned);
+    ucp_ep_params_t ep = {
+        .field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS |
+                      UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE,
+        .address = raw,
+        .err_mode = d->err_mode,
+    };
+    if (d->err_mode == UCP_ERR_HANDLING_MODE_PEER) {
+        ep.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLER;
+        ep.err_handler.cb = ep_err_cb;
+        ep.err_handler.arg = up;
+    }
+    ucs_status_t st = ucp_ep_create(d->worker, &ep, &up->ep);
+    if (st != UCS_OK) {
+        up->ep = NULL;
+        return kvn_err_set(err, ucx_errno(st) == -EINVAL ? -EPROTO
+                                                        : ucx_errno(st),
+                           "ucp_ep_create (%s): %s", d->base.name,
+                           ucs_status_string(st));
+    }
+    return 0;
+}
+
+/* Hand every op UCX still holds for up back to the common layer as
+ * canceled; their requests become stale. */
+static void hand_back_owned(struct ucx_domain *d, struct ucx_peer *up)
+{
+    /* queued notifications: buffers not referenced by a live flush go back */
+    while (up->q_head) {
+        struct ucx_sbuf *sb = up->q_head;
+        up->q_head = sb->next;
+        sb->next = NULL;
+        if (!sb->flushing)
+            sbuf_put(d, sb);
+        /* else the stale flush callback gives it back */
+    }
+    up->q_tail = NULL;
+    while (up->owned.next != &up->owned) {
+        struct xport_op *op = olink_op(up->owned.next);
+        link_del_(op_olink(op));
+        op->backend[0]++; /* its requests are stale from now on */
+        uint32_t n = op->parts;
+        d->n_stale += n;
+        for (uint32_t i = 0; i < n; i++)
+            xport_op_done(op, -ECANCELED, "canceled: peer disconnected");
+    }
+}
+
+static void ucx_disconnect(struct kvn_xport_peer *p)
+{
+    struct ucx_domain *d = dom(p->x);
+    struct ucx_peer *up = upeer(p);
+    if (up->ep) {
+        ucp_request_param_t cp = {.op_attr_mask = 0};
+        if (d->err_mode == UCP_ERR_HANDLING_MODE_PEER) {
+            cp.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+            cp.flags = UCP_EP_CLOSE_FLAG_FORCE;
+        }
+        void *req = ucp_ep_close_nbx(up->ep, &cp);
+        up->ep = NULL;
+        if (req && !UCS_PTR_IS_ERR(req)) {
+            struct ucx_grave *g = malloc(sizeof(*g));
+            if (g) {
+                /* our context in the request: a close has no op */
+                g->req = req;
+                g->next = d->graves;
+                d->graves = g;
+            } else {
+                ucp_request_free(req); /* UCX finishes it by itself */
+            }
+        }
+    }
+    hand_back_owned(d, up);
+}
+
+static void ucx_peer_free(struct kvn_xport_peer *p)
+{
+    struct ucx_peer *up = upeer(p);
+    if (up->ep)
+        ucx_disconnect(p);
+    /* drop it from the drain list */
+    struct ucx_domain *d = dom(p->x);
+    if (up->in_drain) {
+        struct ucx_peer **pp = &d->drain;
+        while (*pp && *pp != up)
+            pp = &(*pp)->drain_next;
+        if (*pp)
+            *pp = up->drain_next;
+        up->in_drain = false;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* memory                                                              */
+
+static int ucx_mr_reg(struct kvn_xport *x, struct kvn_xport_mr *mr,
+                      struct kvn_err *err)
+{
+    struct ucx_domain *d = dom(x);
+    struct ucx_mr *um = (struct ucx_mr *)mr;
+    ucp_mem_map_params_t mp = {
+        .field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS |
+                      UCP_MEM_MAP_PARAM_FIELD_LENGTH,
+        .address = mr->addr,
+        .length = mr->len,
+    };
+    ucs_status_t st = ucp_mem_map(d->ctx, &mp, &um->memh);
+    if (st != UCS_OK)
+        return kvn_err_set(err, ucx_errno(st), "ucp_mem_map of %zu bytes: %s",
+                           mr->len, ucs_status_string(st));
+    void *rkb = NULL;
+    size_t rkl = 0;
+    st = ucp_rkey_pack(d->ctx, um->memh, &rkb, &rkl);
+    if (st != UCS_OK) {
+        ucp_mem_unmap(d->ctx, um->memh);
+        return kvn_err_set(err, ucx_errno(st), "ucp_rkey_pack: %s",
+                           ucs_status_string(st));
+    }
+    if (rkl + UCX_KEY_HDR > KVN_XPORT_KEY_MAX) {
+        ucp_rkey_buffer_release(rkb);
+        ucp_mem_unmap(d->ctx, um->memh);
+        return kvn_err_set(err, -EMSGSIZE, "UCX rkey of %zu bytes too long",
+                           rkl);
+    }
+    um->packed = malloc(rkl);
+    if (!um->packed) {
+        ucp_rkey_buffer_release(rkb);
+        ucp_mem_unmap(d->ctx, um->memh);
+        return kvn_err_set(err, -ENOMEM, "out of memory for an rkey");
+    }
+    memcpy(um->packed, rkb, rkl);
+    um->packed_len = rkl;
+    ucp_rkey_buffer_release(rkb);
+    return 0;
+}
+
+static void defer_push(void ***arr, uint32_t *n, uint32_t *cap, void *v)
+{
+    if (*n == *cap) {
+        uint32_t nc = *cap ? *cap * 2 : 8;
+        void **na = realloc(*arr, nc * sizeof(*na));
+        if (!na)
+            return; /* leak rather than unmap under a live request */
+        *arr = na;
+        *cap = nc;
+    }
+    (*arr)[(*n)++] = v;
+}
+
+static void ucx_mr_dereg(struct kvn_xport_mr *mr)
+{
+    struct ucx_domain *d = dom(mr->x);
+    struct ucx_mr *um = (struct ucx_mr *)mr;
+    if (d->n_stale || mr->x->in_close)
+        defer_push((void ***)&d->dead_memh, &d->n_dead_memh,
+                   &d->cap_dead_memh, um->memh);
+    else
+        ucp_mem_unmap(d->ctx, um->memh);
+    free(um->packed);
+    um->packed = NULL;
+}
+
+static int ucx_mr_pack_key(const struct kvn_xport_mr *mr, void *key,
+                           size_t *len, struct kvn_err *err)
+{
+    const struct ucx_mr *um = (const struct ucx_mr *)mr;
+    size_t need = UCX_KEY_HDR + um->packed_len;
+    if (*len < need) {
+        *len = need;
+        return kvn_err_set(err, -ENOSPC, "UCX key needs %zu bytes", need);
+    }
+    unsigned char *b = key;
+    uint32_t v = UCX_KEY_MAGIC;
+    memcpy(b, &v, 4);
+    v = (uint32_t)um->packed_len;
+    memcpy(b + 4, &v, 4);
+    memcpy(b + UCX_KEY_HDR, um->packed, um->packed_len);
+    *len = need;
+    return 0;
+}
+
+static int ucx_rmr_unpack_key(struct kvn_xport_peer *p,
+                              struct kvn_xport_rmr *r, const void *key,
+                              size_t len, struct kvn_err *err)
+{
+    struct ucx_peer *up = upeer(p);
+    struct ucx_rmr *ur = (struct ucx_rmr *)r;
+    const unsigned char *b = key;
+    uint32_t magic, kl;
+    if (len < UCX_KEY_HDR + 8)
+        return kvn_err_set(err, -EINVAL, "UCX key of %zu bytes truncated",
+                           len);
+    memcpy(&magic, b, 4);
+    memcpy(&kl, b + 4, 4);
+    if (magic != UCX_KEY_MAGIC)
+        return kvn_err_set(err, -EPROTO, "UCX key: bad magic 0x%08x", magic);
+    if (kl != len - UCX_KEY_HDR)
+        return kvn_err_set(err, -EINVAL,
+                           "UCX key: rkey length %u but %zu bytes follow", kl,
+                           len - UCX_KEY_HDR);
+    if (!up->ep)
+        return kvn_err_set(err, -ENOTCONN, "peer is disconnected");
+    ucs_status_t st = ucp_ep_rkey_unpack(up->ep, b + UCX_KEY_HDR, &ur->rkey);
+    if (st != UCS_OK) {
+        ur->rkey = NULL;
+        return kvn_err_set(err, -EINVAL, "ucp_ep_rkey_unpack: %s",
+                           ucs_status_string(st));
+    }
+    return 0;
+}
+
+static void ucx_rmr_free(struct kvn_xport_rmr *r)
+{
+    struct ucx_rmr *ur = (struct ucx_rmr *)r;
+    struct ucx_domain *d = dom(r->peer->x);
+    if (!ur->rkey)
+        return;
+    if (d->n_stale || d->base.in_close)
+        defer_push((void ***)&d->dead_rkey, &d->n_dead_rkey,
+                   &d->cap_dead_rkey, ur->rkey);
+    else
+        ucp_rkey_destroy(ur->rkey);
+    ur->rkey = NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* posting                                                             */
+
+static int ucx_post(struct kvn_xport_peer *p, struct xport_op *op,
+                    const struct xport_post_req *req, struct kvn_err *err)
+{
+    struct ucx_domain *d = dom(p->x);
+    struct ucx_peer *up = upeer(p);
+    if (!up->ep)
+        return kvn_err_set(err, -ENOTCONN, "peer is disconnected");
+    if (up->ep_failed)
+        return kvn_err_set(err, -ECONNRESET, "%s", up->why);
+    ucp_rkey_h rkey = ((struct ucx_rmr *)req->remote)->rkey;
+    ucp_request_param_t rp = {
+        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK |
+                        UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_MEMH,
+        .cb.send = rma_cb,
+        .user_data = op,
+    };
+    uint32_t gen = op_gen(op);
+    uint64_t raddr = req->remote_addr;
+    bool is_write = req->kind == KVN_XPORT_WRITE;
+    own(up, op, req->n_local);
+    up->dirty = true;
+    for (uint32_t i = 0; i < req->n_local; i++) {
+        const struct kvn_xport_sge *s = &req->local[i];
+        void *laddr = (char *)s->mr->addr + s->offset;
+        rp.memh = ((struct ucx_mr *)s->mr)->memh;
+        ucs_status_ptr_t r =
+            is_write ? ucp_put_nbx(up->ep, laddr, s->len, raddr, rkey, &rp)
+                     : ucp_get_nbx(up->ep, laddr, s->len, raddr, rkey, &rp);
+        raddr += s->len;
+        if (r == NULL) {
+            part_done(op, 0, NULL);
+        } else if (UCS_PTR_IS_ERR(r)) {
+            ucs_status_t st = UCS_PTR_STATUS(r);
+            /* this part and every part not posted yet fail now */
+            for (uint32_t k = i; k < req->n_local; k++)
+                part_done(op, ucx_errno(st), ucs_status_string(st));
+            break;
+        } else {
+            struct ucx_req *rq = r;
+            rq->d = d;
+            rq->op = op;
+            rq->sb = NULL;
+            rq->gen = gen;
+            rq->kind = UCX_REQ_RMA;
+        }
+    }
+    return 0;
+}
+
+/* Sends sb (its flush, if any, is done). */
+static void am_send(struct ucx_peer *up, struct ucx_sbuf *sb)
+{
+    struct ucx_domain *d = dom(up->base.x);
+    struct xport_op *op = sb->op;
+    if (sb->status < 0 || !up->ep || up->ep_failed) {
+        int st = sb->status < 0 ? sb->status : -ECONNRESET;
+        sbuf_put(d, sb);
+        part_done(op, st, st == -ECONNRESET ? up->why : "flush failed");
+        return;
+    }
+    ucp_request_param_t rp = {
+        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK |
+                        UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS,
+        .cb.send = send_cb,
+        .user_data = op,
+        .flags = UCP_AM_SEND_FLAG_EAGER,
+    };
+    ucs_status_ptr_t r =
+        ucp_am_send_nbx(up->ep, UCX_AM_ID, NULL, 0, sb->data, sb->len, &rp);
+    if (r == NULL) {
+        sbuf_put(d, sb);
+        part_done(op, 0, NULL);
+    } else if (UCS_PTR_IS_ERR(r)) {
+        ucs_status_t st = UCS_PTR_STATUS(r);
+        sbuf_put(d, sb);
+        part_done(op, ucx_errno(st), ucs_status_string(st));
+    } else {
+        struct ucx_req *rq = r;
+        rq->d = d;
+        rq->op = op;
+        rq->sb = sb;
+        rq->gen = sb->gen;
+        rq->kind = UCX_REQ_SEND;
+    }
+}
+
+/* Sends the ready head of up's notification FIFO, in order. */
+static void peer_drain(struct ucx_peer *up)
+{
+    while (up->q_head && up->q_head->ready) {
+        struct ucx_sbuf *sb = up->q_head;
+        up->q_head = sb->next;
+        if (!up->q_head)
+            up->q_tail = NULL;
+        sb->next = NULL;
+        am_send(up, sb);
+    }
+}
+
+static int ucx_notify(struct kvn_xport_peer *p, struct xport_op *op,
+                      const struct xport_notify_hdr *hdr, const void *buf,
+                      size_t len, struct kvn_err *err)
+{
+    struct ucx_domain *d = dom(p->x);
+    struct ucx_peer *up = upeer(p);
+    if (!up->ep)
+        return kvn_err_set(err, -ENOTCONN, "peer is disconnected");
+    if (up->ep_failed)
+        return kvn_err_set(err, -ECONNRESET, "%s", up->why);
+    struct ucx_sbuf *sb = sbuf_get(d);
+    if (!sb)
+        return kvn_err_set(err, -ENOMEM, "out of memory for a send buffer");
+    memcpy(sb->data, hdr, sizeof(*hdr));
+    memcpy(sb->data + sizeof(*hdr), buf, len);
+    sb->len = (uint32_t)(sizeof(*hdr) + len);
+    sb->op = op;
+    sb->gen = op_gen(op);
+    own(up, op, 1);
+
+    if (!up->dirty && !up->q_head) {
+        sb->ready = true;
+        am_send(up, sb);
+        return 0;
+    }
+    /* queue behind earlier notifications; flush first if RMA was posted */
+    if (up->q_tail)
+        up->q_tail->next = sb;
+    else
+        up->q_head = sb;
+    up->q_tail = sb;
+    if (up->dirty) {
+        up->dirty = false;
+        ucp_request_param_t rp = {
+            .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK |
+                            UCP_OP_ATTR_FIELD_USER_DATA,
+            .cb.send = flush_cb,
+            .user_data = up,
+        };
+        ucs_status_ptr_t r = ucp_ep_flush_nbx(up->ep, &rp);
+        if (r == NULL) {
+            sb->ready = true;
+        } else if (UCS_PTR_IS_ERR(r)) {
+            sb->ready = true;
+            sb->status = ucx_errno(UCS_PTR_STATUS(r));
+        } else {
+            struct ucx_req *rq = r;
+            rq->d = d;
+            rq->op = op;
+            rq->sb = sb;
+            rq->gen = sb->gen;
+            rq->kind = UCX_REQ_FLUSH;
+            sb->flushing = true;
+        }
+    } else {
+        sb->ready = true;
+    }
+    peer_drain(up);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* progress and the wait fd                                            */
+
+static int ucx_progress(struct kvn_xport *x)
+{
+    struct ucx_domain *d = dom(x);
+    for (int i = 0; i < UCX_PROGRESS_ROUNDS; i++)
+        if (ucp_worker_progress(d->worker) == 0)
+            break;
+    while (d->drain) {
+        struct ucx_peer *up = d->drain;
+        d->drain = up->drain_next;
+        up->in_drain = false;
+        peer_drain(up);
+    }
+    if (d->graves)
+        graves_reap(d, false);
+    return 0;
+}
+
+static int ucx_get_fd(struct kvn_xport *x)
+{
+    return dom(x)->efd;
+}
+
+static int ucx_arm(struct kvn_xport *x)
+{
+    struct ucx_domain *d = dom(x);
+    if (d->drain)
+        return -EAGAIN;
+    ucs_status_t st = ucp_worker_arm(d->worker);
+    return st == UCS_ERR_BUSY ? -EAGAIN : 0;
+}
+
+const struct kvn_xport_ops xport_ucx_ops = {
+    .family = "ucx",
+    .id = KVN_XPORT_BACKEND_UCX,
+    .peer_size = sizeof(struct ucx_peer),
+    .mr_size = sizeof(struct ucx_mr),
+    .rmr_size = sizeof(struct ucx_rmr),
+    .open = ucx_open,
+    .close = ucx_close,
+    .address = ucx_address,
+    .connect = ucx_connect,
+    .disconnect = ucx_disconnect,
+    .peer_free = ucx_peer_free,
+    .mr_reg = ucx_mr_reg,
+    .mr_dereg = ucx_mr_dereg,
+    .mr_pack_key = ucx_mr_pack_key,
+    .rmr_unpack_key = ucx_rmr_unpack_key,
+    .rmr_free = ucx_rmr_free,
+    .post = ucx_post,
+    .notify = ucx_notify,
+    .recv_repost = ucx_recv_repost,
+    .progress = ucx_progress,
+    .get_fd = ucx_get_fd,
+    .arm = ucx_arm,
+};
