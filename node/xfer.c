@@ -12,6 +12,7 @@
 #include "node/xfer.h"
 
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -387,6 +388,7 @@ static void post_queued(struct kvn_xfer *x, uint64_t now_ms)
             if (rc < 0) {
                 jb->failed = true;
                 x->st.ops_failed += n;
+                snprintf(x->st.last_error, sizeof(x->st.last_error), "post: %.120s", e.msg);
                 drop_runs(x, jb);
                 break;
             }
@@ -417,6 +419,7 @@ static void on_cqe(struct kvn_xfer *x, const struct kvn_xport_cqe *c, uint64_t n
     if (c->status < 0) {
         jb->failed = true;
         x->st.ops_failed++;
+        snprintf(x->st.last_error, sizeof(x->st.last_error), "%.96s (%d)", c->msg, c->status);
     }
     jb->inflight--;
     if (jb->inflight == 0 && !jb->queued)

@@ -63,6 +63,7 @@ struct kvn_xfer_stats {
     uint64_t bytes_to_l2, bytes_to_l1; /* of jobs that succeeded */
     uint32_t jobs_active;              /* queued, in flight or held */
     uint32_t jobs_held;
+    char last_error[128]; /* message of the last failed operation, "" if none */
 };
 
 /*
