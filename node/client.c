@@ -84,7 +84,10 @@ static int encode(struct kvn_client *c, const struct kvn_client_req *r, uint64_t
          evict = false, seed = false;
     switch (r->op) {
     case KVN_RPC_REGISTER_L1: blobs = true; break;
-    case KVN_RPC_INSERT: case KVN_RPC_LOAD_BACK: tokens = slots = true; break;
+    case KVN_RPC_INSERT: case KVN_RPC_LOAD_BACK:
+        tokens = true;
+        slots = r->slots != NULL; /* no slots: auto mode */
+        break;
     case KVN_RPC_MATCH: case KVN_RPC_BACKUP: tokens = true; break;
     case KVN_RPC_LOCK: tokens = true; lease = r->lease_ms != 0; break;
     case KVN_RPC_UNLOCK: handle = true; break;
@@ -93,7 +96,8 @@ static int encode(struct kvn_client *c, const struct kvn_client_req *r, uint64_t
     case KVN_RPC_L1_CHECKSUM: slots = true; break;
     default: break;
     }
-    if ((tokens && r->n_tokens && !r->tokens) || (slots && r->n_slots && !r->slots))
+    if ((tokens && r->n_tokens && !r->tokens) ||
+        (slots && r->n_slots && !r->slots))
         return kvn_err_set(err, -EINVAL, "%s: token or slot array is NULL", name);
     if (blobs && (!r->desc || !r->addr))
         return kvn_err_set(err, -EINVAL, "%s: desc and addr must not be NULL", name);

@@ -364,13 +364,14 @@ static int h_insert(struct kvn_node *n, const struct kvn_rpc_req *q, struct kvn_
     if ((rc = need_tree(n, err)) < 0 || (rc = need_pages(n, q, err)) < 0)
         return rc;
     uint32_t pages = q->n_tokens / n->cfg.page_size;
-    if (q->n_slots != pages)
+    if (q->has_slots && q->n_slots != pages)
         return kvn_err_set(err, -EINVAL, "insert: %u slots for %u pages (one L1 slot per page)",
                            q->n_slots, pages);
     if ((rc = check_slots(n, q, kvn_xfer_l1_slots(n->xfer), err)) < 0)
         return rc;
     struct kvn_radix_insert_result res;
-    rc = kvn_radix_insert(n->tree, KVN_RADIX_NS_DEFAULT, q->tokens, q->n_tokens, q->slots,
+    rc = kvn_radix_insert(n->tree, KVN_RADIX_NS_DEFAULT, q->tokens, q->n_tokens,
+                          q->has_slots ? q->slots : NULL,
                           ++n->tick, &res, err);
     if (rc < 0)
         return rc;
@@ -492,12 +493,13 @@ static int h_load_back(struct kvn_node *n, const struct kvn_rpc_req *q, struct k
     int rc;
     if ((rc = need_tree(n, err)) < 0 || (rc = need_pages(n, q, err)) < 0)
         return rc;
-    if (q->n_slots == 0)
+    if (q->has_slots && q->n_slots == 0)
         return kvn_err_set(err, -EINVAL, "load_back: empty slot list");
     if ((rc = check_slots(n, q, kvn_xfer_l1_slots(n->xfer), err)) < 0)
         return rc;
     struct kvn_radix_job_result res;
-    rc = kvn_radix_load_back(n->tree, KVN_RADIX_NS_DEFAULT, q->tokens, q->n_tokens, q->slots,
+    rc = kvn_radix_load_back(n->tree, KVN_RADIX_NS_DEFAULT, q->tokens, q->n_tokens,
+                             q->has_slots ? q->slots : NULL,
                              q->n_slots, ++n->tick, &res, err);
     if (rc < 0)
         return rc;

@@ -24,12 +24,12 @@ static void usage(FILE *f)
         "usage: kvctl -c ENDPOINT [--json] [--timeout MS] OP [ARGS]\n"
         "lists are comma-separated (1,2,3,4); see node/kvn_rpc.h for the semantics\n"
         "  hello\n"
-        "  insert TOKENS --slots SLOTS        one L1 slot per page\n"
+        "  insert TOKENS [--slots SLOTS]      one L1 slot per page (none: the node picks)\n"
         "  match TOKENS\n"
         "  lock TOKENS [--lease MS]           prints the lock handle\n"
         "  unlock HANDLE\n"
         "  backup TOKENS\n"
-        "  load_back TOKENS --slots SLOTS     one L1 slot per L2 page loaded back\n"
+        "  load_back TOKENS [--slots SLOTS]   one L1 slot per L2 page loaded back\n"
         "  evict --tier l1|l2 --pages N\n"
         "  stats\n"
         "  reset\n"
@@ -245,7 +245,7 @@ static int check_args(struct cli *c, const char *op_name, const char *pos)
     struct kvn_client_req *q = &c->q;
     bool want_tokens = false, want_slots = false, want_handle = false;
     switch (q->op) {
-    case KVN_RPC_INSERT: case KVN_RPC_LOAD_BACK: want_tokens = want_slots = true; break;
+    case KVN_RPC_INSERT: case KVN_RPC_LOAD_BACK: want_tokens = true; break; /* no --slots: auto */
     case KVN_RPC_MATCH: case KVN_RPC_LOCK: case KVN_RPC_BACKUP: want_tokens = true; break;
     case KVN_RPC_UNLOCK: want_handle = true; break;
     case KVN_RPC_L1_FILL:

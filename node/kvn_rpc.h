@@ -48,22 +48,32 @@
  *                region, addr = its transport endpoint blob; the node
  *                connects its transport to addr; refused with -EBUSY while
  *                copies are outstanding)
- *   insert       tokens, slots           -> pages, new_pages, matched_pages,
- *                (one L1 slot per page)     copy_jobs
- *   match        tokens (may be empty)   -> l1_pages, l2_pages, l3_pages,
- *                                           matched_tokens, slots[]
- *   lock         tokens, lease_ms: uint  -> handle, pages
+ *   insert       tokens, slots           -> pages, prefix_tokens, revived_tokens,
+ *                                           new_tokens, inserted_tokens, last_node,
+ *                                           backup_ack_id, backup_pages
+ *                (slots: one L1 slot per page, the engine's; slots of pages
+ *                already in L1 are not adopted (prefix_tokens says how many).
+ *                Without "slots" the node picks free slots itself, evicting
+ *                L1 as needed: "auto mode", for tools and tests)
+ *   match        tokens (any length: a     -> matched_tokens, device_tokens,
+ *                partial last page is      host_tokens, backed_tokens, l1_pages,
+ *                ignored; may be empty)    l2_pages, last_device_node,
+ *                                          last_host_node, slots[] (L1 slots of
+ *                                          the device prefix)
+ *   lock         tokens, lease_ms: uint  -> handle, locked_tokens, lease_ms
  *                (lease_ms optional, default 30000, max 3600000: the lock is
  *                released by the node when the lease expires)
  *   unlock       handle: uint            -> -
- *   backup       tokens                  -> copy_jobs, pages
- *   load_back    tokens, slots           -> pages
- *                (slots: one per L2 page to load back, in prefix order)
- *   evict        tier: "l1"|"l2", pages: uint -> evicted
+ *   backup       tokens                  -> ack_id, pages (0/0: nothing to do)
+ *   load_back    tokens, slots           -> ack_id, pages, prefix_tokens
+ *                (slots: one per L2 page to load back, in prefix order; at
+ *                most that many pages are loaded; without "slots": auto mode)
+ *   evict        tier: "l1"|"l2", pages: uint -> evicted, demoted, deleted,
+ *                                           scheduled, ack_id
  *   stats        -                       -> a flat map of counters (see
  *                                           kvnode --help and node/daemon.c)
  *   reset        -                       -> -
- *   l1_fill      slots, seed: uint       -> -      (test aid, --l1 only:
+ *   l1_fill      slots, seed: uint       -> filled (test aid, --l1 only:
  *                fills each stand-in L1 slot with a pattern from seed)
  *   l1_checksum  slots                   -> sums[]  (test aid, --l1 only:
  *                FNV-1a 64 of each slot's bytes)

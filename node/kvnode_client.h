@@ -45,6 +45,7 @@ struct kvn_client_reply;
 /*
  * A request for kvn_client_call. Fill op and the arguments that op takes
  * (kvn_rpc.h); the others are ignored. lease_ms = 0 means the default.
+ * insert and load_back: slots == NULL sends no "slots" (auto mode).
  */
 struct kvn_client_req {
     enum kvn_rpc_op op;

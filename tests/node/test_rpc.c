@@ -326,12 +326,18 @@ static void test_schema_errors(void **state)
     msgpack_pack_array(&k.p, 1);
     msgpack_pack_int8(&k.p, -1);
     assert_int_equal(parse(&k, q, &e), -EINVAL);
-    /* missing slots */
+    /* missing a required argument (insert without slots is auto mode, allowed) */
+    pk_init(&k);
+    head(&k, "l1_fill", 1, 1);
+    s(&k, "seed");
+    msgpack_pack_uint8(&k.p, 1);
+    assert_int_equal(parse(&k, q, &e), -EINVAL);
+    assert_non_null(strstr(e.msg, "slots"));
     pk_init(&k);
     head(&k, "insert", 1, 1);
     i32_list(&k, "tokens", t, 2);
-    assert_int_equal(parse(&k, q, &e), -EINVAL);
-    assert_non_null(strstr(e.msg, "slots"));
+    assert_int_equal(parse(&k, q, &e), 0);
+    assert_false(q->has_slots);
     /* an argument the op does not take */
     pk_init(&k);
     head(&k, "match", 1, 2);
