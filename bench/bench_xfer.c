@@ -1243,8 +1243,9 @@ int kvn_bench_xfer_main(int argc, char **argv)
         return 0;
     }
     if (rc < 0) {
-        fprintf(stderr, "kvbench %s: %s\n", cmd, err.msg);
-        usage(stderr, cmd);
+        fprintf(stderr, "kvbench %s: %s\nusage: kvbench %s -t URI [options] [HOST]  "
+                        "(kvbench %s --help lists the options)\n",
+                cmd, err.msg, cmd, cmd);
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
