@@ -1582,10 +1582,12 @@ static void revive(struct kvn_radix *t, struct rnode *c, const uint32_t *slots)
 }
 
 int kvn_radix_insert(struct kvn_radix *t, uint64_t ns, const int32_t *tokens, size_t n_tokens,
-                     const uint32_t *l1_slots, uint64_t now, struct kvn_radix_insert_result *res,
+                     const uint32_t *l1_slots, uint64_t now, struct kvn_radix_insert_result *out,
                      struct kvn_err *err)
 {
-    if (!t || !res)
+    /* results go to a local copy: a refused call leaves *out untouched too */
+    struct kvn_radix_insert_result resv, *res = &resv;
+    if (!t || !out)
         return kvn_err_set(err, -EINVAL, "insert: tree and res must not be NULL");
     if (!tokens && n_tokens > 0)
         return kvn_err_set(err, -EINVAL, "insert: tokens is NULL");
@@ -1599,8 +1601,10 @@ int kvn_radix_insert(struct kvn_radix *t, uint64_t ns, const int32_t *tokens, si
         return kvn_err_set(err, -EINVAL, "insert: %zu tokens is too many", n_tokens);
     memset(res, 0, sizeof(*res));
     uint32_t np = (uint32_t)(n_tokens / t->ps);
-    if (np == 0)
+    if (np == 0) {
+        *out = resv;
         return 0;
+    }
     struct rnode *root = ns_root(t, ns);
     if (!root && t->nsmap_n >= t->cfg.max_namespaces)
         return kvn_err_set(err, -ENOSPC, "insert: namespace limit %u reached",
@@ -1740,6 +1744,7 @@ int kvn_radix_insert(struct kvn_radix *t, uint64_t ns, const int32_t *tokens, si
                         NULL) < 0)
             t->backups_skipped++;
     }
+    *out = resv;
     return 0;
 }
 
@@ -1834,9 +1839,10 @@ int kvn_radix_evict_l2(struct kvn_radix *t, uint32_t n_pages, struct kvn_radix_e
 
 int kvn_radix_load_back(struct kvn_radix *t, uint64_t ns, const int32_t *tokens, size_t n_tokens,
                         const uint32_t *l1_slots, uint32_t n_slots, uint64_t now,
-                        struct kvn_radix_job_result *res, struct kvn_err *err)
+                        struct kvn_radix_job_result *out, struct kvn_err *err)
 {
-    if (!t || !res)
+    struct kvn_radix_job_result resv, *res = &resv;
+    if (!t || !out)
         return kvn_err_set(err, -EINVAL, "load_back: tree and res must not be NULL");
     if (!tokens && n_tokens > 0)
         return kvn_err_set(err, -EINVAL, "load_back: tokens is NULL");
@@ -1852,8 +1858,10 @@ int kvn_radix_load_back(struct kvn_radix *t, uint64_t ns, const int32_t *tokens,
     memset(res, 0, sizeof(*res));
     uint32_t np = (uint32_t)(n_tokens / t->ps);
     struct rnode *root = ns_root(t, ns);
-    if (!root || np == 0)
+    if (!root || np == 0) {
+        *out = resv;
         return 0;
+    }
     /* limit to n_slots pages beyond the device prefix in explicit mode */
     struct walk w;
     uint32_t n_rev = 0;
@@ -1868,8 +1876,10 @@ int kvn_radix_load_back(struct kvn_radix *t, uint64_t ns, const int32_t *tokens,
         want = w.revive;
     }
     res->prefix_tokens = w.prefix * t->ps;
-    if (want == 0)
+    if (want == 0) {
+        *out = resv;
         return 0;
+    }
     if (l1_slots) {
         int rc = check_slots(t, l1_slots, want, err, "load_back");
         if (rc < 0)
@@ -1944,21 +1954,22 @@ int kvn_radix_load_back(struct kvn_radix *t, uint64_t ns, const int32_t *tokens,
         if (rc < 0) {
             t->copy_submit_failures++;
             job_fail(t, j);
-            memset(res, 0, sizeof(*res));
             return kvn_err_set(err, rc, "load_back: copy submit refused job (%d)", rc);
         }
     }
     t->jobs_submitted++;
+    *out = resv;
     return 0;
 }
 
 /* ---------------------------------------------------------------- backup, ack */
 
-int kvn_radix_write_backup(struct kvn_radix *t, uint64_t id, struct kvn_radix_job_result *res,
+int kvn_radix_write_backup(struct kvn_radix *t, uint64_t id, struct kvn_radix_job_result *out,
                            struct kvn_err *err)
 {
     struct rnode *n;
-    if (!res)
+    struct kvn_radix_job_result resv, *res = &resv;
+    if (!out)
         return kvn_err_set(err, -EINVAL, "write_backup: res is NULL");
     int rc = lookup(t, id, &n, err, "write_backup");
     if (rc < 0)
@@ -1970,8 +1981,10 @@ int kvn_radix_write_backup(struct kvn_radix *t, uint64_t id, struct kvn_radix_jo
     for (struct rnode *a = n; !is_root(a); a = a->parent)
         if (in_l1(a) && !in_l2(a) && !a->pending_ack)
             cnt++;
-    if (cnt == 0)
+    if (cnt == 0) {
+        *out = resv;
         return 0;
+    }
     if (grow_ptrs(&t->scratch2, &t->scratch2_cap, cnt) < 0)
         return kvn_err_set(err, -ENOMEM, "write_backup: out of memory");
     uint32_t i = cnt;
@@ -1979,8 +1992,10 @@ int kvn_radix_write_backup(struct kvn_radix *t, uint64_t id, struct kvn_radix_jo
         if (in_l1(a) && !in_l2(a) && !a->pending_ack)
             t->scratch2[--i] = a;
     rc = queue_write(t, t->scratch2, cnt, false, &res->ack_id, &res->n_pages, err);
-    if (rc == 0)
+    if (rc == 0) {
         res->last_node = n->id;
+        *out = resv;
+    }
     return rc;
 }
 
@@ -2152,8 +2167,10 @@ int kvn_radix_check(const struct kvn_radix *t, struct kvn_err *err)
                   (unsigned long long)n->id);
             CHECK(!in_l1(n) || is_root(n->parent) || in_l1(n->parent),
                   "node %#llx: in L1 below a parent that is not", (unsigned long long)n->id);
-            CHECK(!in_l1(n->parent) || !(n->parent->flags & F_LOADING) || !in_l1(n),
-                  "node %#llx: L1 child of a loading node", (unsigned long long)n->id);
+            CHECK(!in_l1(n) || !(n->parent->flags & F_LOADING) ||
+                      ((n->flags & F_LOADING) && n->pending_ack == n->parent->pending_ack),
+                  "node %#llx: L1 child of a loading node outside its job",
+                  (unsigned long long)n->id);
             CHECK(child_find(t, n->parent, n_key(n)) == n, "node %#llx: not found by child map",
                   (unsigned long long)n->id);
             CHECK(n->lock_ref >= n->own_lock && n->host_ref >= n->own_protect,

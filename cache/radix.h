@@ -32,8 +32,9 @@
  *
  *   - Every tree node is in L1, in L2, or both (never neither).
  *   - L1 is top-closed: a node in L1 has its parent in L1.
- *   - A node being loaded back (L2 -> L1 job pending) has no L1 children and is
- *     a barrier: match, insert and load_back stop in front of it until its ack.
+ *   - A node being loaded back (L2 -> L1 job pending) has no L1 children other
+ *     than nodes of the same load job, and is a barrier: match, insert and
+ *     load_back stop in front of it until its ack.
  *   - A node with a pending copy job is never evicted from either tier.
  *
  * SLOTS AND PAGES: WHO OWNS WHAT
@@ -144,7 +145,8 @@
  *
  * Every function returns 0 or a negative errno code and fills err (may be NULL)
  * per util/kvn_err.h. Arguments are validated before anything changes: a
- * refused call changes nothing (no event, no allocation, no counter).
+ * refused call changes nothing (no event, no allocation, no counter), and
+ * result structs are written only on success.
  *
  * THREAD RULES
  *
@@ -235,7 +237,8 @@ struct kvn_storage_fragment {
  * emits DISK BlockStored for its pages; a negative return means "not stored"
  * (no event, stats.storage_failures). Called only when config.storage_enabled
  * and backup != NULL, once per fragment in prefix order, right after the
- * fragment's CPU_PINNED events.
+ * fragment's CPU_PINNED events, and only when the fragment's parent node is
+ * already L3-present (or is the root), so that the DISK chain has no hole.
  */
 struct kvn_storage_ops {
     int (*backup)(void *ctx, const struct kvn_storage_fragment *frag);

@@ -1,0 +1,689 @@
+/*
+ * test_radix.c - the radix index's behaviour: match / insert (prefix, split,
+ * revive, namespaces), L1 eviction (LRU, LFU, demote vs delete), L2 eviction,
+ * locks and protection, auto slot mode, write policies, load back, memory per
+ * token; and every refusal of every public function ("a refused call changes
+ * nothing": stats, events and the consistency check before and after).
+ */
+#include "cache_test_util.h"
+
+#include "cache/page_hash.h"
+
+static void seq(int32_t *t, size_t n, int32_t base)
+{
+    for (size_t i = 0; i < n; i++)
+        t[i] = base + (int32_t)i;
+}
+
+static void insert_then_match(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(4, 64, 0, KVN_WRITE_THROUGH, false);
+    int32_t t[14];
+    seq(t, 14, 100);
+    uint32_t slots[3] = {10, 20, 30};
+    struct kvn_radix_insert_result ir;
+    fx_insert(f, 0, t, 12, slots, 1, &ir);
+    assert_int_equal(ir.new_tokens, 12);
+    assert_int_equal(ir.inserted_tokens, 12);
+    assert_int_equal(ir.prefix_tokens, 0);
+    assert_int_not_equal(ir.last_node, 0);
+    assert_int_equal(ir.backup_ack_id, 0); /* no L2 tier */
+    /* one GPU BlockStored per page, hashes = the SHA-256 chain */
+    int64_t eh[3];
+    assert_int_equal(kvn_page_hash_chain(NULL, t, 12, 4, NULL, eh, NULL), 3);
+    assert_int_equal(f->rec.n, 3);
+    assert_stored(&f->rec.ev[0], KVN_MEDIUM_GPU, t, 4, false, 0);
+    assert_stored(&f->rec.ev[1], KVN_MEDIUM_GPU, t + 4, 4, true, eh[0]);
+    assert_stored(&f->rec.ev[2], KVN_MEDIUM_GPU, t + 8, 4, true, eh[1]);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(f->rec.ev[i].hashes[0], eh[i]);
+
+    uint32_t out[8];
+    struct kvn_radix_match m;
+    assert_int_equal(kvn_radix_match_prefix(f->t, 0, t, 14, 2, out, 8, &m, NULL), 0);
+    assert_int_equal(m.device_tokens, 12); /* partial tail ignored */
+    assert_int_equal(m.host_tokens, 0);
+    assert_int_equal(m.n_slots, 3);
+    assert_int_equal(out[0], 10);
+    assert_int_equal(out[2], 30);
+    assert_int_equal(m.last_device_node, ir.last_node);
+    /* a shorter match ends inside the node: no split, same node */
+    assert_int_equal(kvn_radix_match_prefix(f->t, 0, t, 7, 3, out, 1, &m, NULL), 0);
+    assert_int_equal(m.device_tokens, 4);
+    assert_int_equal(m.n_slots, 1);
+    assert_int_equal(m.last_device_node, ir.last_node);
+    assert_int_equal(fx_stats(f).nodes, 1);
+    /* diverging inside the second page */
+    t[5] = -7;
+    m = fx_match(f, 0, t, 12, 4);
+    assert_int_equal(m.device_tokens, 4);
+    m = fx_match(f, 0, t + 4, 8, 5);
+    assert_int_equal(m.device_tokens, 0);
+    assert_int_equal(m.last_device_node, 0);
+    /* match emits nothing */
+    assert_int_equal(f->rec.n, 3);
+    fx_free(f);
+}
+
+static void insert_prefix_slots_not_adopted(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(2, 16, 0, KVN_WRITE_THROUGH, false);
+    int32_t t[6] = {1, 2, 3, 4, 5, 6};
+    uint32_t a[] = {0, 1}, b[] = {5, 6, 2};
+    struct kvn_radix_insert_result ir;
+    fx_insert(f, 0, t, 4, a, 1, &ir);
+    fx_insert(f, 0, t, 6, b, 2, &ir);
+    assert_int_equal(ir.prefix_tokens, 4);
+    assert_int_equal(ir.new_tokens, 2);
+    struct kvn_radix_stats st = fx_stats(f);
+    assert_int_equal(st.l1_used, 3);
+    assert_int_equal(st.nodes, 2);
+    /* slots 5 and 6 still belong to the caller: adopting them later works */
+    int32_t u[4] = {9, 9, 8, 8};
+    uint32_t c[] = {5, 6};
+    fx_insert(f, 0, u, 4, c, 3, &ir);
+    assert_int_equal(ir.new_tokens, 4);
+    /* re-inserting an identical sequence adopts nothing */
+    fx_insert(f, 0, t, 6, b, 4, &ir);
+    assert_int_equal(ir.prefix_tokens, 6);
+    assert_int_equal(ir.new_tokens + ir.revived_tokens, 0);
+    assert_int_equal(fx_stats(f).l1_used, 5);
+    fx_free(f);
+}
+
+static void namespaces_are_separate(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(2, 16, 0, KVN_WRITE_THROUGH, false);
+    int32_t t[4] = {1, 2, 3, 4};
+    uint32_t a[] = {0, 1}, b[] = {2, 3};
+    struct kvn_radix_insert_result ir;
+    struct kvn_radix_match m = fx_match(f, 7, t, 4, 1);
+    assert_int_equal(m.device_tokens, 0); /* unknown namespace: a miss */
+    fx_insert(f, KVN_RADIX_NS_DEFAULT, t, 4, a, 1, &ir);
+    m = fx_match(f, 7, t, 4, 2);
+    assert_int_equal(m.device_tokens, 0);
+    fx_insert(f, 7, t, 4, b, 2, &ir);
+    assert_int_equal(ir.new_tokens, 4); /* not shared with namespace 0 */
+    uint32_t out[2];
+    assert_int_equal(kvn_radix_match_prefix(f->t, 7, t, 4, 3, out, 2, &m, NULL), 0);
+    assert_int_equal(out[0], 2);
+    assert_int_equal(kvn_radix_match_prefix(f->t, 0, t, 4, 3, out, 2, &m, NULL), 0);
+    assert_int_equal(out[0], 0);
+    struct kvn_radix_stats st = fx_stats(f);
+    assert_int_equal(st.namespaces, 2);
+    assert_int_equal(st.nodes, 2);
+    /* namespace is not part of the hash (SGLang), lora_id None */
+    assert_int_equal(f->rec.ev[0].hashes[0], f->rec.ev[2].hashes[0]);
+    struct kvn_radix_node_info info;
+    assert_int_equal(kvn_radix_node_info(f->t, ir.last_node, &info, NULL), 0);
+    assert_int_equal(info.ns, 7);
+    fx_free(f);
+}
+
+static void lru_evicts_oldest_leaf(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(1, 16, 0, KVN_WRITE_THROUGH, false);
+    int32_t a[] = {1}, b[] = {2}, c[] = {3};
+    struct kvn_radix_insert_result ia, ib, ic;
+    fx_insert(f, 0, a, 1, NULL, 1, &ia);
+    fx_insert(f, 0, b, 1, NULL, 2, &ib);
+    fx_insert(f, 0, c, 1, NULL, 3, &ic);
+    (void)fx_match(f, 0, a, 1, 4); /* a is now the most recent */
+    struct kvn_radix_evict_result er;
+    uint32_t before = f->rec.n;
+    assert_int_equal(kvn_radix_evict_l1(f->t, 1, &er, NULL), 0);
+    assert_int_equal(er.freed_pages, 1);
+    assert_int_equal(er.deleted_pages, 1); /* no L2 copy: deleted */
+    assert_int_equal(f->rec.n - before, 1);
+    assert_int_equal(f->rec.ev[before].type, KVN_EV_BLOCK_REMOVED);
+    assert_int_equal(f->rec.ev[before].medium, KVN_MEDIUM_GPU);
+    assert_int_equal(f->rec.ev[before].hashes[0], f->rec.ev[1].hashes[0]); /* b */
+    assert_int_equal(kvn_radix_lock(f->t, ib.last_node, NULL), -ENOENT);
+    assert_int_equal(kvn_radix_evict_l1(f->t, 1, &er, NULL), 0);
+    assert_int_equal(fx_match(f, 0, c, 1, 5).device_tokens, 0);
+    assert_int_equal(fx_match(f, 0, a, 1, 5).device_tokens, 1);
+    fx_free(f);
+}
+
+static void lfu_evicts_least_hit(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(1, 16, 0, KVN_WRITE_THROUGH, false);
+    f->cfg.evict_policy = KVN_EVICT_LFU;
+    kvn_radix_destroy(f->t);
+    assert_int_equal(kvn_radix_create(&f->cfg, &f->t, NULL), 0);
+    int32_t a[] = {1}, b[] = {2}, c[] = {3};
+    struct kvn_radix_insert_result r;
+    for (int i = 0; i < 3; i++)
+        fx_insert(f, 0, a, 1, NULL, 1 + (uint64_t)i, &r);
+    fx_insert(f, 0, b, 1, NULL, 10, &r); /* newest, but hit once */
+    fx_insert(f, 0, c, 1, NULL, 4, &r);
+    fx_insert(f, 0, c, 1, NULL, 5, &r);
+    struct kvn_radix_evict_result er;
+    assert_int_equal(kvn_radix_evict_l1(f->t, 1, &er, NULL), 0);
+    assert_int_equal(fx_match(f, 0, b, 1, 11).device_tokens, 0);
+    assert_int_equal(kvn_radix_evict_l1(f->t, 1, &er, NULL), 0);
+    assert_int_equal(fx_match(f, 0, c, 1, 11).device_tokens, 0);
+    assert_int_equal(fx_match(f, 0, a, 1, 11).device_tokens, 1);
+    fx_free(f);
+}
+
+static void interior_nodes_wait_for_children(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(1, 16, 0, KVN_WRITE_THROUGH, false);
+    int32_t t1[] = {1, 2, 3}, t2[] = {1, 2, 4};
+    struct kvn_radix_insert_result r;
+    fx_insert(f, 0, t1, 3, NULL, 1, &r);
+    fx_insert(f, 0, t2, 3, NULL, 2, &r); /* [1,2] -> {[3],[4]} */
+    assert_int_equal(fx_stats(f).nodes, 3);
+    struct kvn_radix_evict_result er;
+    /* [1,2] is oldest-touched? no: both inserts touched it; leaves go first */
+    assert_int_equal(kvn_radix_evict_l1(f->t, 1, &er, NULL), 0);
+    assert_int_equal(er.freed_pages, 1);
+    assert_int_equal(fx_match(f, 0, t1, 3, 3).device_tokens, 2);
+    assert_int_equal(kvn_radix_evict_l1(f->t, 3, &er, NULL), 0);
+    assert_int_equal(er.freed_pages, 3);
+    struct kvn_radix_stats st = fx_stats(f);
+    assert_int_equal(st.nodes, 0);
+    assert_int_equal(st.l1_used, 0);
+    /* an empty tree evicts nothing, without error */
+    assert_int_equal(kvn_radix_evict_l1(f->t, 3, &er, NULL), 0);
+    assert_int_equal(er.freed_pages, 0);
+    fx_free(f);
+}
+
+static void lock_blocks_eviction(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(2, 16, 0, KVN_WRITE_THROUGH, false);
+    int32_t t[6] = {1, 2, 3, 4, 5, 6}, u[4] = {1, 2, 7, 7};
+    struct kvn_radix_insert_result r, r2;
+    fx_insert(f, 0, t, 6, NULL, 1, &r);
+    fx_insert(f, 0, u, 4, NULL, 2, &r2);
+    assert_int_equal(kvn_radix_lock(f->t, r.last_node, NULL), 0);
+    assert_int_equal(kvn_radix_lock(f->t, r.last_node, NULL), 0); /* twice: counted */
+    struct kvn_radix_stats st = fx_stats(f);
+    assert_int_equal(st.locked_nodes, 2); /* [3..6] and [1,2] */
+    struct kvn_radix_evict_result er;
+    assert_int_equal(kvn_radix_evict_l1(f->t, 100, &er, NULL), 0);
+    assert_int_equal(er.freed_pages, 1); /* only the unlocked leaf [7,7] */
+    assert_int_equal(fx_match(f, 0, t, 6, 3).device_tokens, 6);
+    assert_int_equal(kvn_radix_unlock(f->t, r.last_node, NULL), 0);
+    assert_int_equal(kvn_radix_evict_l1(f->t, 100, &er, NULL), 0);
+    assert_int_equal(er.freed_pages, 0);
+    assert_int_equal(kvn_radix_unlock(f->t, r.last_node, NULL), 0);
+    struct kvn_err err;
+    assert_int_equal(kvn_radix_unlock(f->t, r.last_node, &err), -EINVAL); /* double unlock */
+    assert_int_equal(err.code, -EINVAL);
+    assert_int_equal(fx_stats(f).locked_nodes, 0);
+    assert_int_equal(kvn_radix_evict_l1(f->t, 100, &er, NULL), 0);
+    assert_int_equal(er.freed_pages, 3);
+    assert_int_equal(kvn_radix_unlock(f->t, r.last_node, NULL), -ENOENT); /* gone */
+    fx_free(f);
+}
+
+/* back up, ack, demote: the node stays with its L2 copy */
+static void backed(struct fixture *f, const int32_t *t, size_t n, uint64_t tick,
+                   struct kvn_radix_insert_result *r)
+{
+    fx_insert(f, 0, t, n, NULL, tick, r);
+    assert_int_not_equal(r->backup_ack_id, 0);
+    assert_int_equal(kvn_radix_ack(f->t, r->backup_ack_id, true, NULL), 0);
+}
+
+static void demote_revive_and_l2_eviction(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(2, 16, 16, KVN_WRITE_THROUGH, false);
+    int32_t t[6] = {1, 2, 3, 4, 5, 6};
+    struct kvn_radix_insert_result r;
+    backed(f, t, 6, 1, &r);
+    struct kvn_radix_evict_result er;
+    assert_int_equal(kvn_radix_evict_l1(f->t, 3, &er, NULL), 0);
+    assert_int_equal(er.demoted_pages, 3);
+    struct kvn_radix_stats st = fx_stats(f);
+    assert_int_equal(st.l1_used, 0);
+    assert_int_equal(st.l2_used, 3);
+    assert_int_equal(st.l2_evictable_pages, 3);
+    struct kvn_radix_match m = fx_match(f, 0, t, 6, 2);
+    assert_int_equal(m.host_tokens, 6);
+    assert_int_equal(m.last_host_node, r.last_node);
+
+    /* revive: an insert of the same tokens gives them L1 slots again */
+    uint32_t before = f->rec.n;
+    uint32_t slots[] = {4, 5, 6};
+    struct kvn_radix_insert_result r2;
+    fx_insert(f, 0, t, 4, slots, 3, &r2); /* ends inside the L2-only node: split */
+    assert_int_equal(r2.revived_tokens, 4);
+    assert_int_equal(r2.new_tokens, 0);
+    assert_int_equal(r2.backup_ack_id, 0); /* already backed */
+    assert_int_equal(rec_count(&f->rec, KVN_EV_BLOCK_STORED, KVN_MEDIUM_GPU), 3 + 2);
+    assert_int_equal(f->rec.n - before, 2);
+    m = fx_match(f, 0, t, 6, 4);
+    assert_int_equal(m.device_tokens, 4);
+    assert_int_equal(m.host_tokens, 2);
+    assert_int_equal(m.backed_tokens, 6);
+    assert_int_equal(fx_stats(f).nodes, 2);
+
+    /* protection pins L2 */
+    assert_int_equal(kvn_radix_protect(f->t, r.last_node, NULL), 0);
+    assert_int_equal(kvn_radix_evict_l2(f->t, 10, &er, NULL), 0);
+    assert_int_equal(er.freed_pages, 0);
+    assert_int_equal(kvn_radix_unprotect(f->t, r.last_node, NULL), 0);
+    assert_int_equal(kvn_radix_unprotect(f->t, r.last_node, NULL), -EINVAL);
+    before = f->rec.n;
+    assert_int_equal(kvn_radix_evict_l2(f->t, 10, &er, NULL), 0);
+    assert_int_equal(er.freed_pages, 1); /* [5,6]; [1..4] is in L1 */
+    assert_int_equal(f->rec.n - before, 1);
+    assert_int_equal(f->rec.ev[before].type, KVN_EV_BLOCK_REMOVED);
+    assert_int_equal(f->rec.ev[before].medium, KVN_MEDIUM_CPU_PINNED);
+    st = fx_stats(f);
+    assert_int_equal(st.nodes, 1);
+    assert_int_equal(st.l2_used, 2);
+    /* demote [1..4], then L2 eviction removes it entirely */
+    assert_int_equal(kvn_radix_evict_l1(f->t, 2, &er, NULL), 0);
+    assert_int_equal(er.demoted_pages, 2);
+    assert_int_equal(kvn_radix_evict_l2(f->t, 2, &er, NULL), 0);
+    assert_int_equal(er.freed_pages, 2);
+    st = fx_stats(f);
+    assert_int_equal(st.nodes, 0);
+    assert_int_equal(st.l2_used, 0);
+    assert_int_equal(st.l1_used, 0);
+    fx_free(f);
+}
+
+static void selective_threshold_two(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(2, 16, 16, KVN_WRITE_THROUGH_SELECTIVE, false);
+    int32_t t[4] = {1, 2, 3, 4};
+    struct kvn_radix_insert_result r;
+    fx_insert(f, 0, t, 4, NULL, 1, &r);
+    assert_int_equal(r.backup_ack_id, 0);
+    (void)fx_match(f, 0, t, 4, 2); /* a match does not count as a hit */
+    fx_insert(f, 0, t, 4, NULL, 3, &r);
+    assert_int_not_equal(r.backup_ack_id, 0);
+    assert_int_equal(r.backup_pages, 2);
+    fx_insert(f, 0, t, 4, NULL, 4, &r); /* pending: no second job */
+    assert_int_equal(r.backup_ack_id, 0);
+    assert_int_equal(f->jobs.n, 1);
+    fx_free(f);
+}
+
+static void write_backup_covers_ancestors(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(2, 16, 16, KVN_WRITE_BACK, false);
+    int32_t t[6] = {1, 2, 3, 4, 5, 6};
+    struct kvn_radix_insert_result r1, r2;
+    fx_insert(f, 0, t, 2, NULL, 1, &r1);
+    fx_insert(f, 0, t, 6, NULL, 2, &r2);
+    struct kvn_radix_job_result jr;
+    assert_int_equal(kvn_radix_write_backup(f->t, r2.last_node, &jr, NULL), 0);
+    assert_int_equal(jr.n_pages, 3); /* [1,2] and [3..6] */
+    assert_int_equal(kvn_radix_write_backup(f->t, r2.last_node, &jr, NULL), 0);
+    assert_int_equal(jr.ack_id, 0); /* pending already: nothing to do */
+    assert_int_equal(f->jobs.n, 1);
+    assert_int_equal(kvn_radix_ack(f->t, f->jobs.j[0].ack, true, NULL), 0);
+    assert_int_equal(rec_count(&f->rec, KVN_EV_BLOCK_STORED, KVN_MEDIUM_CPU_PINNED), 3);
+    assert_int_equal(fx_match(f, 0, t, 6, 3).backed_tokens, 6);
+    fx_free(f);
+}
+
+static void auto_mode_evicts_to_fit(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(2, 4, 0, KVN_WRITE_THROUGH, false);
+    int32_t a[8], b[4], c[10];
+    seq(a, 8, 0);
+    seq(b, 4, 100);
+    seq(c, 10, 200);
+    struct kvn_radix_insert_result r;
+    fx_insert(f, 0, a, 8, NULL, 1, &r);
+    assert_int_equal(fx_stats(f).l1_free, 0);
+    fx_insert(f, 0, b, 4, NULL, 2, &r);
+    assert_int_equal(r.evicted_pages, 4); /* whole node [a] went */
+    assert_int_equal(r.new_tokens, 4);
+    /* 5 pages never fit in 4 slots */
+    struct kvn_radix_stats st0 = fx_stats(f);
+    struct kvn_err err;
+    assert_int_equal(kvn_radix_insert(f->t, 0, c, 10, NULL, 3, &r, &err), -ENOSPC);
+    assert_int_equal(err.code, -ENOSPC);
+    struct kvn_radix_stats st1 = fx_stats(f);
+    assert_stats_equal(&st0, &st1);
+    /* locked: not evictable, so no room */
+    assert_int_equal(kvn_radix_lock(f->t, r.last_node, NULL), 0);
+    int32_t d[8];
+    seq(d, 8, 300);
+    st0 = fx_stats(f);
+    assert_int_equal(kvn_radix_insert(f->t, 0, d, 8, NULL, 4, &r, &err), -ENOSPC);
+    st1 = fx_stats(f);
+    assert_stats_equal(&st0, &st1);
+    fx_check(f);
+    fx_free(f);
+}
+
+/* extending a sequence must not evict its own prefix in auto mode */
+static void auto_mode_keeps_own_path(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(2, 4, 0, KVN_WRITE_THROUGH, false);
+    int32_t a[8], x[4];
+    seq(a, 8, 0);
+    seq(x, 4, 500);
+    struct kvn_radix_insert_result r;
+    fx_insert(f, 0, x, 4, NULL, 1, &r); /* 2 pages, oldest */
+    fx_insert(f, 0, a, 4, NULL, 2, &r); /* 2 pages */
+    fx_insert(f, 0, a, 8, NULL, 3, &r); /* needs 2 more: x must go, not a's prefix */
+    assert_int_equal(r.prefix_tokens, 4);
+    assert_int_equal(r.new_tokens, 4);
+    assert_int_equal(fx_match(f, 0, a, 8, 4).device_tokens, 8);
+    assert_int_equal(fx_match(f, 0, x, 4, 4).device_tokens, 0);
+    fx_free(f);
+}
+
+static void load_back_partial_and_failed(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(2, 16, 16, KVN_WRITE_THROUGH, false);
+    int32_t t[8];
+    seq(t, 8, 1);
+    struct kvn_radix_insert_result r;
+    backed(f, t, 8, 1, &r);
+    struct kvn_radix_evict_result er;
+    assert_int_equal(kvn_radix_evict_l1(f->t, 4, &er, NULL), 0);
+    assert_int_equal(fx_match(f, 0, t, 8, 2).host_tokens, 8);
+    /* explicit: 1 slot -> loads the first page only (split) */
+    struct kvn_radix_job_result jr;
+    uint32_t s9[] = {9};
+    assert_int_equal(kvn_radix_load_back(f->t, 0, t, 8, s9, 1, 3, &jr, NULL), 0);
+    assert_int_equal(jr.n_pages, 1);
+    assert_int_equal(fx_stats(f).nodes, 2);
+    fx_check(f);
+    /* a failed load: slot freed, nothing published, still host-only */
+    uint32_t before = f->rec.n;
+    assert_int_equal(kvn_radix_ack(f->t, jr.ack_id, false, NULL), 0);
+    assert_int_equal(f->rec.n, before);
+    struct kvn_radix_stats st = fx_stats(f);
+    assert_int_equal(st.l1_used, 0);
+    assert_int_equal(st.locked_nodes, 0);
+    assert_int_equal(fx_match(f, 0, t, 8, 4).host_tokens, 8);
+    /* auto mode: all of it */
+    assert_int_equal(kvn_radix_load_back(f->t, 0, t, 8, NULL, 0, 5, &jr, NULL), 0);
+    assert_int_equal(jr.n_pages, 4);
+    assert_int_equal(jr.prefix_tokens, 0);
+    /* while loading, an insert stops in front of it (barrier) */
+    int32_t longer[10];
+    seq(longer, 10, 1);
+    fx_insert(f, 0, longer, 10, NULL, 6, &r);
+    assert_int_equal(r.inserted_tokens, 0);
+    assert_int_equal(kvn_radix_ack(f->t, jr.ack_id, true, NULL), 0);
+    assert_int_equal(fx_match(f, 0, t, 8, 7).device_tokens, 8);
+    /* nothing left to load */
+    assert_int_equal(kvn_radix_load_back(f->t, 0, t, 8, NULL, 0, 8, &jr, NULL), 0);
+    assert_int_equal(jr.ack_id, 0);
+    assert_int_equal(jr.prefix_tokens, 8);
+    fx_free(f);
+}
+
+static void write_through_skipped_when_l2_full(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(2, 16, 2, KVN_WRITE_THROUGH, false);
+    int32_t a[4], b[4];
+    seq(a, 4, 0);
+    seq(b, 4, 100);
+    struct kvn_radix_insert_result r;
+    fx_insert(f, 0, a, 4, NULL, 1, &r);
+    assert_int_equal(r.backup_pages, 2);
+    fx_insert(f, 0, b, 4, NULL, 2, &r); /* L2 full, nothing evictable */
+    assert_int_equal(r.backup_ack_id, 0);
+    assert_int_equal(fx_stats(f).backups_skipped, 1);
+    fx_free(f);
+}
+
+static void memory_per_token(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(16, 1u << 17, 0, KVN_WRITE_THROUGH, false);
+    f->cfg.sink.emit = NULL;
+    kvn_radix_destroy(f->t);
+    assert_int_equal(kvn_radix_create(&f->cfg, &f->t, NULL), 0);
+    struct kvn_radix_stats st0 = fx_stats(f);
+    enum { SEQ = 1024 };
+    int32_t *t = malloc(SEQ * sizeof(int32_t));
+    assert_non_null(t);
+    uint32_t x = 1;
+    struct kvn_radix_insert_result r;
+    for (int s = 0; s < 100; s++) {
+        /* sequences share a prefix of s % 8 * 128 tokens */
+        for (int i = 0; i < SEQ; i++) {
+            x = x * 1664525u + 1013904223u;
+            t[i] = i < (s % 8) * 128 ? i : (int32_t)(x >> 8);
+        }
+        assert_int_equal(kvn_radix_insert(f->t, 0, t, SEQ, NULL, (uint64_t)s, &r, NULL), 0);
+    }
+    free(t);
+    struct kvn_radix_stats st = fx_stats(f);
+    double per = (double)(st.index_bytes - st0.index_bytes) / (double)st.cached_tokens;
+    printf("index memory: %.2f bytes per cached token (page 16, %llu tokens, %llu nodes)\n", per,
+           (unsigned long long)st.cached_tokens, (unsigned long long)st.nodes);
+    assert_true(per <= 16.0);
+    fx_free(f);
+}
+
+/* ---------------------------------------------------------------- refusals */
+
+#define REFUSED(f, call, want_)                                                                    \
+    do {                                                                                          \
+        struct kvn_radix_stats s0_ = fx_stats(f);                                                 \
+        uint32_t ev0_ = (f)->rec.n, jobs0_ = (f)->jobs.n;                                        \
+        struct kvn_err err;                                                                       \
+        memset(&err, 0, sizeof(err));                                                             \
+        int rc_ = (call);                                                                         \
+        assert_int_equal(rc_, want_);                                                             \
+        assert_int_equal(err.code, want_);                                                        \
+        assert_true(strlen(err.msg) > 0);                                                         \
+        struct kvn_radix_stats s1_ = fx_stats(f);                                                 \
+        assert_stats_equal(&s0_, &s1_);                                                           \
+        assert_int_equal((f)->rec.n, ev0_);                                                       \
+        assert_int_equal((f)->jobs.n, jobs0_);                                                    \
+        fx_check(f);                                                                              \
+    } while (0)
+
+static void refusals_create(void **state)
+{
+    (void)state;
+    struct kvn_radix_config cfg;
+    struct kvn_radix *t = (struct kvn_radix *)&cfg;
+    struct kvn_err err;
+    kvn_radix_config_init(&cfg);
+    assert_int_equal(kvn_radix_create(NULL, &t, &err), -EINVAL);
+    assert_null(t);
+    assert_int_equal(kvn_radix_create(&cfg, NULL, &err), -EINVAL);
+    cfg.page_size = 0;
+    assert_int_equal(kvn_radix_create(&cfg, &t, &err), -EINVAL);
+    assert_int_equal(err.code, -EINVAL);
+    cfg.page_size = KVN_RADIX_MAX_PAGE_SIZE + 1;
+    assert_int_equal(kvn_radix_create(&cfg, &t, &err), -EINVAL);
+    kvn_radix_config_init(&cfg);
+    cfg.l1_pages = 0;
+    assert_int_equal(kvn_radix_create(&cfg, &t, &err), -EINVAL);
+    kvn_radix_config_init(&cfg);
+    cfg.write_policy = (enum kvn_write_policy)7;
+    assert_int_equal(kvn_radix_create(&cfg, &t, &err), -EINVAL);
+    kvn_radix_config_init(&cfg);
+    cfg.evict_policy = (enum kvn_evict_policy)-1;
+    assert_int_equal(kvn_radix_create(&cfg, &t, &err), -EINVAL);
+    kvn_radix_config_init(&cfg);
+    cfg.l2_pages = UINT32_MAX;
+    assert_int_equal(kvn_radix_create(&cfg, &t, &err), -EINVAL);
+    assert_null(t);
+    kvn_radix_destroy(NULL);
+    kvn_radix_config_init(NULL);
+    assert_int_equal(kvn_radix_reset(NULL, &err), -EINVAL);
+    assert_int_equal(kvn_radix_stats(NULL, NULL, &err), -EINVAL);
+    assert_int_equal(kvn_radix_check(NULL, &err), -EINVAL);
+}
+
+static void refusals_match_insert(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(2, 8, 8, KVN_WRITE_BACK, false);
+    f->cfg.max_namespaces = 2;
+    kvn_radix_destroy(f->t);
+    assert_int_equal(kvn_radix_create(&f->cfg, &f->t, NULL), 0);
+    int32_t t[6] = {1, 2, 3, 4, 5, 6};
+    uint32_t s[] = {0, 1};
+    struct kvn_radix_insert_result ir;
+    struct kvn_radix_match m;
+    fx_insert(f, 0, t, 4, s, 1, &ir);
+
+    REFUSED(f, kvn_radix_match_prefix(NULL, 0, t, 4, 1, NULL, 0, &m, &err), -EINVAL);
+    REFUSED(f, kvn_radix_match_prefix(f->t, 0, t, 4, 1, NULL, 0, NULL, &err), -EINVAL);
+    REFUSED(f, kvn_radix_match_prefix(f->t, 0, NULL, 4, 1, NULL, 0, &m, &err), -EINVAL);
+    REFUSED(f, kvn_radix_match_prefix(f->t, KVN_RADIX_NS_INVALID, t, 4, 1, NULL, 0, &m, &err),
+            -EINVAL);
+    REFUSED(f, kvn_radix_match_prefix(f->t, 0, t, (size_t)UINT32_MAX + 2, 1, NULL, 0, &m, &err),
+            -EINVAL);
+
+    uint32_t ok2[] = {2, 3, 4};
+    REFUSED(f, kvn_radix_insert(NULL, 0, t, 4, s, 1, &ir, &err), -EINVAL);
+    REFUSED(f, kvn_radix_insert(f->t, 0, t, 4, s, 1, NULL, &err), -EINVAL);
+    REFUSED(f, kvn_radix_insert(f->t, 0, NULL, 4, s, 1, &ir, &err), -EINVAL);
+    REFUSED(f, kvn_radix_insert(f->t, 0, t, 5, ok2, 1, &ir, &err), -EINVAL); /* unaligned */
+    REFUSED(f, kvn_radix_insert(f->t, KVN_RADIX_NS_INVALID, t, 4, ok2, 1, &ir, &err), -EINVAL);
+    uint32_t far[] = {0, 0, 8};
+    REFUSED(f, kvn_radix_insert(f->t, 0, t, 6, far, 1, &ir, &err), -EINVAL); /* slot range */
+    uint32_t busy[] = {9, 9, 1};
+    REFUSED(f, kvn_radix_insert(f->t, 0, t, 6, busy, 1, &ir, &err), -EBUSY); /* tree's slot */
+    int32_t u[4] = {7, 7, 8, 8};
+    uint32_t dup[] = {5, 5};
+    REFUSED(f, kvn_radix_insert(f->t, 0, u, 4, dup, 1, &ir, &err), -EBUSY); /* listed twice */
+    uint32_t s2[] = {2, 3};
+    fx_insert(f, 1, u, 4, s2, 2, &ir); /* second namespace: the limit */
+    uint32_t s3[] = {4, 5};
+    REFUSED(f, kvn_radix_insert(f->t, 2, u, 4, s3, 3, &ir, &err), -ENOSPC);
+    int32_t big[20];
+    seq(big, 20, 50);
+    REFUSED(f, kvn_radix_insert(f->t, 0, big, 20, NULL, 3, &ir, &err), -ENOSPC); /* > l1_pages */
+    fx_free(f);
+}
+
+static void refusals_ids_and_acks(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(2, 8, 2, KVN_WRITE_BACK, false);
+    int32_t t[4] = {1, 2, 3, 4}, u[4] = {5, 6, 7, 8};
+    struct kvn_radix_insert_result ir, iu;
+    fx_insert(f, 0, t, 4, NULL, 1, &ir);
+    fx_insert(f, 0, u, 4, NULL, 2, &iu);
+    uint64_t bogus = ir.last_node + (UINT64_C(1) << 32); /* right slot, wrong generation */
+
+    REFUSED(f, kvn_radix_lock(NULL, ir.last_node, &err), -EINVAL);
+    REFUSED(f, kvn_radix_lock(f->t, 0, &err), -EINVAL);
+    REFUSED(f, kvn_radix_lock(f->t, bogus, &err), -ENOENT);
+    REFUSED(f, kvn_radix_lock(f->t, UINT64_C(0xffffffff), &err), -ENOENT);
+    REFUSED(f, kvn_radix_unlock(f->t, ir.last_node, &err), -EINVAL); /* never locked */
+    REFUSED(f, kvn_radix_unlock(f->t, bogus, &err), -ENOENT);
+    REFUSED(f, kvn_radix_protect(f->t, 0, &err), -EINVAL);
+    REFUSED(f, kvn_radix_protect(f->t, bogus, &err), -ENOENT);
+    REFUSED(f, kvn_radix_unprotect(f->t, ir.last_node, &err), -EINVAL);
+    REFUSED(f, kvn_radix_unprotect(NULL, ir.last_node, &err), -EINVAL);
+
+    struct kvn_radix_evict_result er;
+    REFUSED(f, kvn_radix_evict_l1(NULL, 1, &er, &err), -EINVAL);
+    REFUSED(f, kvn_radix_evict_l1(f->t, 1, NULL, &err), -EINVAL);
+    REFUSED(f, kvn_radix_evict_l2(NULL, 1, &er, &err), -EINVAL);
+    REFUSED(f, kvn_radix_evict_l2(f->t, 1, NULL, &err), -EINVAL);
+
+    struct kvn_radix_job_result jr;
+    REFUSED(f, kvn_radix_write_backup(NULL, ir.last_node, &jr, &err), -EINVAL);
+    REFUSED(f, kvn_radix_write_backup(f->t, ir.last_node, NULL, &err), -EINVAL);
+    REFUSED(f, kvn_radix_write_backup(f->t, 0, &jr, &err), -EINVAL);
+    REFUSED(f, kvn_radix_write_backup(f->t, bogus, &jr, &err), -ENOENT);
+    assert_int_equal(kvn_radix_write_backup(f->t, ir.last_node, &jr, NULL), 0); /* L2 now full */
+    REFUSED(f, kvn_radix_write_backup(f->t, iu.last_node, &jr, &err), -ENOSPC);
+
+    REFUSED(f, kvn_radix_ack(NULL, jr.ack_id, true, &err), -EINVAL);
+    REFUSED(f, kvn_radix_ack(f->t, 0, true, &err), -EINVAL);
+    REFUSED(f, kvn_radix_ack(f->t, jr.ack_id + 1, true, &err), -ENOENT);
+    REFUSED(f, kvn_radix_ack(f->t, jr.ack_id ^ (UINT64_C(1) << 40), false, &err), -ENOENT);
+    assert_int_equal(kvn_radix_ack(f->t, jr.ack_id, true, NULL), 0);
+    REFUSED(f, kvn_radix_ack(f->t, jr.ack_id, true, &err), -ENOENT); /* acked twice */
+    REFUSED(f, kvn_radix_ack(f->t, jr.ack_id, false, &err), -ENOENT);
+
+    struct kvn_radix_node_info info;
+    REFUSED(f, kvn_radix_node_info(f->t, 0, &info, &err), -EINVAL);
+    REFUSED(f, kvn_radix_node_info(f->t, ir.last_node, NULL, &err), -EINVAL);
+    REFUSED(f, kvn_radix_node_info(f->t, bogus, &info, &err), -ENOENT);
+    REFUSED(f, kvn_radix_stats(f->t, NULL, &err), -EINVAL);
+    fx_free(f);
+
+    /* no host tier */
+    f = fx_new(2, 8, 0, KVN_WRITE_BACK, false);
+    fx_insert(f, 0, t, 4, NULL, 1, &ir);
+    REFUSED(f, kvn_radix_write_backup(f->t, ir.last_node, &jr, &err), -EINVAL);
+    fx_free(f);
+}
+
+static void refusals_load_back(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(2, 8, 8, KVN_WRITE_THROUGH, false);
+    int32_t t[4] = {1, 2, 3, 4};
+    struct kvn_radix_insert_result ir;
+    backed(f, t, 4, 1, &ir);
+    struct kvn_radix_evict_result er;
+    assert_int_equal(kvn_radix_evict_l1(f->t, 2, &er, NULL), 0);
+    uint32_t s[] = {0, 1};
+    fx_insert(f, 0, (int32_t[]){9, 9}, 2, s, 2, &ir); /* slot 0 is the tree's now */
+    struct kvn_radix_job_result jr;
+    REFUSED(f, kvn_radix_load_back(NULL, 0, t, 4, NULL, 0, 1, &jr, &err), -EINVAL);
+    REFUSED(f, kvn_radix_load_back(f->t, 0, t, 4, NULL, 0, 1, NULL, &err), -EINVAL);
+    REFUSED(f, kvn_radix_load_back(f->t, 0, NULL, 4, NULL, 0, 1, &jr, &err), -EINVAL);
+    REFUSED(f, kvn_radix_load_back(f->t, 0, t, 3, NULL, 0, 1, &jr, &err), -EINVAL);
+    REFUSED(f, kvn_radix_load_back(f->t, KVN_RADIX_NS_INVALID, t, 4, NULL, 0, 1, &jr, &err),
+            -EINVAL);
+    uint32_t far[] = {3, 8};
+    REFUSED(f, kvn_radix_load_back(f->t, 0, t, 4, far, 2, 1, &jr, &err), -EINVAL);
+    uint32_t busy[] = {3, 0};
+    REFUSED(f, kvn_radix_load_back(f->t, 0, t, 4, busy, 2, 1, &jr, &err), -EBUSY);
+    uint32_t dup[] = {3, 3};
+    REFUSED(f, kvn_radix_load_back(f->t, 0, t, 4, dup, 2, 1, &jr, &err), -EBUSY);
+    uint32_t good[] = {3, 4};
+    assert_int_equal(kvn_radix_load_back(f->t, 0, t, 4, good, 2, 1, &jr, NULL), 0);
+    assert_int_equal(jr.n_pages, 2);
+    fx_free(f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(insert_then_match),
+        cmocka_unit_test(insert_prefix_slots_not_adopted),
+        cmocka_unit_test(namespaces_are_separate),
+        cmocka_unit_test(lru_evicts_oldest_leaf),
+        cmocka_unit_test(lfu_evicts_least_hit),
+        cmocka_unit_test(interior_nodes_wait_for_children),
+        cmocka_unit_test(lock_blocks_eviction),
+        cmocka_unit_test(demote_revive_and_l2_eviction),
+        cmocka_unit_test(selective_threshold_two),
+        cmocka_unit_test(write_backup_covers_ancestors),
+        cmocka_unit_test(auto_mode_evicts_to_fit),
+        cmocka_unit_test(auto_mode_keeps_own_path),
+        cmocka_unit_test(load_back_partial_and_failed),
+        cmocka_unit_test(write_through_skipped_when_l2_full),
+        cmocka_unit_test(memory_per_token),
+        cmocka_unit_test(refusals_create),
+        cmocka_unit_test(refusals_match_insert),
+        cmocka_unit_test(refusals_ids_and_acks),
+        cmocka_unit_test(refusals_load_back),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
