@@ -1448,12 +1448,12 @@ int kvn_xport_list_devices(struct kvn_xport_devinfo *out, int max,
         if (de->d_name[0] == '.' || strlen(de->d_name) >= 64)
             continue;
         char path[512], line[128];
-        snprintf(path, sizeof(path), "%s/%s/device/numa_node", root,
+        snprintf(path, sizeof(path), "%s/%.63s/device/numa_node", root,
                  de->d_name);
         int numa = -1;
         if (read_line(path, line, sizeof(line)) == 0)
             numa = atoi(line);
-        snprintf(path, sizeof(path), "%s/%s/ports", root, de->d_name);
+        snprintf(path, sizeof(path), "%s/%.63s/ports", root, de->d_name);
         DIR *pd = opendir(path);
         if (!pd)
             continue;
@@ -1464,11 +1464,11 @@ int kvn_xport_list_devices(struct kvn_xport_devinfo *out, int max,
             if (n < max) {
                 struct kvn_xport_devinfo *o = &out[n];
                 memset(o, 0, sizeof(*o));
-                snprintf(o->name, sizeof(o->name), "%s", de->d_name);
+                snprintf(o->name, sizeof(o->name), "%.63s", de->d_name);
                 o->port = (uint32_t)atoi(pe->d_name);
                 o->numa_node = numa;
-                snprintf(path, sizeof(path), "%s/%s/ports/%s/state", root,
-                         de->d_name, pe->d_name);
+                snprintf(path, sizeof(path), "%s/%.63s/ports/%.15s/state",
+                         root, de->d_name, pe->d_name);
                 if (read_line(path, line, sizeof(line)) == 0) {
                     const char *s = strchr(line, ':');
                     s = s ? s + 1 : line;
@@ -1477,8 +1477,9 @@ int kvn_xport_list_devices(struct kvn_xport_devinfo *out, int max,
                     snprintf(o->state, sizeof(o->state), "%.31s", s);
                     o->active = strcmp(o->state, "ACTIVE") == 0;
                 }
-                snprintf(path, sizeof(path), "%s/%s/ports/%s/link_layer",
-                         root, de->d_name, pe->d_name);
+                snprintf(path, sizeof(path),
+                         "%s/%.63s/ports/%.15s/link_layer", root, de->d_name,
+                         pe->d_name);
                 if (read_line(path, line, sizeof(line)) == 0)
                     snprintf(o->link_layer, sizeof(o->link_layer), "%.31s",
                              line);

@@ -61,6 +61,24 @@ struct ofi_rx {
     uint32_t idx;
 };
 
+/*
+ * A part the provider refused with -FI_EAGAIN (typically while rxm sets up
+ * the connection to a new peer, or when its tx queue is full).  Parked in
+ * the domain's backlog and retried by progress, in order per peer; entries
+ * come from a free list (allocated on this slow path only, reused).
+ */
+struct ofi_pending {
+    struct ofi_pending *next;
+    struct xport_op *op;
+    enum kvn_xport_op_kind kind; /* WRITE, READ or SEND */
+    fi_addr_t addr;
+    uint64_t raddr, len, key;
+    size_t n;
+    struct iovec iov[16];
+    void *desc[16];
+    char *msg; /* SEND: heap copy of hdr + payload (len bytes) */
+};
+
 struct ofi_domain {
     struct kvn_xport base;
     struct fi_info *info;
@@ -73,6 +91,7 @@ struct ofi_domain {
     size_t iov_limit;
     uint64_t max_part;
     uint64_t next_key;
+    uint64_t write_flags; /* FI_DELIVERY_COMPLETE when the provider has it */
     int wait_fd;
     bool is_shm;
     char addr[256];
@@ -95,6 +114,10 @@ struct ofi_domain {
     void *tx_desc;
     uint32_t *tx_free;
     uint32_t n_tx_free;
+
+    /* backlog of parts refused with -FI_EAGAIN */
+    struct ofi_pending *bl_head, *bl_tail, *bl_free;
+    uint32_t n_backlog;
 };
 
 struct ofi_peer {
@@ -136,13 +159,29 @@ static int ofi_set(struct kvn_err *err, const char *what, int fi_rc)
                        fi_strerror(fi_rc < 0 ? -fi_rc : fi_rc));
 }
 
-static int ofi_progress(struct kvn_xport *x);
 
 /* ------------------------------------------------------------------ */
 /* domain                                                              */
 
+static void pending_free_all(struct ofi_domain *d)
+{
+    struct ofi_pending *e, *n;
+    for (e = d->bl_head; e; e = n) {
+        n = e->next;
+        free(e->msg);
+        free(e);
+    }
+    for (e = d->bl_free; e; e = n) {
+        n = e->next;
+        free(e);
+    }
+    d->bl_head = d->bl_tail = d->bl_free = NULL;
+    d->n_backlog = 0;
+}
+
 static void ofi_teardown(struct ofi_domain *d)
 {
+    pending_free_all(d);
     if (d->ep)
         fi_close(&d->ep->fid);
     if (d->rx_mr)
@@ -238,6 +277,8 @@ static int ofi_open(const struct xport_uri *uri,
                                   FI_MR_ALLOCATED | FI_MR_PROV_KEY |
                                   FI_MR_ENDPOINT;
     hints->domain_attr->threading = FI_THREAD_DOMAIN;
+    /* a WRITE completion must mean the bytes are at the target */
+    hints->tx_attr->op_flags = FI_DELIVERY_COMPLETE;
     hints->fabric_attr->prov_name = strdup(prov);
     if (!hints->fabric_attr->prov_name) {
         fi_freeinfo(hints);
@@ -267,6 +308,7 @@ static int ofi_open(const struct xport_uri *uri,
                            node ? node : "-", fi_strerror(-rc));
     }
     struct fi_info *fi = d->info;
+    d->write_flags = fi->tx_attr->op_flags & FI_DELIVERY_COMPLETE;
     d->mr_mode = fi->domain_attr->mr_mode;
     d->iov_limit = fi->tx_attr->iov_limit;
     if (d->iov_limit == 0)
@@ -554,49 +596,117 @@ static void ofi_rmr_free(struct kvn_xport_rmr *r)
 /* ------------------------------------------------------------------ */
 /* posting                                                             */
 
-static int post_part(struct ofi_domain *d, struct ofi_peer *p,
-                     struct xport_op *op, enum kvn_xport_op_kind kind,
-                     struct iovec *iov, void **desc, size_t n, uint64_t raddr,
-                     uint64_t len, uint64_t key)
+static ssize_t try_rma(struct ofi_domain *d, struct xport_op *op,
+                       enum kvn_xport_op_kind kind, const struct iovec *iov,
+                       void **desc, size_t n, fi_addr_t addr, uint64_t raddr,
+                       uint64_t len, uint64_t key)
 {
     struct fi_rma_iov rma = {.addr = raddr, .len = len, .key = key};
     struct fi_msg_rma msg = {
         .msg_iov = iov,
         .desc = desc,
         .iov_count = n,
-        .addr = p->addr,
+        .addr = addr,
         .rma_iov = &rma,
         .rma_iov_count = 1,
         .context = op,
     };
-    uint64_t deadline = 0;
-    for (uint32_t spin = 0;; spin++) {
-        ssize_t rc = kind == KVN_XPORT_WRITE
-                         ? fi_writemsg(d->ep, &msg, FI_COMPLETION)
-                         : fi_readmsg(d->ep, &msg, FI_COMPLETION);
-        if (rc != -FI_EAGAIN)
-            return (int)rc;
-        ofi_progress(&d->base);
-        if ((spin & 255) == 255) {
-            uint64_t now = xport_now_ns();
-            if (!deadline)
-                deadline = now + (uint64_t)d->base.attr.op_timeout_ms *
-                                     1000000ull;
-            else if (now > deadline)
-                return -FI_EAGAIN;
-        }
+    return kind == KVN_XPORT_WRITE
+               ? fi_writemsg(d->ep, &msg, FI_COMPLETION | d->write_flags)
+               : fi_readmsg(d->ep, &msg, FI_COMPLETION);
+}
+
+static struct ofi_pending *pending_get(struct ofi_domain *d)
+{
+    struct ofi_pending *e = d->bl_free;
+    if (e)
+        d->bl_free = e->next;
+    else
+        e = malloc(sizeof(*e));
+    if (e) {
+        memset(e, 0, offsetof(struct ofi_pending, iov));
+        e->msg = NULL;
     }
+    return e;
+}
+
+static void pending_put(struct ofi_domain *d, struct ofi_pending *e)
+{
+    free(e->msg);
+    e->msg = NULL;
+    e->next = d->bl_free;
+    d->bl_free = e;
+}
+
+static void pending_append(struct ofi_domain *d, struct ofi_pending *e)
+{
+    e->next = NULL;
+    if (d->bl_tail)
+        d->bl_tail->next = e;
+    else
+        d->bl_head = e;
+    d->bl_tail = e;
+    d->n_backlog++;
+}
+
+static int fail_text(char *buf, size_t cap, const char *what, int fi_rc)
+{
+    snprintf(buf, cap, "ofi: %s: %s", what, fi_strerror(fi_rc < 0 ? -fi_rc : fi_rc));
+    return fi_to_errno(fi_rc);
+}
+
+static void op_complete(struct ofi_domain *d, struct xport_op *op, int status,
+                        const char *msg);
+
+/*
+ * Posts one RMA part now, or parks it when the provider says -FI_EAGAIN or
+ * the backlog is not empty (keeps order).  Returns 0 (posted or parked) or
+ * a negative errno with msg filled (nothing posted for this part).
+ */
+static int part_submit(struct ofi_domain *d, struct ofi_peer *p,
+                       struct xport_op *op, enum kvn_xport_op_kind kind,
+                       const struct iovec *iov, void **desc, size_t n,
+                       uint64_t raddr, uint64_t len, uint64_t key, char *msg,
+                       size_t msgcap)
+{
+    if (!d->bl_head) {
+        ssize_t rc = try_rma(d, op, kind, iov, desc, n, p->addr, raddr, len,
+                             key);
+        if (rc == 0)
+            return 0;
+        if (rc != -FI_EAGAIN)
+            return fail_text(msg, msgcap,
+                             kind == KVN_XPORT_WRITE ? "fi_writemsg"
+                                                     : "fi_readmsg",
+                             (int)rc);
+    }
+    struct ofi_pending *e = pending_get(d);
+    if (!e) {
+        snprintf(msg, msgcap, "ofi: out of memory parking a part");
+        return -ENOMEM;
+    }
+    e->op = op;
+    e->kind = kind;
+    e->addr = p->addr;
+    e->raddr = raddr;
+    e->len = len;
+    e->key = key;
+    e->n = n;
+    memcpy(e->iov, iov, n * sizeof(*iov));
+    memcpy(e->desc, desc, n * sizeof(*desc));
+    pending_append(d, e);
+    return 0;
 }
 
 /*
  * Walks the SG list cutting parts of at most iov_limit iovs and max_part
- * bytes.  Counts them (post == false) or posts them, stopping at the first
- * failure (*rc_out = its fi code); returns the parts counted / posted.
+ * bytes.  Counts them (submit == false) or submits them, stopping at the
+ * first failure (*rc_out, msg); returns the parts counted / submitted.
  */
 static uint32_t walk_parts(struct ofi_domain *d, struct ofi_peer *p,
                            struct xport_op *op,
-                           const struct xport_post_req *req, bool post,
-                           int *rc_out)
+                           const struct xport_post_req *req, bool submit,
+                           int *rc_out, char *msg, size_t msgcap)
 {
     struct iovec iov[OFI_MAX_IOV];
     void *desc[OFI_MAX_IOV];
@@ -621,9 +731,9 @@ static uint32_t walk_parts(struct ofi_domain *d, struct ofi_peer *p,
             left -= take;
             bool last = (k + 1 == req->n_local) && left == 0;
             if (n == d->iov_limit || part_len == d->max_part || last) {
-                if (post) {
-                    int rc = post_part(d, p, op, req->kind, iov, desc, n,
-                                       raddr, part_len, key);
+                if (submit) {
+                    int rc = part_submit(d, p, op, req->kind, iov, desc, n,
+                                         raddr, part_len, key, msg, msgcap);
                     if (rc) {
                         *rc_out = rc;
                         return parts;
@@ -644,23 +754,35 @@ static int ofi_post(struct kvn_xport_peer *p, struct xport_op *op,
 {
     struct ofi_domain *d = dom(p->x);
     struct ofi_peer *pp = (struct ofi_peer *)p;
+    char msg[KVN_XPORT_CQE_MSG] = "";
     int rc;
-    uint32_t total = walk_parts(d, pp, op, req, false, &rc);
+    uint32_t total = walk_parts(d, pp, op, req, false, &rc, msg, sizeof(msg));
     op->parts = total;
-    uint32_t posted = walk_parts(d, pp, op, req, true, &rc);
+    uint32_t posted = walk_parts(d, pp, op, req, true, &rc, msg, sizeof(msg));
     if (rc == 0)
         return 0;
-    char msg[KVN_XPORT_CQE_MSG];
-    snprintf(msg, sizeof(msg), "ofi: %s: %s",
-             req->kind == KVN_XPORT_WRITE ? "fi_writemsg" : "fi_readmsg",
-             fi_strerror(-rc));
     if (posted == 0) {
         op->parts = 0; /* nothing reached the provider */
-        return kvn_err_set(err, fi_to_errno(rc), "%s", msg);
+        return kvn_err_set(err, rc, "%s", msg);
     }
     for (uint32_t i = posted; i < total; i++)
-        xport_op_done(op, fi_to_errno(rc), msg);
+        xport_op_done(op, rc, msg);
     return 0;
+}
+
+/* Posts a send from a tx slot; -FI_EAGAIN leaves the slot taken. */
+static ssize_t try_send(struct ofi_domain *d, struct xport_op *op,
+                        fi_addr_t addr, const void *data, size_t len)
+{
+    uint32_t slot = d->tx_free[--d->n_tx_free];
+    char *b = d->tx_mem + (size_t)slot * d->buf_size;
+    memcpy(b, data, len);
+    ssize_t rc = fi_send(d->ep, b, len, d->tx_desc, addr, op);
+    if (rc)
+        d->tx_free[d->n_tx_free++] = slot;
+    else
+        op->backend[0] = slot;
+    return rc;
 }
 
 static int ofi_notify(struct kvn_xport_peer *p, struct xport_op *op,
@@ -669,48 +791,100 @@ static int ofi_notify(struct kvn_xport_peer *p, struct xport_op *op,
 {
     struct ofi_domain *d = dom(p->x);
     struct ofi_peer *pp = (struct ofi_peer *)p;
-    uint64_t deadline = 0;
-    for (uint32_t spin = 0; d->n_tx_free == 0; spin++) {
-        ofi_progress(&d->base);
-        if ((spin & 255) == 255) {
-            uint64_t now = xport_now_ns();
-            if (!deadline)
-                deadline = now + (uint64_t)d->base.attr.op_timeout_ms *
-                                     1000000ull;
-            else if (now > deadline)
-                return kvn_err_set(err, -EAGAIN,
-                                   "ofi: no send buffer became free");
-        }
-    }
-    uint32_t slot = d->tx_free[--d->n_tx_free];
-    char *b = d->tx_mem + (size_t)slot * d->buf_size;
-    memcpy(b, hdr, sizeof(*hdr));
-    memcpy(b + sizeof(*hdr), buf, len);
-    op->backend[0] = slot;
+    size_t total = sizeof(*hdr) + len;
     op->parts = 1;
-    ssize_t rc;
-    deadline = 0;
-    for (uint32_t spin = 0;; spin++) {
-        rc = fi_send(d->ep, b, sizeof(*hdr) + len, d->tx_desc, pp->addr, op);
-        if (rc != -FI_EAGAIN)
-            break;
-        ofi_progress(&d->base);
-        if ((spin & 255) == 255) {
-            uint64_t now = xport_now_ns();
-            if (!deadline)
-                deadline = now + (uint64_t)d->base.attr.op_timeout_ms *
-                                     1000000ull;
-            else if (now > deadline)
-                break;
+    if (!d->bl_head && d->n_tx_free) {
+        /* assemble in the slot directly: no extra copy on the fast path */
+        uint32_t slot = d->tx_free[--d->n_tx_free];
+        char *b = d->tx_mem + (size_t)slot * d->buf_size;
+        memcpy(b, hdr, sizeof(*hdr));
+        memcpy(b + sizeof(*hdr), buf, len);
+        ssize_t rc = fi_send(d->ep, b, total, d->tx_desc, pp->addr, op);
+        if (rc == 0) {
+            op->backend[0] = slot;
+            return 0;
+        }
+        d->tx_free[d->n_tx_free++] = slot;
+        if (rc != -FI_EAGAIN) {
+            op->parts = 0;
+            return kvn_err_set(err, fi_to_errno((int)rc), "ofi: fi_send: %s",
+                               fi_strerror((int)-rc));
         }
     }
-    if (rc) {
-        d->tx_free[d->n_tx_free++] = slot;
+    struct ofi_pending *e = pending_get(d);
+    char *copy = malloc(total);
+    if (!e || !copy) {
+        if (e)
+            pending_put(d, e);
+        free(copy);
         op->parts = 0;
-        return kvn_err_set(err, fi_to_errno((int)rc), "ofi: fi_send: %s",
-                           fi_strerror((int)-rc));
+        return kvn_err_set(err, -ENOMEM, "ofi: out of memory parking a send");
     }
+    memcpy(copy, hdr, sizeof(*hdr));
+    memcpy(copy + sizeof(*hdr), buf, len);
+    e->op = op;
+    e->kind = KVN_XPORT_SEND;
+    e->addr = pp->addr;
+    e->len = total;
+    e->msg = copy;
+    pending_append(d, e);
     return 0;
+}
+
+/* Retries the backlog in order; a peer that says EAGAIN keeps its later
+ * entries parked (per-peer order), others proceed. */
+static void backlog_retry(struct ofi_domain *d)
+{
+    fi_addr_t blocked[8];
+    int nb = 0;
+    struct ofi_pending **pp = &d->bl_head, *prev = NULL;
+    while (*pp) {
+        struct ofi_pending *e = *pp;
+        bool skip = false;
+        for (int i = 0; i < nb; i++)
+            if (blocked[i] == e->addr)
+                skip = true;
+        ssize_t rc = 0;
+        if (e->op->reported) {
+            rc = -FI_ECANCELED; /* timed out or canceled meanwhile */
+        } else if (!skip) {
+            if (e->kind == KVN_XPORT_SEND)
+                rc = d->n_tx_free ? try_send(d, e->op, e->addr, e->msg, e->len)
+                                  : -FI_EAGAIN;
+            else
+                rc = try_rma(d, e->op, e->kind, e->iov, e->desc, e->n,
+                             e->addr, e->raddr, e->len, e->key);
+        }
+        if (skip || rc == -FI_EAGAIN) {
+            if (!skip) {
+                if (nb == 8)
+                    return;
+                blocked[nb++] = e->addr;
+            }
+            prev = e;
+            pp = &e->next;
+            continue;
+        }
+        /* unlink e */
+        *pp = e->next;
+        if (d->bl_tail == e)
+            d->bl_tail = prev;
+        d->n_backlog--;
+        struct xport_op *op = e->op;
+        enum kvn_xport_op_kind kind = e->kind;
+        pending_put(d, e);
+        if (rc) {
+            char msg[KVN_XPORT_CQE_MSG];
+            int st = fail_text(msg, sizeof(msg),
+                               kind == KVN_XPORT_SEND ? "fi_send (deferred)"
+                                                      : "rma (deferred)",
+                               (int)rc);
+            if (kind == KVN_XPORT_SEND)
+                xport_op_done(op, st, msg); /* no slot held */
+            else
+                op_complete(d, op, st, msg);
+        }
+    }
 }
 
 static bool is_rx_ctx(struct ofi_domain *d, void *ctx)
@@ -732,7 +906,7 @@ static void ofi_recv_repost(struct kvn_xport *x, uint64_t token)
 static void op_complete(struct ofi_domain *d, struct xport_op *op, int status,
                         const char *msg)
 {
-    if (op->kind == KVN_XPORT_SEND && op->parts == 1)
+    if (op->kind == KVN_XPORT_SEND)
         d->tx_free[d->n_tx_free++] = (uint32_t)op->backend[0];
     xport_op_done(op, status, msg);
 }
@@ -774,7 +948,7 @@ static int ofi_progress(struct kvn_xport *x)
     for (int round = 0; round < 16; round++) {
         ssize_t n = fi_cq_read(d->cq, ent, OFI_CQ_BATCH);
         if (n == -FI_EAGAIN)
-            return 0;
+            break;
         if (n == -FI_EAVAIL) {
             handle_error(d);
             continue;
@@ -794,8 +968,10 @@ static int ofi_progress(struct kvn_xport *x)
             }
         }
         if (n < OFI_CQ_BATCH)
-            return 0;
+            break;
     }
+    if (d->bl_head)
+        backlog_retry(d);
     return 0;
 }
 
@@ -807,6 +983,8 @@ static int ofi_get_fd(struct kvn_xport *x)
 static int ofi_arm(struct kvn_xport *x)
 {
     struct ofi_domain *d = dom(x);
+    if (d->bl_head)
+        return -EAGAIN; /* parked parts need retries: keep polling */
     if (d->wait_fd < 0)
         return 0;
     struct fid *f = &d->cq->fid;
