@@ -158,8 +158,8 @@ struct pair_result {
 static void run_pair(const char *op, const char *uri, const char *server_op, char **extra,
                      struct pair_result *r)
 {
-    char *sargv[] = {(char *)server_op, "-t", (char *)uri, "-p", "0", "-b", "127.0.0.1",
-                     "--timeout", "30", NULL};
+    char *sargv[] = {(char *)server_op, "-t",        (char *)uri, "-p", "0", "-b",
+                     "127.0.0.1",       "--timeout", "30",        NULL};
     uint64_t deadline = now_ms() + CHILD_LIMIT_S * 1000;
     spawn(&r->server, sargv);
     int rc = read_until(&r->server, "listening on 127.0.0.1:", deadline);
@@ -170,8 +170,8 @@ static void run_pair(const char *op, const char *uri, const char *server_op, cha
     char pstr[16];
     snprintf(pstr, sizeof(pstr), "%d", port);
 
-    char *cargv[40] = {(char *)op, "-t", (char *)uri, "-p", pstr, "-b", "127.0.0.1",
-                       "--timeout", "30"};
+    char *cargv[40] = {(char *)op, "-t",        (char *)uri, "-p", pstr,
+                       "-b",       "127.0.0.1", "--timeout", "30"};
     int n = 9;
     for (int i = 0; extra[i] && n < 38; i++)
         cargv[n++] = extra[i];
@@ -242,14 +242,14 @@ static void pair_case(const char *uri, const char *op, const char *size, uint32_
     }
     char istr[16];
     snprintf(istr, sizeof(istr), "%u", iters);
-    char *extra[] = {"-s", (char *)size, "-n", istr, "-w", "5", "-q", "8", "--verify",
-                     "--json", NULL};
+    char *extra[] = {"-s", (char *)size, "-n",       istr,     "-w", "5",
+                     "-q", "8",          "--verify", "--json", NULL};
     static struct pair_result r;
     memset(&r, 0, sizeof(r));
     run_pair(op, uri, op, extra, &r);
     if (r.client_rc != 0 || r.server_rc != 0)
-        print_message("client rc %d out:\n%s\nserver rc %d out:\n%s\n", r.client_rc,
-                      r.client.buf, r.server_rc, r.server.buf);
+        print_message("client rc %d out:\n%s\nserver rc %d out:\n%s\n", r.client_rc, r.client.buf,
+                      r.server_rc, r.server.buf);
     assert_int_equal(r.client_rc, 0);
     assert_int_equal(r.server_rc, 0);
     uint64_t bytes = strtoull(size, NULL, 10), last = 0;
@@ -326,8 +326,8 @@ static void test_no_server(void **s)
 {
     (void)s;
     /* A port nobody listens on: bind one, learn it, close it. */
-    char *argv[] = {"write", "-t", "ofi+tcp", "-p", "1", "--timeout", "1", "-s", "8",
-                    "127.0.0.1", NULL};
+    char *argv[] = {"write", "-t", "ofi+tcp", "-p",        "1", "--timeout",
+                    "1",     "-s", "8",       "127.0.0.1", NULL};
     struct child c;
     spawn(&c, argv);
     assert_int_equal(finish(&c, now_ms() + 30000), 1);
@@ -337,8 +337,7 @@ static void test_no_server(void **s)
 static void test_table_and_memcpy(void **s)
 {
     (void)s;
-    char *argv[] = {"write", "-t", "memcpy", "-s", "1K", "-n", "20", "-w", "2", "--verify",
-                    NULL};
+    char *argv[] = {"write", "-t", "memcpy", "-s", "1K", "-n", "20", "-w", "2", "--verify", NULL};
     static struct child c;
     spawn(&c, argv);
     assert_int_equal(finish(&c, now_ms() + 30000), 0);
@@ -351,8 +350,8 @@ static void test_table_and_memcpy(void **s)
     assert_non_null(strstr(c.buf, "lat p99[us]"));
     assert_non_null(strstr(c.buf, "\n 1024 "));
 
-    char *jargv[] = {"read", "-t", "memcpy", "-a", "-n", "4", "-w", "0", "--verify", "--json",
-                     NULL};
+    char *jargv[] = {"read", "-t", "memcpy",   "-a",     "-n", "4",
+                     "-w",   "0",  "--verify", "--json", NULL};
     spawn(&c, jargv);
     assert_int_equal(finish(&c, now_ms() + 30000), 0);
     uint64_t last = 0;
@@ -406,7 +405,7 @@ static void test_bad_args(void **s)
 static void test_bad_transport(void **s)
 {
     (void)s;
-    char *argv[] = {"write", "-t", "verbs+kvn_absent_dev9", "-s", "8", "--timeout", "1",
+    char *argv[] = {"write",     "-t", "verbs+kvn_absent_dev9", "-s", "8", "--timeout", "1",
                     "127.0.0.1", NULL};
     struct child c;
     spawn(&c, argv);
@@ -417,16 +416,11 @@ static void test_bad_transport(void **s)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_bad_args),
-        cmocka_unit_test(test_table_and_memcpy),
-        cmocka_unit_test(test_no_server),
-        cmocka_unit_test(test_bad_transport),
-        cmocka_unit_test(test_ofi_tcp_write),
-        cmocka_unit_test(test_ofi_tcp_read),
-        cmocka_unit_test(test_ucx_tcp_write),
-        cmocka_unit_test(test_ucx_tcp_read),
-        cmocka_unit_test(test_sweep_ofi_tcp),
-        cmocka_unit_test(test_op_mismatch),
+        cmocka_unit_test(test_bad_args),      cmocka_unit_test(test_table_and_memcpy),
+        cmocka_unit_test(test_no_server),     cmocka_unit_test(test_bad_transport),
+        cmocka_unit_test(test_ofi_tcp_write), cmocka_unit_test(test_ofi_tcp_read),
+        cmocka_unit_test(test_ucx_tcp_write), cmocka_unit_test(test_ucx_tcp_read),
+        cmocka_unit_test(test_sweep_ofi_tcp), cmocka_unit_test(test_op_mismatch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -174,8 +174,12 @@ static void test_loopback_sg_write_read(void **state)
         sge[i].offset = (uint64_t)i * 8192;
         sge[i].len = 4096;
     }
-    struct kvn_xport_op op = {.kind = KVN_XPORT_WRITE, .local = sge, .n_local = 64,
-                              .remote = l->rb, .remote_offset = 100, .cookie = 77};
+    struct kvn_xport_op op = {.kind = KVN_XPORT_WRITE,
+                              .local = sge,
+                              .n_local = 64,
+                              .remote = l->rb,
+                              .remote_offset = 100,
+                              .cookie = 77};
     struct kvn_err err;
     struct kvn_xport_cqe c;
     assert_int_equal(kvn_xport_post(l->p, &op, 1, &err), 0);

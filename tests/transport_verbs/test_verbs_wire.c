@@ -115,8 +115,7 @@ static void test_addr_decode_truncated(void **state)
         assert_int_equal(xport_verbs_addr_decode(buf, len, &out, &err), -EINVAL);
         assert_non_null(strstr(err.msg, "expected 52"));
     }
-    assert_int_equal(xport_verbs_addr_decode(buf, XPORT_VERBS_ADDR_LEN + 1, &out, &err),
-                     -EINVAL);
+    assert_int_equal(xport_verbs_addr_decode(buf, XPORT_VERBS_ADDR_LEN + 1, &out, &err), -EINVAL);
     assert_memory_equal(&out, &before, sizeof(out)); /* untouched on refusal */
     assert_int_equal(xport_verbs_addr_decode(NULL, XPORT_VERBS_ADDR_LEN, &out, &err), -EINVAL);
     assert_int_equal(xport_verbs_addr_decode(buf, XPORT_VERBS_ADDR_LEN, NULL, &err), -EINVAL);
@@ -303,8 +302,8 @@ static void test_parse_dev(void **state)
     assert_int_equal(xport_verbs_parse_dev("d:x", name, sizeof(name), &port, &err), -EINVAL);
     assert_int_equal(xport_verbs_parse_dev("d:1a", name, sizeof(name), &port, &err), -EINVAL);
     assert_int_equal(xport_verbs_parse_dev("d:", name, sizeof(name), &port, &err), -EINVAL);
-    assert_int_equal(xport_verbs_parse_dev("averyveryverylongname", name, sizeof(name), &port,
-                                           &err), -EINVAL);
+    assert_int_equal(
+        xport_verbs_parse_dev("averyveryverylongname", name, sizeof(name), &port, &err), -EINVAL);
     assert_non_null(strstr(err.msg, "too long"));
     assert_int_equal(xport_verbs_parse_dev(NULL, name, sizeof(name), &port, &err), -EINVAL);
     assert_int_equal(xport_verbs_parse_dev("d", NULL, sizeof(name), &port, &err), -EINVAL);

@@ -48,7 +48,7 @@
 struct vb_qp {
     struct xport_link link; /* dom->qps */
     struct ibv_qp *qp;
-    int fd;                 /* handshake socket, -1 when closed */
+    int fd; /* handshake socket, -1 when closed */
     bool passive;
     uint32_t sq_used, sq_cap;
 };
@@ -63,6 +63,7 @@ struct vb_domain {
     uint8_t port;
     struct ibv_port_attr pattr;
     uint32_t max_sge, max_sge_rd, sq_depth;
+    uint8_t rd_atom_in, rd_atom_out; /* READs in flight as target / initiator */
     struct xport_verbs_addr self;
 
     unsigned char *rbuf; /* VB_RECV_BUFS x rslot */
@@ -149,10 +150,9 @@ static int qp_create(struct vb_domain *d, struct vb_qp *q, struct kvn_err *err)
     a.qp_state = IBV_QPS_INIT;
     a.pkey_index = 0;
     a.port_num = d->port;
-    a.qp_access_flags = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ |
-                        IBV_ACCESS_REMOTE_WRITE;
-    int rc = ibv_modify_qp(q->qp, &a, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT |
-                                         IBV_QP_ACCESS_FLAGS);
+    a.qp_access_flags = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE;
+    int rc = ibv_modify_qp(q->qp, &a,
+                           IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS);
     if (rc) {
         ibv_destroy_qp(q->qp);
         q->qp = NULL;
@@ -171,7 +171,7 @@ static int qp_connect(struct vb_domain *d, struct vb_qp *q, uint32_t my_psn,
     a.path_mtu = (enum ibv_mtu)xport_verbs_path_mtu(d->self.mtu, m->mtu);
     a.dest_qp_num = m->qpn;
     a.rq_psn = m->psn;
-    a.max_dest_rd_atomic = 16;
+    a.max_dest_rd_atomic = d->rd_atom_in;
     a.min_rnr_timer = 12;
     a.ah_attr.dlid = m->lid;
     a.ah_attr.sl = 0;
@@ -186,18 +186,17 @@ static int qp_connect(struct vb_domain *d, struct vb_qp *q, uint32_t my_psn,
     }
     int rc = ibv_modify_qp(q->qp, &a,
                            IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN |
-                               IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC |
-                               IBV_QP_MIN_RNR_TIMER);
+                               IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER);
     if (rc)
         return kvn_err_set(err, neg_errno(rc), "verbs: QP INIT->RTR (mtu %d, qpn %u): %s",
                            (int)a.path_mtu, m->qpn, strerror(rc));
     memset(&a, 0, sizeof(a));
     a.qp_state = IBV_QPS_RTS;
-    a.timeout = 14;  /* 4.096 us * 2^14 = 67 ms per try */
+    a.timeout = 14; /* 4.096 us * 2^14 = 67 ms per try */
     a.retry_cnt = 7;
     a.rnr_retry = 7; /* receive buffers are reposted each poll: wait for them */
     a.sq_psn = my_psn;
-    a.max_rd_atomic = 16;
+    a.max_rd_atomic = d->rd_atom_out;
     rc = ibv_modify_qp(q->qp, &a,
                        IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY |
                            IBV_QP_SQ_PSN | IBV_QP_MAX_QP_RD_ATOMIC);
@@ -244,8 +243,8 @@ static uint32_t random_psn(void)
     return (uint32_t)(xport_now_ns() * 2654435761u) & 0xffffffu;
 }
 
-static void hs_fill_self(struct vb_domain *d, struct xport_verbs_hs *m, uint16_t type,
-                         uint32_t qpn, uint32_t psn)
+static void hs_fill_self(struct vb_domain *d, struct xport_verbs_hs *m, uint16_t type, uint32_t qpn,
+                         uint32_t psn)
 {
     memset(m, 0, sizeof(*m));
     m->type = type;
@@ -367,14 +366,20 @@ static void hs_accept_all(struct vb_domain *d)
 static int wc_status(enum ibv_wc_status s)
 {
     switch (s) {
-    case IBV_WC_SUCCESS: return 0;
-    case IBV_WC_WR_FLUSH_ERR: return -ECANCELED;
+    case IBV_WC_SUCCESS:
+        return 0;
+    case IBV_WC_WR_FLUSH_ERR:
+        return -ECANCELED;
     case IBV_WC_RETRY_EXC_ERR:
-    case IBV_WC_RNR_RETRY_EXC_ERR: return -ETIMEDOUT;
+    case IBV_WC_RNR_RETRY_EXC_ERR:
+        return -ETIMEDOUT;
     case IBV_WC_REM_ACCESS_ERR:
-    case IBV_WC_LOC_PROT_ERR: return -EACCES;
-    case IBV_WC_REM_INV_REQ_ERR: return -EINVAL;
-    default: return -EIO;
+    case IBV_WC_LOC_PROT_ERR:
+        return -EACCES;
+    case IBV_WC_REM_INV_REQ_ERR:
+        return -EINVAL;
+    default:
+        return -EIO;
     }
 }
 
@@ -396,8 +401,7 @@ static int drain_cq(struct vb_domain *d)
             if (wc[i].wr_id & 1) {
                 uint64_t idx = wc[i].wr_id >> 1;
                 if (wc[i].status == IBV_WC_SUCCESS && idx < VB_RECV_BUFS)
-                    xport_recv_deliver(&d->base, d->rbuf + idx * d->rslot, wc[i].byte_len,
-                                       idx);
+                    xport_recv_deliver(&d->base, d->rbuf + idx * d->rslot, wc[i].byte_len, idx);
                 continue; /* flushed receive: the SRQ goes away with the domain */
             }
             struct xport_op *op = (struct xport_op *)(uintptr_t)wc[i].wr_id;
@@ -635,9 +639,10 @@ static int open_device(struct vb_domain *d, const char *name, struct kvn_err *er
     errno = 0;
     struct ibv_device **list = ibv_get_device_list(&n);
     if (!list)
-        return kvn_err_set(err, -ENODEV, "verbs: no such device '%s' (no RDMA support on "
-                                         "this host: %s)", name,
-                           strerror(errno ? errno : ENOSYS));
+        return kvn_err_set(err, -ENODEV,
+                           "verbs: no such device '%s' (no RDMA support on "
+                           "this host: %s)",
+                           name, strerror(errno ? errno : ENOSYS));
     struct ibv_device *dev = NULL;
     for (int i = 0; i < n; i++)
         if (!strcmp(ibv_get_device_name(list[i]), name))
@@ -652,15 +657,14 @@ static int open_device(struct vb_domain *d, const char *name, struct kvn_err *er
                 off += (size_t)w;
         }
         ibv_free_device_list(list);
-        return kvn_err_set(err, -ENODEV, "verbs: no such device '%s' (%d device%s%s%s)", name,
-                           n, n == 1 ? "" : "s", n ? ": " : "", names);
+        return kvn_err_set(err, -ENODEV, "verbs: no such device '%s' (%d device%s%s%s)", name, n,
+                           n == 1 ? "" : "s", n ? ": " : "", names);
     }
     d->ctx = ibv_open_device(dev);
     int e = errno;
     ibv_free_device_list(list);
     if (!d->ctx)
-        return kvn_err_set(err, neg_errno(e), "verbs: ibv_open_device(%s): %s", name,
-                           strerror(e));
+        return kvn_err_set(err, neg_errno(e), "verbs: ibv_open_device(%s): %s", name, strerror(e));
     return 0;
 }
 
@@ -672,8 +676,8 @@ static int vb_open(const struct xport_uri *uri, const struct kvn_xport_attr *att
     int rc = xport_verbs_parse_dev(uri->sub, name, sizeof(name), &port, err);
     if (rc < 0)
         return rc;
-    uint32_t max_out = attr && attr->max_outstanding ? attr->max_outstanding
-                                                     : KVN_XPORT_DEF_OUTSTANDING;
+    uint32_t max_out =
+        attr && attr->max_outstanding ? attr->max_outstanding : KVN_XPORT_DEF_OUTSTANDING;
     uint32_t max_msg = attr && attr->max_msg_size ? attr->max_msg_size : KVN_XPORT_DEF_MSG;
 
     struct vb_domain *d = calloc(1, sizeof(*d));
@@ -692,8 +696,8 @@ static int vb_open(const struct xport_uri *uri, const struct kvn_xport_attr *att
         goto fail;
     }
     if (port > da.phys_port_cnt) {
-        rc = kvn_err_set(err, -ENODEV, "verbs: %s has %u port(s), not %u", name,
-                         da.phys_port_cnt, port);
+        rc = kvn_err_set(err, -ENODEV, "verbs: %s has %u port(s), not %u", name, da.phys_port_cnt,
+                         port);
         goto fail;
     }
     if ((rc = ibv_query_port(d->ctx, port, &d->pattr))) {
@@ -718,13 +722,18 @@ static int vb_open(const struct xport_uri *uri, const struct kvn_xport_attr *att
     d->max_sge_rd = da.max_sge_rd > 0 && (uint32_t)da.max_sge_rd < d->max_sge
                         ? (uint32_t)da.max_sge_rd
                         : d->max_sge;
+    d->rd_atom_in =
+        (uint8_t)(da.max_qp_rd_atom > 0 && da.max_qp_rd_atom < 16 ? da.max_qp_rd_atom : 16);
+    d->rd_atom_out =
+        (uint8_t)(da.max_qp_init_rd_atom > 0 && da.max_qp_init_rd_atom < 16 ? da.max_qp_init_rd_atom
+                                                                            : 16);
     d->sq_depth = max_out + 16 < (uint32_t)da.max_qp_wr ? max_out + 16 : (uint32_t)da.max_qp_wr;
 
     d->pd = ibv_alloc_pd(d->ctx);
     d->ch = d->pd ? ibv_create_comp_channel(d->ctx) : NULL;
     if (!d->pd || !d->ch) {
-        rc = kvn_err_set(err, neg_errno(errno), "verbs: pd/completion channel: %s",
-                         strerror(errno));
+        rc =
+            kvn_err_set(err, neg_errno(errno), "verbs: pd/completion channel: %s", strerror(errno));
         goto fail;
     }
     fcntl(d->ch->fd, F_SETFL, fcntl(d->ch->fd, F_GETFL) | O_NONBLOCK);
@@ -802,8 +811,8 @@ static int vb_address(struct kvn_xport *x, void *buf, size_t *len, struct kvn_er
 
 /* --- peers ------------------------------------------------------------------ */
 
-static int hs_dial(struct vb_domain *d, const struct xport_verbs_addr *a, int timeout_ms,
-                   int *out, struct kvn_err *err)
+static int hs_dial(struct vb_domain *d, const struct xport_verbs_addr *a, int timeout_ms, int *out,
+                   struct kvn_err *err)
 {
     struct sockaddr_storage ss;
     socklen_t sl;
@@ -855,8 +864,8 @@ static int hs_dial(struct vb_domain *d, const struct xport_verbs_addr *a, int ti
     return 0;
 }
 
-static int vb_connect(struct kvn_xport *x, struct kvn_xport_peer *p, const void *raw,
-                      size_t len, struct kvn_err *err)
+static int vb_connect(struct kvn_xport *x, struct kvn_xport_peer *p, const void *raw, size_t len,
+                      struct kvn_err *err)
 {
     struct vb_domain *d = dom_of(x);
     struct vb_peer *vp = (struct vb_peer *)p;
@@ -873,8 +882,7 @@ static int vb_connect(struct kvn_xport *x, struct kvn_xport_peer *p, const void 
     rc = qp_create(d, &vp->q, err);
     if (rc < 0)
         return rc;
-    int timeout = (int)(x->attr.op_timeout_ms ? x->attr.op_timeout_ms
-                                              : KVN_XPORT_DEF_TIMEOUT_MS);
+    int timeout = (int)(x->attr.op_timeout_ms ? x->attr.op_timeout_ms : KVN_XPORT_DEF_TIMEOUT_MS);
     int fd = -1;
     uint32_t psn = random_psn();
     unsigned char buf[XPORT_VERBS_HS_LEN];
@@ -898,8 +906,10 @@ static int vb_connect(struct kvn_xport *x, struct kvn_xport_peer *p, const void 
             break;
         hs_accept_all(d);
         if (xport_now_ns() > deadline) {
-            rc = kvn_err_set(err, -ETIMEDOUT, "verbs: no handshake reply within %d ms (is "
-                                              "the peer polling?)", timeout);
+            rc = kvn_err_set(err, -ETIMEDOUT,
+                             "verbs: no handshake reply within %d ms (is "
+                             "the peer polling?)",
+                             timeout);
             goto fail;
         }
     }
@@ -961,8 +971,8 @@ static int vb_mr_reg(struct kvn_xport *x, struct kvn_xport_mr *mr, struct kvn_er
         flags |= IBV_ACCESS_REMOTE_WRITE;
     vm->ibmr = ibv_reg_mr(dom_of(x)->pd, mr->addr, mr->len, flags);
     if (!vm->ibmr)
-        return kvn_err_set(err, neg_errno(errno), "verbs: ibv_reg_mr(%zu bytes): %s%s",
-                           mr->len, strerror(errno),
+        return kvn_err_set(err, neg_errno(errno), "verbs: ibv_reg_mr(%zu bytes): %s%s", mr->len,
+                           strerror(errno),
                            errno == ENOMEM || errno == EPERM ? " (check ulimit -l)" : "");
     return 0;
 }
@@ -991,14 +1001,14 @@ static int vb_mr_pack_key(const struct kvn_xport_mr *mr, void *key, size_t *len,
     return 0;
 }
 
-static int vb_rmr_unpack_key(struct kvn_xport_peer *p, struct kvn_xport_rmr *r,
-                             const void *key, size_t len, struct kvn_err *err)
+static int vb_rmr_unpack_key(struct kvn_xport_peer *p, struct kvn_xport_rmr *r, const void *key,
+                             size_t len, struct kvn_err *err)
 {
     if (len != 4)
         return kvn_err_set(err, -EINVAL, "verbs key of %zu bytes, expected 4 (an rkey)", len);
     const unsigned char *k = key;
-    ((struct vb_rmr *)r)->rkey = (uint32_t)k[0] | ((uint32_t)k[1] << 8) |
-                                 ((uint32_t)k[2] << 16) | ((uint32_t)k[3] << 24);
+    ((struct vb_rmr *)r)->rkey =
+        (uint32_t)k[0] | ((uint32_t)k[1] << 8) | ((uint32_t)k[2] << 16) | ((uint32_t)k[3] << 24);
     return 0;
 }
 
@@ -1009,8 +1019,8 @@ static void vb_rmr_free(struct kvn_xport_rmr *r)
 
 /* --- operations ---------------------------------------------------------------- */
 
-static int vb_post(struct kvn_xport_peer *p, struct xport_op *op,
-                   const struct xport_post_req *req, struct kvn_err *err)
+static int vb_post(struct kvn_xport_peer *p, struct xport_op *op, const struct xport_post_req *req,
+                   struct kvn_err *err)
 {
     struct vb_domain *d = dom_of(p->x);
     struct vb_peer *vp = (struct vb_peer *)p;
@@ -1077,9 +1087,8 @@ static int vb_notify(struct kvn_xport_peer *p, struct xport_op *op,
     unsigned char *sb = d->sbuf + (size_t)slot * d->rslot;
     memcpy(sb, hdr, sizeof(*hdr));
     memcpy(sb + sizeof(*hdr), buf, len);
-    struct ibv_sge sge = {.addr = (uintptr_t)sb,
-                          .length = (uint32_t)(sizeof(*hdr) + len),
-                          .lkey = d->sbuf_mr->lkey};
+    struct ibv_sge sge = {
+        .addr = (uintptr_t)sb, .length = (uint32_t)(sizeof(*hdr) + len), .lkey = d->sbuf_mr->lkey};
     struct ibv_send_wr wr, *bad;
     memset(&wr, 0, sizeof(wr));
     wr.wr_id = (uintptr_t)op;

@@ -60,19 +60,19 @@ struct xport_verbs_addr {
     uint8_t link_layer; /* 1 InfiniBand, 2 Ethernet (RoCE) */
     uint8_t mtu;        /* enum ibv_mtu of the port's active MTU, 1..5 */
     uint8_t gid_index;
-    uint16_t lid;       /* != 0 on InfiniBand */
-    uint16_t hs_port;   /* handshake TCP port */
+    uint16_t lid;     /* != 0 on InfiniBand */
+    uint16_t hs_port; /* handshake TCP port */
     uint8_t gid[16];
-    uint8_t hs_family;  /* 4 or 6 */
-    uint8_t hs_ip[16];  /* IPv4 in the first 4 bytes when hs_family == 4 */
+    uint8_t hs_family; /* 4 or 6 */
+    uint8_t hs_ip[16]; /* IPv4 in the first 4 bytes when hs_family == 4 */
 };
 
 /* One side of the QP handshake. */
 struct xport_verbs_hs {
-    uint16_t type;      /* enum xport_verbs_hs_type */
-    uint32_t qpn;       /* 24 bit, != 0 unless NAK */
-    uint32_t psn;       /* 24 bit */
-    uint64_t src_id;    /* sender's domain id */
+    uint16_t type;   /* enum xport_verbs_hs_type */
+    uint32_t qpn;    /* 24 bit, != 0 unless NAK */
+    uint32_t psn;    /* 24 bit */
+    uint64_t src_id; /* sender's domain id */
     uint16_t lid;
     uint8_t mtu;        /* 1..5 unless NAK */
     uint8_t link_layer; /* 1..2 unless NAK */

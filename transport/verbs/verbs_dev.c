@@ -33,22 +33,32 @@ static int read_numa_node(struct ibv_device *dev)
 static const char *state_name(enum ibv_port_state s)
 {
     switch (s) {
-    case IBV_PORT_NOP: return "NOP";
-    case IBV_PORT_DOWN: return "DOWN";
-    case IBV_PORT_INIT: return "INIT";
-    case IBV_PORT_ARMED: return "ARMED";
-    case IBV_PORT_ACTIVE: return "ACTIVE";
-    case IBV_PORT_ACTIVE_DEFER: return "ACTIVE_DEFER";
-    default: return "UNKNOWN";
+    case IBV_PORT_NOP:
+        return "NOP";
+    case IBV_PORT_DOWN:
+        return "DOWN";
+    case IBV_PORT_INIT:
+        return "INIT";
+    case IBV_PORT_ARMED:
+        return "ARMED";
+    case IBV_PORT_ACTIVE:
+        return "ACTIVE";
+    case IBV_PORT_ACTIVE_DEFER:
+        return "ACTIVE_DEFER";
+    default:
+        return "UNKNOWN";
     }
 }
 
 static const char *link_name(uint8_t ll)
 {
     switch (ll) {
-    case IBV_LINK_LAYER_INFINIBAND: return "InfiniBand";
-    case IBV_LINK_LAYER_ETHERNET: return "Ethernet";
-    default: return "Unspecified";
+    case IBV_LINK_LAYER_INFINIBAND:
+        return "InfiniBand";
+    case IBV_LINK_LAYER_ETHERNET:
+        return "Ethernet";
+    default:
+        return "Unspecified";
     }
 }
 
@@ -107,8 +117,7 @@ int xport_verbs_first_active(char *spec, size_t cap, struct kvn_err *err)
             continue;
         int w = snprintf(spec, cap, "%s:%u", di[i].name, di[i].port);
         if (w < 0 || (size_t)w >= cap)
-            return kvn_err_set(err, -EINVAL, "first_active: buffer of %zu bytes too small",
-                               cap);
+            return kvn_err_set(err, -EINVAL, "first_active: buffer of %zu bytes too small", cap);
         return 1;
     }
     return 0;

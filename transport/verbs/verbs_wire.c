@@ -33,8 +33,7 @@ static uint16_t get16(const unsigned char *p)
 
 static uint32_t get32(const unsigned char *p)
 {
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
-           ((uint32_t)p[3] << 24);
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
 static uint64_t get64(const unsigned char *p)
@@ -52,8 +51,10 @@ static int addr_check(const struct xport_verbs_addr *a, struct kvn_err *err)
     if (a->port_num == 0)
         return kvn_err_set(err, -EINVAL, "verbs address: port 0 (ports are 1-based)");
     if (a->link_layer != 1 && a->link_layer != 2)
-        return kvn_err_set(err, -EINVAL, "verbs address: link layer %u is neither "
-                                         "InfiniBand (1) nor Ethernet (2)", a->link_layer);
+        return kvn_err_set(err, -EINVAL,
+                           "verbs address: link layer %u is neither "
+                           "InfiniBand (1) nor Ethernet (2)",
+                           a->link_layer);
     if (!mtu_ok(a->mtu))
         return kvn_err_set(err, -EINVAL, "verbs address: mtu code %u outside 1..5", a->mtu);
     if (a->link_layer == 1 && a->lid == 0)
@@ -80,8 +81,7 @@ int xport_verbs_addr_encode(const struct xport_verbs_addr *a, void *buf, size_t 
         return rc;
     if (*len < XPORT_VERBS_ADDR_LEN) {
         *len = XPORT_VERBS_ADDR_LEN;
-        return kvn_err_set(err, -ENOSPC, "verbs address needs %u bytes",
-                           XPORT_VERBS_ADDR_LEN);
+        return kvn_err_set(err, -ENOSPC, "verbs address needs %u bytes", XPORT_VERBS_ADDR_LEN);
     }
     unsigned char *p = buf;
     memset(p, 0, XPORT_VERBS_ADDR_LEN);
@@ -152,8 +152,7 @@ static int hs_check(const struct xport_verbs_hs *m, struct kvn_err *err)
     if (m->link_layer != 1 && m->link_layer != 2)
         return kvn_err_set(err, -EINVAL, "verbs handshake: link layer %u", m->link_layer);
     if (m->status != 0)
-        return kvn_err_set(err, -EINVAL, "verbs handshake: status %d on a REQ/ACK",
-                           (int)m->status);
+        return kvn_err_set(err, -EINVAL, "verbs handshake: status %d on a REQ/ACK", (int)m->status);
     return 0;
 }
 
@@ -231,8 +230,9 @@ int xport_verbs_parse_dev(const char *spec, char *name, size_t name_cap, uint8_t
     const char *colon = strchr(spec, ':');
     size_t n = colon ? (size_t)(colon - spec) : strlen(spec);
     if (n == 0)
-        return kvn_err_set(err, -EINVAL, "verbs URI needs a device: verbs+DEVICE[:PORT], "
-                                         "e.g. verbs+mlx5_0");
+        return kvn_err_set(err, -EINVAL,
+                           "verbs URI needs a device: verbs+DEVICE[:PORT], "
+                           "e.g. verbs+mlx5_0");
     if (n >= name_cap)
         return kvn_err_set(err, -EINVAL, "verbs device name '%.*s' is too long", (int)n, spec);
     unsigned long p = 1;
