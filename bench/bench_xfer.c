@@ -626,11 +626,13 @@ static int run_server(struct xb_opts *o, struct kvn_err *err)
     s.conn.timeout_ms = o->timeout_s * 1000;
 
     int lfd = -1, port = 0;
-    int rc = tcp_listen(o->bind_host, o->port, &lfd, &port, err);
+    /* "-b any" means every interface, for the transport as for the bootstrap. */
+    const char *lhost = o->bind_host && strcmp(o->bind_host, "any") ? o->bind_host : NULL;
+    int rc = tcp_listen(lhost, o->port, &lfd, &port, err);
     if (rc < 0)
         return rc;
     printf("kvbench %s server: transport %s, listening on %s:%d\n", op_name(o->op), o->uri,
-           o->bind_host ? o->bind_host : "*", port);
+           lhost ? lhost : "*", port);
     fflush(stdout);
 
     rc = tcp_accept(lfd, o->timeout_s * 1000, &s.conn.fd, err);
@@ -1135,7 +1137,8 @@ static void usage(FILE *f, const char *cmd)
             "  -t, --transport URI  ofi+tcp, ofi+shm, ofi+verbs, ucx+tcp, ucx+sm, ucx,\n"
             "                       verbs+DEVICE, auto; or memcpy (local copy floor, no server)\n"
             "  -p, --port PORT      bootstrap TCP port (default %d; 0 = any free, server only)\n"
-            "  -b, --bind HOST      server: bootstrap listen address; both: transport bind host\n"
+            "  -b, --bind HOST      transport bind host (and the server's bootstrap address);\n"
+            "                       default 127.0.0.1 for the transport; 'any' = all interfaces\n"
             "  -s, --size SIZE      bytes per operation, K/M/G suffixes (default %u)\n"
             "  -a, --all            sweep sizes 2 B .. 8 MiB in powers of two\n"
             "  -n, --iters N        measured iterations per size (default %u)\n"
