@@ -122,6 +122,8 @@ struct kvn_radix {
     uint32_t scratch_cap;
     struct rnode **scratch2;
     uint32_t scratch2_cap;
+    struct rnode **stack; /* DFS stack of publish_cpu / drop_unpublishable */
+    uint32_t stack_cap;
     uint32_t *slotbuf; /* auto-mode slots of one insert */
     uint32_t slotbuf_cap;
 
@@ -255,6 +257,25 @@ static int grow_ptrs(struct rnode ***arr, uint32_t *cap, uint32_t need)
         return -ENOMEM;
     *arr = p;
     *cap = nc;
+    return 0;
+}
+
+/*
+ * scratch and scratch2 always hold at least n_nodes + SCRATCH_SLACK entries,
+ * so that ack processing (which must not fail) never allocates. Called with
+ * the extra nodes a call may create, before it changes anything.
+ */
+#define SCRATCH_SLACK 8u
+
+static int reserve_scratch(struct kvn_radix *t, uint32_t extra_nodes)
+{
+    uint64_t need = t->n_nodes + extra_nodes + SCRATCH_SLACK;
+    if (need > UINT32_MAX / 2)
+        return -ENOMEM;
+    if (grow_ptrs(&t->scratch, &t->scratch_cap, (uint32_t)need) < 0 ||
+        grow_ptrs(&t->scratch2, &t->scratch2_cap, (uint32_t)need) < 0 ||
+        grow_ptrs(&t->stack, &t->stack_cap, (uint32_t)need) < 0)
+        return -ENOMEM;
     return 0;
 }
 
@@ -606,18 +627,27 @@ static int heap_reserve(struct kvn_radix *t, uint64_t extra)
 
 /* ---------------------------------------------------------------- candidacy */
 
+/*
+ * A node whose L2 copy is valid but not announced yet (its parent's write is
+ * still pending) stays in L1: L2-only nodes are always announced on CPU_PINNED.
+ */
 static bool l1_candidate(const struct rnode *n)
 {
     return !is_root(n) && in_l1(n) && !(n->flags & F_LOADING) && n->n_l1_children == 0 &&
-           n->lock_ref == 0 && n->pending_ack == 0;
+           n->lock_ref == 0 && n->pending_ack == 0 && (!in_l2(n) || (n->flags & F_CPU_PUB));
+}
+
+/* Deleting n loses nothing anybody holds: no L2 copy, no children, no protection. */
+static bool deletable(const struct rnode *n)
+{
+    return !in_l2(n) && n->n_children == 0 && n->host_ref == 0;
 }
 
 static bool l1_sync_freeable(const struct kvn_radix *t, const struct rnode *n)
 {
     if (in_l2(n))
         return true;
-    return n->n_children == 0 &&
-           (t->cfg.write_policy != KVN_WRITE_BACK || t->cfg.l2_pages == 0);
+    return deletable(n) && (t->cfg.write_policy != KVN_WRITE_BACK || t->cfg.l2_pages == 0);
 }
 
 static bool l2_candidate(const struct rnode *n)
@@ -970,31 +1000,61 @@ static void do_storage(struct kvn_radix *t, struct rnode *n)
  */
 static void publish_cpu(struct kvn_radix *t, struct rnode *n)
 {
-    /* explicit stack in scratch2: chains can be long */
+    /* explicit stack (holds n_nodes entries): chains can be long */
     uint32_t sp = 0;
-    if (grow_ptrs(&t->scratch2, &t->scratch2_cap, 1) < 0)
-        return; /* cannot happen after create: scratch2 is preallocated */
-    t->scratch2[sp++] = n;
+    t->stack[sp++] = n;
     while (sp > 0) {
-        struct rnode *c = t->scratch2[--sp];
+        struct rnode *c = t->stack[--sp];
         emit_stored(t, KVN_MEDIUM_CPU_PINNED, c);
         c->flags |= F_CPU_PUB;
+        refresh(t, c); /* an announced copy may make it an L1 candidate */
         do_storage(t, c);
-        for (struct rnode *k = c->first_child; k; k = k->next_sib) {
-            if (l2_valid(k) && !(k->flags & F_CPU_PUB)) {
-                if (grow_ptrs(&t->scratch2, &t->scratch2_cap, sp + 1) < 0)
-                    continue; /* stays deferred; published with a later ack */
-                t->scratch2[sp++] = k;
-            }
-        }
+        for (struct rnode *k = c->first_child; k; k = k->next_sib)
+            if (l2_valid(k) && !(k->flags & F_CPU_PUB))
+                t->stack[sp++] = k;
     }
 }
 
-static void maybe_publish_cpu(struct kvn_radix *t, struct rnode *n)
+/*
+ * Drops the L2 copies that can never be announced: below n (whose L2 copy is
+ * gone), every descendant reached through unannounced L2 copies that is not
+ * itself pending. They are all in L1 (l1_candidate keeps unannounced copies
+ * there), so they only lose their backup; no event was sent for them. A
+ * pending write below runs the same rule when it is acked.
+ */
+static void drop_unpublishable(struct kvn_radix *t, struct rnode *n)
 {
-    if (l2_valid(n) && !(n->flags & F_CPU_PUB) &&
-        (is_root(n->parent) || (n->parent->flags & F_CPU_PUB)))
+    uint32_t sp = 0;
+    for (struct rnode *k = n->first_child; k; k = k->next_sib)
+        if (in_l2(k) && !(k->flags & F_CPU_PUB) && !k->pending_ack)
+            t->stack[sp++] = k;
+    while (sp > 0) {
+        struct rnode *c = t->stack[--sp];
+        c->flags &= ~F_DEMOTE;
+        free_l2_of(t, c);
+        refresh(t, c);
+        for (struct rnode *k = c->first_child; k; k = k->next_sib)
+            if (in_l2(k) && !(k->flags & F_CPU_PUB) && !k->pending_ack)
+                t->stack[sp++] = k;
+    }
+}
+
+/* Called for a write fragment right after its ack succeeded. */
+static void settle_written(struct kvn_radix *t, struct rnode *n)
+{
+    if (!l2_valid(n) || (n->flags & F_CPU_PUB))
+        return;
+    struct rnode *p = n->parent;
+    if (is_root(p) || (p->flags & F_CPU_PUB)) {
         publish_cpu(t, n);
+    } else if (!in_l2(p)) {
+        /* the parent has no L2 copy (its write failed): never announceable */
+        n->flags &= ~F_DEMOTE;
+        free_l2_of(t, n);
+        refresh(t, n);
+        drop_unpublishable(t, n);
+    }
+    /* else: the parent's copy is pending or itself waiting: announced with it */
 }
 
 static void job_fail(struct kvn_radix *t, struct rjob *j)
@@ -1006,6 +1066,7 @@ static void job_fail(struct kvn_radix *t, struct rjob *j)
             free_l2_of(t, n);
             n->flags &= ~F_DEMOTE;
             job_detach(t, n);
+            drop_unpublishable(t, n);
         } else {
             free_l1_of(t, n);
             n->flags &= ~F_LOADING;
@@ -1032,29 +1093,23 @@ static void job_ok(struct kvn_radix *t, struct rjob *j)
         job_release(t, j);
         return;
     }
-    /* detach every fragment first: publication below walks whole chains */
-    uint32_t cnt = 0;
-    for (struct rnode *c = n; c; c = c->pend_next)
-        cnt++;
-    bool listed = grow_ptrs(&t->scratch, &t->scratch_cap, cnt) == 0;
+    /* detach every fragment first: publication below walks whole chains.
+     * scratch always holds n_nodes entries (see reserve_scratch). */
     uint32_t i = 0;
     while (n) {
         struct rnode *next = n->pend_next;
         job_detach(t, n);
-        if (listed)
-            t->scratch[i++] = n;
-        else
-            maybe_publish_cpu(t, n);
+        t->scratch[i++] = n;
         n = next;
     }
     job_release(t, j);
-    for (uint32_t k = 0; listed && k < i; k++)
-        maybe_publish_cpu(t, t->scratch[k]);
-    for (uint32_t k = 0; listed && k < i; k++) {
+    for (uint32_t k = 0; k < i; k++)
+        settle_written(t, t->scratch[k]);
+    for (uint32_t k = 0; k < i; k++) {
         struct rnode *c = t->scratch[k];
         if (c->flags & F_DEMOTE) {
             c->flags &= ~F_DEMOTE;
-            if (l1_candidate(c))
+            if (in_l2(c) && l1_candidate(c)) /* l1_candidate: announced, unlocked leaf */
                 demote(t, c);
         }
     }
@@ -1131,6 +1186,8 @@ static int evict_l2_internal(struct kvn_radix *t, uint32_t need,
         heap_out(t, v);
         if (v->flags & F_CPU_PUB)
             emit_removed(t, KVN_MEDIUM_CPU_PINNED, v);
+        if (v->flags & F_L3)
+            emit_removed(t, KVN_MEDIUM_DISK, v); /* the index forgets it */
         free_l2_of(t, v);
         delete_node(t, v);
         res->freed_pages += np;
@@ -1226,7 +1283,7 @@ static int evict_l1_internal(struct kvn_radix *t, uint32_t need, bool allow_asyn
         for (uint32_t i = 0; i < n_async; i++) {
             struct rnode *v = t->scratch[cap - 1 - i];
             v->flags &= ~F_MARK;
-            if (v->n_children == 0 && !in_l2(v)) {
+            if (deletable(v)) {
                 res->freed_pages += v->n_pages;
                 res->deleted_pages += v->n_pages;
                 delete_l1_leaf(t, v);
@@ -1283,8 +1340,7 @@ int kvn_radix_create(const struct kvn_radix_config *cfg, struct kvn_radix **out,
     int rc = kvn_page_alloc_init(&t->l1a, cfg->l1_pages, err);
     if (rc == 0)
         rc = kvn_page_alloc_init(&t->l2a, cfg->l2_pages, err);
-    if (rc == 0 && (grow_ptrs(&t->scratch, &t->scratch_cap, 256) < 0 ||
-                    grow_ptrs(&t->scratch2, &t->scratch2_cap, 256) < 0 ||
+    if (rc == 0 && (reserve_scratch(t, 0) < 0 ||
                     heap_reserve(t, 256) < 0 || cmap_reserve(t, 64) < 0 || ns_reserve(t) < 0))
         rc = kvn_err_set(err, -ENOMEM, "radix_create: out of memory");
     if (rc < 0) {
@@ -1326,6 +1382,7 @@ void kvn_radix_destroy(struct kvn_radix *t)
     free(t->jobs);
     free(t->scratch);
     free(t->scratch2);
+    free(t->stack);
     free(t->slotbuf);
     kvn_page_alloc_fini(&t->l1a);
     kvn_page_alloc_fini(&t->l2a);
@@ -1632,6 +1689,7 @@ int kvn_radix_insert(struct kvn_radix *t, uint64_t ns, const int32_t *tokens, si
     void *blks[3];
     if (slab_reserve(t, 3) < 0 || cmap_reserve(t, 2) < 0 || ns_reserve(t) < 0 ||
         heap_reserve(t, 3) < 0 || grow_ptrs(&t->scratch2, &t->scratch2_cap, np + 2) < 0 ||
+        reserve_scratch(t, 3) < 0 ||
         prealloc_blocks(t, blks, bp, 3) < 0)
         return kvn_err_set(err, -ENOMEM, "insert: out of memory");
     if (!l1_slots && adopt > t->slotbuf_cap) {
@@ -1891,7 +1949,7 @@ int kvn_radix_load_back(struct kvn_radix *t, uint64_t ns, const int32_t *tokens,
     uint32_t bp[2] = {w.split ? w.split_at : 0, w.split ? w.split->n_pages - w.split_at : 0};
     void *blks[2];
     if (slab_reserve(t, 2) < 0 || cmap_reserve(t, 2) < 0 || heap_reserve(t, 2) < 0 ||
-        prealloc_blocks(t, blks, bp, 2) < 0)
+        reserve_scratch(t, 2) < 0 || prealloc_blocks(t, blks, bp, 2) < 0)
         return kvn_err_set(err, -ENOMEM, "load_back: out of memory");
     struct rjob *j = job_alloc(t, want);
     if (!j) {
@@ -2062,7 +2120,7 @@ int kvn_radix_stats(const struct kvn_radix *t, struct kvn_radix_stats *st, struc
     b += (uint64_t)t->jobs_cap * sizeof(struct rjob);
     for (uint32_t i = 0; i < t->jobs_cap; i++)
         b += (uint64_t)t->jobs[i].cap * 8;
-    b += ((uint64_t)t->scratch_cap + t->scratch2_cap) * sizeof(void *) +
+    b += ((uint64_t)t->scratch_cap + t->scratch2_cap + t->stack_cap) * sizeof(void *) +
          (uint64_t)t->slotbuf_cap * 4;
     b += ((uint64_t)st->l1_capacity + st->l2_capacity) * 8;
     st->index_bytes = b;
@@ -2199,6 +2257,17 @@ int kvn_radix_check(const struct kvn_radix *t, struct kvn_err *err)
                       (unsigned long long)n->id);
                 CHECK(n->lock_ref > 0, "node %#llx: pending but unlocked",
                       (unsigned long long)n->id);
+            }
+            CHECK(in_l1(n) || (n->flags & F_CPU_PUB),
+                  "node %#llx: L2-only but not announced on CPU_PINNED",
+                  (unsigned long long)n->id);
+            if (l2_valid(n) && !(n->flags & F_CPU_PUB)) {
+                /* waiting: some ancestor's write is pending, through unannounced copies */
+                const struct rnode *a = n->parent;
+                while (!is_root(a) && in_l2(a) && !(a->flags & F_CPU_PUB) && !pending_write(a))
+                    a = a->parent;
+                CHECK(!is_root(a) && pending_write(a),
+                      "node %#llx: L2 copy can never be announced", (unsigned long long)n->id);
             }
             if ((n->flags & F_CPU_PUB) && !is_root(n->parent))
                 CHECK(n->parent->flags & F_CPU_PUB,

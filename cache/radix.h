@@ -72,7 +72,13 @@
  * A page is announced on a medium only after its parent page is announced on
  * that medium: a write acked before the write of its parent is held back and
  * published (CPU_PINNED BlockStored) right after the parent's, in prefix order.
- * BlockRemoved is only ever sent for pages that were announced on that medium.
+ * Such a held-back node stays in L1 (it is no eviction candidate) until then.
+ * If the parent's write fails instead, the held-back copies below it can never
+ * be announced: their L2 pages are freed, silently (they were never announced),
+ * and the nodes stay in L1 without backup. So an L2-only node is always
+ * announced on CPU_PINNED, and an L2 copy that is not announced always waits
+ * for a pending write on its path. BlockRemoved is only ever sent for pages
+ * that were announced on that medium.
  *
  * EVENTS (cache/kv_event.h), SGLang's convention
  *
@@ -85,7 +91,9 @@
  *   CPU_PINNED BlockRemoved per tree node when its L2 pages are evicted.
  *   DISK BlockStored        per page of a fragment whose storage hook returned
  *                           0, and whose parent page is on DISK (or is the root).
- *                           L3 is never evicted by the tree (node/ owns storage).
+ *   DISK BlockRemoved       per tree node with L3 presence when L2 eviction
+ *                           deletes it: the index no longer knows the pages
+ *                           (node/ owns the files and may keep or drop them).
  *   AllBlocksCleared        on reset.
  * Events carry lora_id None (has_lora_id false) and the namespace is NOT part of
  * the page hash, exactly as SGLang: identical tokens in two namespaces have
@@ -109,9 +117,11 @@
  *
  *   L1 candidates: in L1, no L1 child, no device lock, no pending job.
  *     - backed up (has L2): demoted (L1 slots freed, node stays, GPU removed);
- *     - no L2, no children, policy not write_back (or no L2 tier): deleted;
- *     - otherwise (write_back, or L2-only children below): an L1 -> L2 job is
- *       queued and the node is demoted when it is acked (pages "scheduled").
+ *     - no L2, no children, not protected, policy not write_back (or no L2
+ *       tier): deleted;
+ *     - otherwise (write_back, L2-only children below, or protected): an
+ *       L1 -> L2 job is queued and the node is demoted when it is acked
+ *       (pages "scheduled"); without an L2 tier such a node stays.
  *   L2 candidates: L2 only (not in L1), no children, no lock, no protection,
  *     no pending job: deleted (L2 pages freed, CPU_PINNED removed).
  *   Order: KVN_EVICT_LRU by (last_access_tick, id); KVN_EVICT_LFU by
@@ -128,7 +138,8 @@
  *
  * kvn_radix_lock(id) adds one device lock to the node and every ancestor: none
  * of them can leave L1 while it is held. kvn_radix_protect(id) does the same
- * for L2 (host protection). The handle is the node id; unlocking a node that
+ * for L2 (host protection): none of them loses its L2 copy or is deleted while
+ * it is held (L1 eviction may still demote them). The handle is the node id; unlocking a node that
  * holds no lock taken through that id is an error (-EINVAL), as is any stale
  * id (-ENOENT). A split keeps the id (and its locks) on the suffix, which is the
  * node the id's path lock covered, and gives the prefix the same counts.
@@ -462,8 +473,11 @@ struct kvn_radix_node_info {
     uint64_t parent_id; /* 0 when the parent is the namespace root */
     uint64_t ns;
     uint32_t n_pages;
-    bool in_l1, in_l2, in_l3;
-    bool loading;          /* L2 -> L1 job pending */
+    bool in_l1, in_l2, in_l3; /* holds L1 slots / L2 pages / is on L3 */
+    bool loading;             /* L2 -> L1 job pending: in_l1 is true (the slots are
+                                 reserved) but their bytes are not valid until the
+                                 ack; a failed load takes the slots back even when
+                                 the node is locked (a lock cannot keep bad data) */
     uint64_t pending_ack;  /* ack id of its pending job, or 0 */
     uint32_t lock_count;   /* device lock count (path locks + pending) */
     uint32_t own_locks;    /* locks taken through this id */

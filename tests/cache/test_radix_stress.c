@@ -120,12 +120,12 @@ static size_t gen_tokens(struct stress *s, int32_t *t, uint64_t ns)
     return n;
 }
 
-static void check_tree(struct stress *s)
+static void check_tree(struct stress *s, uint32_t step, uint32_t op)
 {
     struct kvn_err err;
     int rc = kvn_radix_check(s->t, &err);
     if (rc)
-        fprintf(stderr, "check: %s\n", err.msg);
+        fprintf(stderr, "step %u op %u: check: %s\n", step, op, err.msg);
     assert_int_equal(rc, 0);
 }
 
@@ -252,7 +252,7 @@ static void run(uint32_t seed, uint32_t ps, enum kvn_write_policy wp, enum kvn_e
             s->n_locks = s->n_prots = 0; /* their ids are stale now */
             counts[8]++;
         }
-        check_tree(s);
+        check_tree(s, step, op);
     }
     /* drain: every lock released, every job acked -> counts return to zero */
     while (s->n_locks)
@@ -261,7 +261,7 @@ static void run(uint32_t seed, uint32_t ps, enum kvn_write_policy wp, enum kvn_e
         assert_int_equal(kvn_radix_unprotect(s->t, s->prots[--s->n_prots], NULL), 0);
     while (s->n_acks)
         assert_int_equal(kvn_radix_ack(s->t, s->acks[--s->n_acks], true, NULL), 0);
-    check_tree(s);
+    check_tree(s, steps, 1000);
     struct kvn_radix_stats st;
     assert_int_equal(kvn_radix_stats(s->t, &st, NULL), 0);
     assert_int_equal(st.locked_nodes, 0);
@@ -278,7 +278,7 @@ static void run(uint32_t seed, uint32_t ps, enum kvn_write_policy wp, enum kvn_e
             assert_int_equal(kvn_radix_ack(s->t, s->acks[--s->n_acks], true, NULL), 0);
         assert_int_equal(kvn_radix_evict_l2(s->t, 1000, &er, NULL), 0);
     }
-    check_tree(s);
+    check_tree(s, steps, 1001);
     assert_int_equal(kvn_radix_stats(s->t, &st, NULL), 0);
     assert_int_equal(st.nodes, 0);
     assert_int_equal(st.l1_used, 0);
