@@ -571,6 +571,7 @@ int kvn_xport_connect(struct kvn_xport *x, const void *blob, size_t len,
     p->remote_id = rid;
     link_init(&p->link);
     link_init(&p->ops);
+    link_init(&p->zombies);
     int rc = x->ops->connect(x, p, b + XPORT_ADDR_HDR, rl, err);
     if (rc < 0) {
         free(p);
@@ -596,8 +597,11 @@ static void op_report(struct xport_op *op)
     op->reported = true;
     link_del(&op->fifo);
     link_del(&op->plink);
-    if (op->peer)
+    if (op->peer) {
         op->peer->n_outstanding--;
+        if (op->parts > 0 || op->posting) /* stays live: a zombie */
+            link_add_tail(&op->peer->zombies, &op->plink);
+    }
     ring_push_op(x, op);
 }
 
@@ -619,6 +623,7 @@ static void op_recycle(struct xport_op *op)
         }
     }
     struct kvn_xport_peer *p = op->peer;
+    link_del(&op->plink);
     memset(op, 0, offsetof(struct xport_op, backend));
     link_init(&op->fifo);
     link_init(&op->plink);
@@ -660,6 +665,22 @@ void kvn_xport_disconnect(struct kvn_xport_peer *p)
     hash_remove(p);
     p->connected = false;
     x->ops->disconnect(p);
+    peer_unref(p);
+}
+
+void xport_peer_abandon(struct kvn_xport_peer *p)
+{
+    if (p->x->in_close)
+        return;
+    p->refs++; /* p must outlive the loop */
+    while (!link_empty(&p->zombies)) {
+        struct xport_op *op =
+            XPORT_CONTAINER(p->zombies.next, struct xport_op, plink);
+        link_del(&op->plink);
+        op->parts = 0;
+        if (!op->posting)
+            op_recycle(op);
+    }
     peer_unref(p);
 }
 

@@ -113,6 +113,7 @@ struct kvn_xport_peer {
     uint32_t n_outstanding;
     bool connected;               /* false after disconnect */
     bool failed;                  /* an op failed/timed out: refuse posts */
+    struct xport_link zombies;    /* reported ops the backend still owns */
 };
 
 struct kvn_xport_mr {
@@ -243,6 +244,12 @@ extern const struct kvn_xport_ops xport_verbs_ops;
 
 /* One part of op finished (status 0 or -errno, msg may be NULL). */
 void xport_op_done(struct xport_op *op, int status, const char *msg);
+
+/* The backend will never complete p's remaining (already reported) ops:
+ * recycle them now.  Call only after draining completions that may still
+ * reference them (e.g. from ops->disconnect after closing a per-peer
+ * endpoint). */
+void xport_peer_abandon(struct kvn_xport_peer *p);
 
 /* A message arrived (header included); token identifies the buffer. */
 void xport_recv_deliver(struct kvn_xport *x, const void *data, size_t len,

@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <stdbool.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -915,24 +916,31 @@ static void test_disconnect_cancels(void **state)
     free(dst);
 }
 
-static void test_dead_peer(void **state)
+/*
+ * A peer that stops answering: closed (its endpoint goes away; tcp only -
+ * within one process shm would see the peer's region unmapped under it,
+ * which cannot happen across processes) or silent (open but never
+ * progressed, like a hung or SIGSTOPped process).  The op to it completes
+ * with an error (provider error or -ETIMEDOUT), the peer is marked failed,
+ * and the domain keeps working with its other peer.
+ */
+static void dead_peer(const char *uri, bool close_it)
 {
-    (void)state;
     struct kvn_err err;
     struct kvn_xport_attr at;
     kvn_xport_attr_init(&at);
     at.op_timeout_ms = 1000;
     struct pair pr;
-    assert_int_equal(open_pair("ofi+tcp", &at, &pr), 0);
+    assert_int_equal(open_pair(uri, &at, &pr), 0);
     struct kvn_xport *c3;
-    assert_int_equal(kvn_xport_open("ofi+tcp", &at, &c3, &err), 0);
+    assert_int_equal(kvn_xport_open(uri, &at, &c3, &err), 0);
     uint8_t blob[KVN_XPORT_ADDR_MAX];
     size_t len = sizeof(blob);
     assert_int_equal(kvn_xport_address(c3, blob, &len, &err), 0);
     struct kvn_xport_peer *ac;
     assert_int_equal(kvn_xport_connect(pr.a, blob, len, &ac, &err), 0);
 
-    const size_t N = 65536;
+    const size_t N = 1u << 20;
     uint8_t *src = xalloc(N), *dst = xalloc(N), *dst3 = xalloc(N);
     fill(src, N, 3);
     struct kvn_xport_mr *ms, *md, *m3;
@@ -941,34 +949,80 @@ static void test_dead_peer(void **state)
     struct kvn_xport_rmr *r = share(pr.b, pr.ab, dst, N, KVN_XPORT_ACCESS_ALL,
                                     &md);
     struct kvn_xport_rmr *r3 = share(c3, ac, dst3, N, KVN_XPORT_ACCESS_ALL, &m3);
-    /* c3 dies (its endpoint closes) */
-    kvn_xport_close(c3);
+    if (close_it) {
+        kvn_xport_close(c3);
+        c3 = NULL;
+    }
     struct kvn_xport_sge s = {.mr = ms, .offset = 0, .len = N};
-    struct kvn_xport_op w3 = {.kind = KVN_XPORT_WRITE, .local = &s,
-                              .n_local = 1, .remote = r3, .cookie = 3};
-    assert_int_equal(kvn_xport_post(ac, &w3, 1, &err), 0);
-    struct kvn_xport_cqe c[4];
-    assert_int_equal(collect(pr.a, pr.b, c, 1), 1);
-    assert_int_equal(c[0].cookie, 3);
-    assert_true(c[0].status < 0);
-    assert_true(strlen(c[0].msg) > 0);
-    print_message("dead peer: %s (%s)\n", kvn_err_name(c[0].status), c[0].msg);
+    struct kvn_xport_op w3[4];
+    for (int i = 0; i < 4; i++)
+        w3[i] = (struct kvn_xport_op){.kind = i % 2 ? KVN_XPORT_READ
+                                                    : KVN_XPORT_WRITE,
+                                      .local = &s, .n_local = 1, .remote = r3,
+                                      .cookie = 3 + (uint64_t)i};
+    assert_int_equal(kvn_xport_post(ac, w3, 4, &err), 0);
+    struct kvn_xport_cqe c[8];
+    assert_int_equal(collect(pr.a, pr.b, c, 4), 4);
+    int errors = 0;
+    for (int i = 0; i < 4; i++) {
+        assert_true(c[i].cookie >= 3 && c[i].cookie < 7);
+        if (c[i].status < 0) {
+            errors++;
+            assert_true(strlen(c[i].msg) > 0);
+        }
+    }
+    assert_true(errors >= 1);
+    print_message("%s %s peer: %d/4 errors, %s (%s)\n", uri,
+                  close_it ? "closed" : "silent", errors,
+                  kvn_err_name(c[0].status), c[0].msg);
+    assert_int_equal(kvn_xport_peer_outstanding(ac), 0);
     /* the failed peer refuses new work; the healthy one keeps working */
-    assert_int_equal(kvn_xport_post(ac, &w3, 1, &err), -ENOTCONN);
+    assert_int_equal(kvn_xport_post(ac, w3, 1, &err), -ENOTCONN);
+    assert_int_equal(kvn_xport_notify(ac, "x", 1, 1, &err), -ENOTCONN);
     struct kvn_xport_op w = {.kind = KVN_XPORT_WRITE, .local = &s,
-                             .n_local = 1, .remote = r, .cookie = 4};
+                             .n_local = 1, .remote = r, .cookie = 40};
     assert_int_equal(kvn_xport_post(pr.ab, &w, 1, &err), 0);
     assert_int_equal(collect(pr.a, pr.b, c, 1), 1);
-    assert_int_equal(c[0].cookie, 4);
-    assert_int_equal(c[0].status, 0);
+    assert_int_equal(c[0].cookie, 40);
+    if (c[0].status)
+        fail_msg("healthy peer after a dead one: %s", c[0].msg);
     assert_memory_equal(dst, src, N);
+    assert_int_equal(kvn_xport_notify(pr.ab, "still", 5, 41, &err), 0);
+    assert_int_equal(collect(pr.a, pr.b, c, 1), 1);
+    assert_int_equal(c[0].cookie, 41);
+    assert_int_equal(c[0].status, 0);
+
     kvn_xport_rmr_free(r3);
     kvn_xport_disconnect(ac);
+    if (strcmp(uri, "ofi+shm") == 0) {
+        /* shm: disconnect closed the peer's endpoint and reclaimed the
+         * ops the provider will never return */
+        assert_int_equal(kvn_xport_mr_dereg(ms, &err), 0);
+    }
     kvn_xport_rmr_free(r);
     close_pair(&pr);
+    kvn_xport_close(c3);
     free(src);
     free(dst);
     free(dst3);
+}
+
+static void test_dead_peer_tcp(void **state)
+{
+    (void)state;
+    dead_peer("ofi+tcp", true);
+}
+
+static void test_silent_peer_tcp(void **state)
+{
+    (void)state;
+    dead_peer("ofi+tcp", false);
+}
+
+static void test_silent_peer_shm(void **state)
+{
+    (void)state;
+    dead_peer("ofi+shm", false);
 }
 
 static void test_wait_fd(void **state)
@@ -1038,7 +1092,9 @@ int main(void)
         cmocka_unit_test(test_notify_shm),
         cmocka_unit_test(test_notify_unknown_sender),
         cmocka_unit_test(test_disconnect_cancels),
-        cmocka_unit_test(test_dead_peer),
+        cmocka_unit_test(test_dead_peer_tcp),
+        cmocka_unit_test(test_silent_peer_tcp),
+        cmocka_unit_test(test_silent_peer_shm),
         cmocka_unit_test(test_wait_fd),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

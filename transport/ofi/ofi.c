@@ -71,6 +71,7 @@ struct ofi_pending {
     struct ofi_pending *next;
     struct xport_op *op;
     enum kvn_xport_op_kind kind; /* WRITE, READ or SEND */
+    struct fid_ep *ep;
     fi_addr_t addr;
     uint64_t raddr, len, key;
     size_t n;
@@ -115,6 +116,12 @@ struct ofi_domain {
     uint32_t *tx_free;
     uint32_t n_tx_free;
 
+    /* shm: one initiator endpoint per peer (see ofi_connect) */
+    bool ep_per_peer;
+    /* references to AV entries (the AV dedups addresses) */
+    uint32_t *av_refs;
+    size_t av_cap;
+
     /* backlog of parts refused with -FI_EAGAIN */
     struct ofi_pending *bl_head, *bl_tail, *bl_free;
     uint32_t n_backlog;
@@ -124,6 +131,7 @@ struct ofi_peer {
     struct kvn_xport_peer base;
     fi_addr_t addr;
     bool in_av;
+    struct fid_ep *ep; /* per-peer initiator endpoint (shm), or NULL */
 };
 
 struct ofi_mr {
@@ -203,6 +211,7 @@ static void ofi_teardown(struct ofi_domain *d)
     free(d->rx_pending);
     free(d->tx_mem);
     free(d->tx_free);
+    free(d->av_refs);
     free(d);
 }
 
@@ -414,6 +423,7 @@ static int ofi_open(const struct xport_uri *uri,
         }
     }
 
+    d->ep_per_peer = d->is_shm && !(d->mr_mode & FI_MR_ENDPOINT);
     d->base.n_recv_bufs = d->n_rx;
     d->base.remote_virt_addr = (d->mr_mode & FI_MR_VIRT_ADDR) != 0;
     d->base.max_op_bytes = 0; /* parts are split by max_part */
@@ -477,6 +487,42 @@ static int check_raw_addr(struct ofi_domain *d, const void *raw, size_t len,
     }
 }
 
+/*
+ * shm processes its response queue strictly in order: one peer that dies
+ * with ops in flight would block the completions of every later op of the
+ * endpoint.  So for shm each peer gets its own initiator endpoint (same
+ * AV and CQ): a dead peer stalls only its own endpoint, which disconnect
+ * closes.  The domain's main endpoint stays the address peers use (it is
+ * the RMA target and receives notifications).
+ */
+static int open_peer_ep(struct ofi_domain *d, struct fid_ep **out,
+                        struct kvn_err *err)
+{
+    struct fid_ep *ep = NULL;
+    const char *step = "fi_endpoint(peer)";
+    int rc = fi_endpoint(d->domain, d->info, &ep, NULL);
+    if (!rc) {
+        step = "fi_ep_bind(peer, av)";
+        rc = fi_ep_bind(ep, &d->av->fid, 0);
+    }
+    if (!rc) {
+        step = "fi_ep_bind(peer, cq)";
+        rc = fi_ep_bind(ep, &d->cq->fid, FI_TRANSMIT | FI_RECV);
+    }
+    if (!rc) {
+        step = "fi_enable(peer)";
+        rc = fi_enable(ep);
+    }
+    if (rc) {
+        if (ep)
+            fi_close(&ep->fid);
+        return kvn_err_set(err, fi_to_errno(rc), "ofi: %s: %s", step,
+                           fi_strerror(-rc));
+    }
+    *out = ep;
+    return 0;
+}
+
 static int ofi_connect(struct kvn_xport *x, struct kvn_xport_peer *p,
                        const void *raw, size_t len, struct kvn_err *err)
 {
@@ -488,28 +534,97 @@ static int ofi_connect(struct kvn_xport *x, struct kvn_xport_peer *p,
     char abuf[256] __attribute__((aligned(16)));
     memset(abuf, 0, sizeof(abuf));
     memcpy(abuf, raw, len);
+    if (d->ep_per_peer) {
+        int erc = open_peer_ep(d, &op->ep, err);
+        if (erc < 0)
+            return erc;
+    }
     fi_addr_t fa = FI_ADDR_NOTAVAIL;
     rc = fi_av_insert(d->av, abuf, 1, &fa, 0, NULL);
-    if (rc != 1 || fa == FI_ADDR_NOTAVAIL)
+    if (rc != 1 || fa == FI_ADDR_NOTAVAIL || fa > (1u << 24)) {
+        if (rc == 1 && fa != FI_ADDR_NOTAVAIL)
+            fi_av_remove(d->av, &fa, 1, 0);
+        if (op->ep)
+            fi_close(&op->ep->fid);
+        op->ep = NULL;
         return kvn_err_set(err, -EINVAL, "ofi: fi_av_insert refused the "
                            "address (%d)", rc);
+    }
+    if (fa >= d->av_cap) {
+        size_t cap = d->av_cap ? d->av_cap : 16;
+        while (cap <= fa)
+            cap *= 2;
+        uint32_t *n = realloc(d->av_refs, cap * sizeof(*n));
+        if (!n) {
+            if (op->ep)
+                fi_close(&op->ep->fid);
+            op->ep = NULL;
+            return kvn_err_set(err, -ENOMEM, "ofi: out of memory");
+        }
+        memset(n + d->av_cap, 0, (cap - d->av_cap) * sizeof(*n));
+        d->av_refs = n;
+        d->av_cap = cap;
+    }
+    d->av_refs[fa]++;
     op->addr = fa;
     op->in_av = true;
     return 0;
 }
 
+static int ofi_progress(struct kvn_xport *x);
+static void pending_put(struct ofi_domain *d, struct ofi_pending *e);
+
+/* Drops parked parts of p without completing them (their ops are about to
+ * be abandoned or the domain closes). */
+static void backlog_drop_peer(struct ofi_domain *d, struct kvn_xport_peer *p)
+{
+    struct ofi_pending **pp = &d->bl_head, *prev = NULL;
+    while (*pp) {
+        struct ofi_pending *e = *pp;
+        if (e->op->peer != p) {
+            prev = e;
+            pp = &e->next;
+            continue;
+        }
+        *pp = e->next;
+        if (d->bl_tail == e)
+            d->bl_tail = prev;
+        d->n_backlog--;
+        pending_put(d, e);
+    }
+}
+
 static void ofi_disconnect(struct kvn_xport_peer *p)
 {
-    /* RMA cannot be canceled in rxm/shm: ops still owned complete (or
-     * fail) later and are recycled then; the AV entry goes in peer_free. */
-    (void)p;
+    struct ofi_peer *op = (struct ofi_peer *)p;
+    struct ofi_domain *d = dom(p->x);
+    if (!op->ep) {
+        /* rxm: RMA cannot be canceled; ops the provider still owns
+         * complete (or fail) later and are recycled then.  The AV entry
+         * stays until peer_free. */
+        return;
+    }
+    /* shm: this peer's initiator endpoint carries only its ops.  Reap
+     * what already completed, close the endpoint (a dead peer's pending
+     * responses die with it), and abandon the rest. */
+    if (!p->x->in_close)
+        ofi_progress(p->x);
+    fi_close(&op->ep->fid);
+    op->ep = NULL;
+    backlog_drop_peer(d, p);
+    xport_peer_abandon(p);
 }
 
 static void ofi_peer_free(struct kvn_xport_peer *p)
 {
     struct ofi_peer *op = (struct ofi_peer *)p;
     struct ofi_domain *d = dom(p->x);
-    if (op->in_av && !p->x->in_close)
+    if (op->ep) {
+        fi_close(&op->ep->fid);
+        op->ep = NULL;
+    }
+    if (op->in_av && !p->x->in_close && op->addr < d->av_cap &&
+        --d->av_refs[op->addr] == 0)
         fi_av_remove(d->av, &op->addr, 1, 0);
     op->in_av = false;
 }
@@ -596,7 +711,8 @@ static void ofi_rmr_free(struct kvn_xport_rmr *r)
 /* ------------------------------------------------------------------ */
 /* posting                                                             */
 
-static ssize_t try_rma(struct ofi_domain *d, struct xport_op *op,
+static ssize_t try_rma(struct ofi_domain *d, struct fid_ep *ep,
+                       struct xport_op *op,
                        enum kvn_xport_op_kind kind, const struct iovec *iov,
                        void **desc, size_t n, fi_addr_t addr, uint64_t raddr,
                        uint64_t len, uint64_t key)
@@ -612,8 +728,8 @@ static ssize_t try_rma(struct ofi_domain *d, struct xport_op *op,
         .context = op,
     };
     return kind == KVN_XPORT_WRITE
-               ? fi_writemsg(d->ep, &msg, FI_COMPLETION | d->write_flags)
-               : fi_readmsg(d->ep, &msg, FI_COMPLETION);
+               ? fi_writemsg(ep, &msg, FI_COMPLETION | d->write_flags)
+               : fi_readmsg(ep, &msg, FI_COMPLETION);
 }
 
 static struct ofi_pending *pending_get(struct ofi_domain *d)
@@ -669,9 +785,10 @@ static int part_submit(struct ofi_domain *d, struct ofi_peer *p,
                        uint64_t raddr, uint64_t len, uint64_t key, char *msg,
                        size_t msgcap)
 {
+    struct fid_ep *ep = p->ep ? p->ep : d->ep;
     if (!d->bl_head) {
-        ssize_t rc = try_rma(d, op, kind, iov, desc, n, p->addr, raddr, len,
-                             key);
+        ssize_t rc = try_rma(d, ep, op, kind, iov, desc, n, p->addr, raddr,
+                             len, key);
         if (rc == 0)
             return 0;
         if (rc != -FI_EAGAIN)
@@ -687,6 +804,7 @@ static int part_submit(struct ofi_domain *d, struct ofi_peer *p,
     }
     e->op = op;
     e->kind = kind;
+    e->ep = ep;
     e->addr = p->addr;
     e->raddr = raddr;
     e->len = len;
@@ -771,13 +889,14 @@ static int ofi_post(struct kvn_xport_peer *p, struct xport_op *op,
 }
 
 /* Posts a send from a tx slot; -FI_EAGAIN leaves the slot taken. */
-static ssize_t try_send(struct ofi_domain *d, struct xport_op *op,
-                        fi_addr_t addr, const void *data, size_t len)
+static ssize_t try_send(struct ofi_domain *d, struct fid_ep *ep,
+                        struct xport_op *op, fi_addr_t addr, const void *data,
+                        size_t len)
 {
     uint32_t slot = d->tx_free[--d->n_tx_free];
     char *b = d->tx_mem + (size_t)slot * d->buf_size;
     memcpy(b, data, len);
-    ssize_t rc = fi_send(d->ep, b, len, d->tx_desc, addr, op);
+    ssize_t rc = fi_send(ep, b, len, d->tx_desc, addr, op);
     if (rc)
         d->tx_free[d->n_tx_free++] = slot;
     else
@@ -799,7 +918,8 @@ static int ofi_notify(struct kvn_xport_peer *p, struct xport_op *op,
         char *b = d->tx_mem + (size_t)slot * d->buf_size;
         memcpy(b, hdr, sizeof(*hdr));
         memcpy(b + sizeof(*hdr), buf, len);
-        ssize_t rc = fi_send(d->ep, b, total, d->tx_desc, pp->addr, op);
+        ssize_t rc = fi_send(pp->ep ? pp->ep : d->ep, b, total, d->tx_desc,
+                             pp->addr, op);
         if (rc == 0) {
             op->backend[0] = slot;
             return 0;
@@ -824,6 +944,7 @@ static int ofi_notify(struct kvn_xport_peer *p, struct xport_op *op,
     memcpy(copy + sizeof(*hdr), buf, len);
     e->op = op;
     e->kind = KVN_XPORT_SEND;
+    e->ep = pp->ep ? pp->ep : d->ep;
     e->addr = pp->addr;
     e->len = total;
     e->msg = copy;
@@ -849,10 +970,11 @@ static void backlog_retry(struct ofi_domain *d)
             rc = -FI_ECANCELED; /* timed out or canceled meanwhile */
         } else if (!skip) {
             if (e->kind == KVN_XPORT_SEND)
-                rc = d->n_tx_free ? try_send(d, e->op, e->addr, e->msg, e->len)
+                rc = d->n_tx_free ? try_send(d, e->ep, e->op, e->addr, e->msg,
+                                             e->len)
                                   : -FI_EAGAIN;
             else
-                rc = try_rma(d, e->op, e->kind, e->iov, e->desc, e->n,
+                rc = try_rma(d, e->ep, e->op, e->kind, e->iov, e->desc, e->n,
                              e->addr, e->raddr, e->len, e->key);
         }
         if (skip || rc == -FI_EAGAIN) {
@@ -920,6 +1042,11 @@ static void handle_error(struct ofi_domain *d)
     char msg[KVN_XPORT_CQE_MSG];
     const char *ptext = fi_cq_strerror(d->cq, e.prov_errno, e.err_data, NULL, 0);
     int st = fi_to_errno(e.err);
+    int pe = e.prov_errno < 0 ? -e.prov_errno : e.prov_errno;
+    if (st == -ECANCELED && !d->base.in_close &&
+        (pe == ENOTCONN || pe == ECONNRESET || pe == EPIPE ||
+         pe == ECONNREFUSED || pe == ECONNABORTED || pe == EHOSTUNREACH))
+        st = -pe; /* rxm flushes ops of a broken connection as canceled */
     snprintf(msg, sizeof(msg), "ofi: %s (%s)%s", fi_strerror(e.err),
              ptext ? ptext : "?",
              d->is_shm && (st == -EPERM || st == -EACCES)
