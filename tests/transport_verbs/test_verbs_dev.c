@@ -20,6 +20,7 @@
 
 #include "transport/kvn_xport.h"
 #include "transport/verbs/verbs.h"
+#include "transport/xport_impl.h" /* xport_verbs_ops (built with KVN_HAVE_VERBS) */
 
 static void test_open_missing_device(void **state)
 {
@@ -42,6 +43,48 @@ static void test_open_missing_device(void **state)
     assert_int_equal(kvn_xport_open("verbs+kvn_absent_dev9", NULL, &x, &err), -ENODEV);
     assert_null(x);
     assert_non_null(strstr(err.msg, "no such device 'kvn_absent_dev9'"));
+}
+
+/* The common layer calls every entry of the table unconditionally. */
+static void test_ops_table(void **state)
+{
+    (void)state;
+    const struct kvn_xport_ops *o = &xport_verbs_ops;
+    assert_string_equal(o->family, "verbs");
+    assert_int_equal(o->id, KVN_XPORT_BACKEND_VERBS);
+    assert_true(o->peer_size >= sizeof(struct kvn_xport_peer));
+    assert_true(o->mr_size >= sizeof(struct kvn_xport_mr));
+    assert_true(o->rmr_size >= sizeof(struct kvn_xport_rmr));
+    assert_non_null(o->open);
+    assert_non_null(o->close);
+    assert_non_null(o->address);
+    assert_non_null(o->connect);
+    assert_non_null(o->disconnect);
+    assert_non_null(o->peer_free);
+    assert_non_null(o->mr_reg);
+    assert_non_null(o->mr_dereg);
+    assert_non_null(o->mr_pack_key);
+    assert_non_null(o->rmr_unpack_key);
+    assert_non_null(o->rmr_free);
+    assert_non_null(o->post);
+    assert_non_null(o->notify);
+    assert_non_null(o->recv_repost);
+    assert_non_null(o->progress);
+    assert_non_null(o->get_fd);
+    assert_non_null(o->arm);
+
+    /* The backend's own open refuses a device spec the parser refuses. */
+    struct xport_uri u;
+    memset(&u, 0, sizeof(u));
+    strcpy(u.family, "verbs");
+    strcpy(u.sub, "dev:0");
+    struct kvn_xport *x = NULL;
+    struct kvn_err err;
+    assert_int_equal(o->open(&u, NULL, &x, &err), -EINVAL);
+    assert_null(x);
+    strcpy(u.sub, "");
+    assert_int_equal(o->open(&u, NULL, &x, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "needs a device"));
 }
 
 static void test_open_bad_uris(void **state)
@@ -237,6 +280,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_missing_device),
+        cmocka_unit_test(test_ops_table),
         cmocka_unit_test(test_open_bad_uris),
         cmocka_unit_test(test_list_and_auto),
     };

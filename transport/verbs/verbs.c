@@ -50,6 +50,7 @@ struct vb_qp {
     struct ibv_qp *qp;
     int fd; /* handshake socket, -1 when closed */
     bool passive;
+    bool gone; /* the other side closed its socket: flushes mean ECONNRESET */
     uint32_t sq_used, sq_cap;
 };
 
@@ -412,7 +413,10 @@ static int drain_cq(struct vb_domain *d)
             if (slot)
                 send_slot_put(d, (uint32_t)(slot - 1));
             int st = wc_status(wc[i].status);
-            xport_op_done(op, st, st ? ibv_wc_status_str(wc[i].status) : NULL);
+            if (st == -ECANCELED && q && q->gone)
+                xport_op_done(op, -ECONNRESET, "verbs: the peer closed its connection");
+            else
+                xport_op_done(op, st, st ? ibv_wc_status_str(wc[i].status) : NULL);
         }
         total += n;
         if (n < VB_CQ_BATCH)
@@ -446,6 +450,7 @@ static int vb_progress(struct kvn_xport *x)
             if (r > 0 || (r < 0 && (errno == EAGAIN || errno == EINTR)))
                 continue; /* nothing is expected after the handshake; ignore */
             /* The other side closed: flush what is outstanding on this QP. */
+            q->gone = true;
             qp_close_fd(d, q);
             qp_to_error(q);
             if (q->passive) {
