@@ -1674,8 +1674,8 @@ int kvn_radix_insert(struct kvn_radix *t, uint64_t ns, const int32_t *tokens, si
     uint32_t stop = w.barrier ? w.pos : np;
     uint32_t new_pages = stop - w.pos;
     uint32_t adopt = w.revive + new_pages;
-    if (l1_slots) {
-        int rc = check_slots(t, l1_slots + w.prefix, adopt, err, "insert");
+    if (l1_slots) { /* every entry must be a slot, even those not adopted */
+        int rc = check_slots(t, l1_slots, np, err, "insert");
         if (rc < 0)
             return rc;
     }

@@ -139,7 +139,10 @@
  * kvn_radix_lock(id) adds one device lock to the node and every ancestor: none
  * of them can leave L1 while it is held. kvn_radix_protect(id) does the same
  * for L2 (host protection): none of them loses its L2 copy or is deleted while
- * it is held (L1 eviction may still demote them). The handle is the node id; unlocking a node that
+ * it is held (L1 eviction may still demote them). Neither can keep bytes that
+ * are not valid: a failed load takes its L1 slots back, a failed write its L2
+ * pages, even from locked / protected nodes; and an L2 copy that can never be
+ * announced (see COPY JOBS) is dropped even when protected. The handle is the node id; unlocking a node that
  * holds no lock taken through that id is an error (-EINVAL), as is any stale
  * id (-ENOENT). A split keeps the id (and its locks) on the suffix, which is the
  * node the id's path lock covered, and gives the prefix the same counts.
@@ -355,8 +358,8 @@ struct kvn_radix_insert_result {
 /*
  * Inserts tokens[0..n_tokens) (n_tokens must be a multiple of page_size) into
  * namespace ns, creating the namespace on first use. l1_slots: NULL for auto
- * mode, else n_tokens / page_size slots, slot i for page i (entries for the
- * already-cached prefix are ignored). Splits nodes where the key diverges,
+ * mode, else n_tokens / page_size slots, slot i for page i (all must be
+ * < l1_pages; entries for the already-cached prefix are not adopted). Splits nodes where the key diverges,
  * revives L2-only nodes, adds one leaf for the rest, increments hit counts,
  * emits GPU BlockStored, and may queue a write-through job.
  * Errors (nothing changed):
@@ -420,7 +423,9 @@ struct kvn_radix_job_result {
  * loaded page), all of them in auto mode (l1_slots NULL, n_slots ignored; L1
  * evicted as needed). The last node is split at the page boundary so exactly
  * those pages are loaded. Queues one L2 -> L1 job; GPU BlockStored follows its
- * ack. Errors: as insert (-EINVAL, -EBUSY, -ENOSPC, -ENOMEM).
+ * ack. Errors: as insert (-EINVAL, -EBUSY, -ENOSPC, -ENOMEM), and the negative
+ * code of a copy submit that refused the job (rolled back: nothing changed but
+ * stats.copy_submit_failures).
  */
 int kvn_radix_load_back(struct kvn_radix *tree, uint64_t ns, const int32_t *tokens,
                         size_t n_tokens, const uint32_t *l1_slots, uint32_t n_slots,
@@ -432,7 +437,10 @@ int kvn_radix_load_back(struct kvn_radix *tree, uint64_t ns, const int32_t *toke
  * pending: one L1 -> L2 job, in prefix order (explicit backups, write_back).
  * Nothing to do (already backed or pending) is success with ack_id 0.
  * Errors: -EINVAL (tree/res NULL, node_id 0, no host tier), -ENOENT (unknown
- * id), -ENOSPC (not enough free + evictable L2 pages), -ENOMEM.
+ * id), -ENOSPC (not enough free + evictable L2 pages), -ENOMEM, and the
+ * negative code of a copy submit that refused the job (rolled back: nothing
+ * changed but stats.copy_submit_failures). An insert whose write-through
+ * submit is refused still succeeds (backup_ack_id 0).
  */
 int kvn_radix_write_backup(struct kvn_radix *tree, uint64_t node_id,
                            struct kvn_radix_job_result *res, struct kvn_err *err);

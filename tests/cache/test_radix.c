@@ -560,7 +560,9 @@ static void refusals_match_insert(void **state)
     REFUSED(f, kvn_radix_insert(f->t, KVN_RADIX_NS_INVALID, t, 4, ok2, 1, &ir, &err), -EINVAL);
     uint32_t far[] = {0, 0, 8};
     REFUSED(f, kvn_radix_insert(f->t, 0, t, 6, far, 1, &ir, &err), -EINVAL); /* slot range */
-    uint32_t busy[] = {9, 9, 1};
+    uint32_t far_prefix[] = {8, 0, 2}; /* even a not-adopted entry must be a slot */
+    REFUSED(f, kvn_radix_insert(f->t, 0, t, 6, far_prefix, 1, &ir, &err), -EINVAL);
+    uint32_t busy[] = {7, 7, 1};
     REFUSED(f, kvn_radix_insert(f->t, 0, t, 6, busy, 1, &ir, &err), -EBUSY); /* tree's slot */
     int32_t u[4] = {7, 7, 8, 8};
     uint32_t dup[] = {5, 5};
