@@ -58,8 +58,7 @@ int kvn_page_alloc_get(struct kvn_page_alloc *pa, uint32_t n, uint32_t *out, str
     if (n > 0 && !out)
         return kvn_err_set(err, -EINVAL, "page_alloc_get: out is NULL");
     if (n > pa->n_free)
-        return kvn_err_set(err, -ENOSPC, "page_alloc_get: %u pages wanted, %u free", n,
-                           pa->n_free);
+        return kvn_err_set(err, -ENOSPC, "page_alloc_get: %u pages wanted, %u free", n, pa->n_free);
     for (uint32_t i = 0; i < n; i++) {
         uint32_t idx = pa->stack[--pa->n_free];
         pa->pos[idx] = PA_USED;
@@ -99,8 +98,7 @@ int kvn_page_alloc_take(struct kvn_page_alloc *pa, const uint32_t *idx, uint32_t
             /* used before the call, or listed twice: undo what we took */
             for (uint32_t j = 0; j < i; j++)
                 put_one(pa, idx[j]);
-            return kvn_err_set(err, -EBUSY, "page_alloc_take: index %u is already used",
-                               idx[i]);
+            return kvn_err_set(err, -EBUSY, "page_alloc_take: index %u is already used", idx[i]);
         }
         take_one(pa, idx[i]);
     }
@@ -120,8 +118,7 @@ int kvn_page_alloc_put(struct kvn_page_alloc *pa, const uint32_t *idx, uint32_t 
         if (pa->pos[idx[i]] != PA_USED) {
             for (uint32_t j = 0; j < i; j++)
                 take_one(pa, idx[j]);
-            return kvn_err_set(err, -EALREADY, "page_alloc_put: double free of index %u",
-                               idx[i]);
+            return kvn_err_set(err, -EALREADY, "page_alloc_put: double free of index %u", idx[i]);
         }
         put_one(pa, idx[i]);
     }

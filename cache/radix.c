@@ -3,12 +3,12 @@
  *
  * Layout of one tree node
  *
- *     struct rnode (slab)                 blk (one malloc per node, n = n_pages)
- *     +-------------------------+         +-------------+--------------+--------+--------+------------+
- *     | parent, first_child,    |  ---->  | hash[n] i64 | digest[n][32]| l1[n]  | l2[n]  | key[n*ps]  |
- *     | siblings, job links,    |         +-------------+--------------+--------+--------+------------+
- *     | counts, flags, heap pos |         112 bytes per page at page_size 16 (7 bytes per token)
- *     +-------------------------+
+ *     struct rnode (slab)          blk: one malloc per node, n = n_pages
+ *     +----------------------+     +---------+-----------+-------+-------+-----------+
+ *     | parent, children,    | --> | hash[n] | digest[n] | l1[n] | l2[n] | key[n*ps] |
+ *     | siblings, job links, |     | int64   | 32 bytes  | u32   | u32   | int32     |
+ *     | counts, flags, heaps |     +---------+-----------+-------+-------+-----------+
+ *     +----------------------+     112 bytes per page at page_size 16 (7 per token)
  *
  * l1[] / l2[] are always allocated; flags F_L1 / F_L2 say whether they hold
  * live indices. That costs 8 bytes per page when a tier is absent but makes a
@@ -36,19 +36,19 @@
 #include "cache/page_alloc.h"
 #include "cache/page_hash.h"
 
-#define F_ROOT 0x001u
-#define F_L1 0x002u
-#define F_L2 0x004u
-#define F_L3 0x008u
+#define F_ROOT    0x001u
+#define F_L1      0x002u
+#define F_L2      0x004u
+#define F_L3      0x008u
 #define F_LOADING 0x010u
 #define F_CPU_PUB 0x020u /* CPU_PINNED BlockStored sent for all pages */
-#define F_DEMOTE 0x040u  /* demote from L1 when the write job is acked */
-#define F_SYNC1 0x080u   /* counted in evictable[0] */
-#define F_MARK 0x100u    /* scratch mark within one call: eviction victim */
-#define F_ANC 0x200u     /* scratch mark within one call: ancestor already listed */
+#define F_DEMOTE  0x040u /* demote from L1 when the write job is acked */
+#define F_SYNC1   0x080u /* counted in evictable[0] */
+#define F_MARK    0x100u /* scratch mark within one call: eviction victim */
+#define F_ANC     0x200u /* scratch mark within one call: ancestor already listed */
 
-#define SLAB_SHIFT 10u
-#define SLAB_CHUNK (1u << SLAB_SHIFT)
+#define SLAB_SHIFT         10u
+#define SLAB_CHUNK         (1u << SLAB_SHIFT)
 #define HASH_PREFIX_TOKENS 16u
 
 struct rnode {
@@ -1160,8 +1160,11 @@ static int queue_write(struct kvn_radix *t, struct rnode **nodes, uint32_t cnt, 
     t->pending_pages += total;
     uint64_t id = j->ack_id;
     if (t->cfg.copy.submit) {
-        struct kvn_copy_job cj = {.ack_id = id, .dir = j->dir, .n_pages = j->n_pages,
-                                  .l1_slots = j->l1, .l2_pages = j->l2};
+        struct kvn_copy_job cj = {.ack_id = id,
+                                  .dir = j->dir,
+                                  .n_pages = j->n_pages,
+                                  .l1_slots = j->l1,
+                                  .l2_pages = j->l2};
         int rc = t->cfg.copy.submit(t->cfg.copy.ctx, &cj);
         if (rc < 0) {
             t->copy_submit_failures++;
@@ -1177,8 +1180,7 @@ static int queue_write(struct kvn_radix *t, struct rnode **nodes, uint32_t cnt, 
 
 /* ---------------------------------------------------------------- eviction */
 
-static int evict_l2_internal(struct kvn_radix *t, uint32_t need,
-                             struct kvn_radix_evict_result *res)
+static int evict_l2_internal(struct kvn_radix *t, uint32_t need, struct kvn_radix_evict_result *res)
 {
     while (res->freed_pages < need && t->heap[1].n > 0) {
         struct rnode *v = t->heap[1].a[0];
@@ -1317,11 +1319,11 @@ int kvn_radix_create(const struct kvn_radix_config *cfg, struct kvn_radix **out,
     if (!cfg || !out)
         return kvn_err_set(err, -EINVAL, "radix_create: cfg and out must not be NULL");
     if (cfg->page_size == 0 || cfg->page_size > KVN_RADIX_MAX_PAGE_SIZE)
-        return kvn_err_set(err, -EINVAL, "radix_create: page_size %u not in 1..%u",
-                           cfg->page_size, KVN_RADIX_MAX_PAGE_SIZE);
+        return kvn_err_set(err, -EINVAL, "radix_create: page_size %u not in 1..%u", cfg->page_size,
+                           KVN_RADIX_MAX_PAGE_SIZE);
     if (cfg->l1_pages == 0 || cfg->l1_pages > KVN_PAGE_ALLOC_MAX_CAPACITY)
-        return kvn_err_set(err, -EINVAL, "radix_create: l1_pages %u not in 1..%u",
-                           cfg->l1_pages, KVN_PAGE_ALLOC_MAX_CAPACITY);
+        return kvn_err_set(err, -EINVAL, "radix_create: l1_pages %u not in 1..%u", cfg->l1_pages,
+                           KVN_PAGE_ALLOC_MAX_CAPACITY);
     if (cfg->l2_pages > KVN_PAGE_ALLOC_MAX_CAPACITY)
         return kvn_err_set(err, -EINVAL, "radix_create: l2_pages %u too large", cfg->l2_pages);
     if ((unsigned)cfg->write_policy > KVN_WRITE_BACK)
@@ -1340,8 +1342,8 @@ int kvn_radix_create(const struct kvn_radix_config *cfg, struct kvn_radix **out,
     int rc = kvn_page_alloc_init(&t->l1a, cfg->l1_pages, err);
     if (rc == 0)
         rc = kvn_page_alloc_init(&t->l2a, cfg->l2_pages, err);
-    if (rc == 0 && (reserve_scratch(t, 0) < 0 ||
-                    heap_reserve(t, 256) < 0 || cmap_reserve(t, 64) < 0 || ns_reserve(t) < 0))
+    if (rc == 0 && (reserve_scratch(t, 0) < 0 || heap_reserve(t, 256) < 0 ||
+                    cmap_reserve(t, 64) < 0 || ns_reserve(t) < 0))
         rc = kvn_err_set(err, -ENOMEM, "radix_create: out of memory");
     if (rc < 0) {
         kvn_radix_destroy(t);
@@ -1461,8 +1463,8 @@ static void touch(struct kvn_radix *t, struct rnode *n, uint64_t now)
     heap_fix(t, n);
 }
 
-int kvn_radix_match_prefix(struct kvn_radix *t, uint64_t ns, const int32_t *tokens,
-                           size_t n_tokens, uint64_t now, uint32_t *slots_out, uint32_t slots_cap,
+int kvn_radix_match_prefix(struct kvn_radix *t, uint64_t ns, const int32_t *tokens, size_t n_tokens,
+                           uint64_t now, uint32_t *slots_out, uint32_t slots_cap,
                            struct kvn_radix_match *res, struct kvn_err *err)
 {
     if (!t || !res)
@@ -1522,10 +1524,10 @@ struct walk {
     struct rnode *last;  /* deepest node fully covered by the walk (or root) */
     struct rnode *split; /* node to split, or NULL */
     uint32_t split_at;
-    uint32_t pos;        /* pages covered by existing nodes */
-    uint32_t prefix;     /* of pos: pages in L1 */
-    uint32_t revive;     /* of pos: pages L2-only */
-    struct rnode *end;   /* node holding page pos-1 when no split, or NULL */
+    uint32_t pos;      /* pages covered by existing nodes */
+    uint32_t prefix;   /* of pos: pages in L1 */
+    uint32_t revive;   /* of pos: pages L2-only */
+    struct rnode *end; /* node holding page pos-1 when no split, or NULL */
     bool barrier;
 };
 
@@ -1689,8 +1691,7 @@ int kvn_radix_insert(struct kvn_radix *t, uint64_t ns, const int32_t *tokens, si
     void *blks[3];
     if (slab_reserve(t, 3) < 0 || cmap_reserve(t, 2) < 0 || ns_reserve(t) < 0 ||
         heap_reserve(t, 3) < 0 || grow_ptrs(&t->scratch2, &t->scratch2_cap, np + 2) < 0 ||
-        reserve_scratch(t, 3) < 0 ||
-        prealloc_blocks(t, blks, bp, 3) < 0)
+        reserve_scratch(t, 3) < 0 || prealloc_blocks(t, blks, bp, 3) < 0)
         return kvn_err_set(err, -ENOMEM, "insert: out of memory");
     if (!l1_slots && adopt > t->slotbuf_cap) {
         uint32_t *b = realloc(t->slotbuf, (size_t)adopt * 4);
@@ -1776,9 +1777,9 @@ int kvn_radix_insert(struct kvn_radix *t, uint64_t ns, const int32_t *tokens, si
     res->last_node = is_root(last) ? 0 : last->id;
 
     /* hit counts and ticks along the path; collect write-through candidates */
-    uint32_t thr = t->cfg.write_policy == KVN_WRITE_THROUGH           ? 1
+    uint32_t thr = t->cfg.write_policy == KVN_WRITE_THROUGH             ? 1
                    : t->cfg.write_policy == KVN_WRITE_THROUGH_SELECTIVE ? 2
-                                                                         : 0;
+                                                                        : 0;
     uint32_t cnt = 0;
     bool found = false;
     for (struct rnode *n = last; !is_root(n); n = n->parent) {
@@ -1798,8 +1799,8 @@ int kvn_radix_insert(struct kvn_radix *t, uint64_t ns, const int32_t *tokens, si
             t->scratch2[b] = x;
         }
         /* queue_write uses scratch for eviction only; the list is in scratch2 */
-        if (queue_write(t, t->scratch2, cnt, false, &res->backup_ack_id, &res->backup_pages,
-                        NULL) < 0)
+        if (queue_write(t, t->scratch2, cnt, false, &res->backup_ack_id, &res->backup_pages, NULL) <
+            0)
             t->backups_skipped++;
     }
     *out = resv;
@@ -1817,8 +1818,7 @@ static int lookup(const struct kvn_radix *t, uint64_t id, struct rnode **out, st
         return kvn_err_set(err, -EINVAL, "%s: node id 0 is not a node", who);
     *out = node_by_id(t, id);
     if (!*out)
-        return kvn_err_set(err, -ENOENT, "%s: no node with id %#llx", who,
-                           (unsigned long long)id);
+        return kvn_err_set(err, -ENOENT, "%s: no node with id %#llx", who, (unsigned long long)id);
     return 0;
 }
 
@@ -1908,9 +1908,8 @@ int kvn_radix_load_back(struct kvn_radix *t, uint64_t ns, const int32_t *tokens,
         return kvn_err_set(err, -EINVAL, "load_back: namespace %llu is reserved",
                            (unsigned long long)ns);
     if (n_tokens % t->ps)
-        return kvn_err_set(err, -EINVAL,
-                           "load_back: %zu tokens is not a multiple of page_size %u", n_tokens,
-                           t->ps);
+        return kvn_err_set(err, -EINVAL, "load_back: %zu tokens is not a multiple of page_size %u",
+                           n_tokens, t->ps);
     if (n_tokens > UINT32_MAX)
         return kvn_err_set(err, -EINVAL, "load_back: %zu tokens is too many", n_tokens);
     memset(res, 0, sizeof(*res));
@@ -2006,8 +2005,11 @@ int kvn_radix_load_back(struct kvn_radix *t, uint64_t ns, const int32_t *tokens,
     res->n_pages = want;
     res->last_node = w.end ? w.end->id : 0;
     if (t->cfg.copy.submit) {
-        struct kvn_copy_job cj = {.ack_id = j->ack_id, .dir = j->dir, .n_pages = want,
-                                  .l1_slots = j->l1, .l2_pages = j->l2};
+        struct kvn_copy_job cj = {.ack_id = j->ack_id,
+                                  .dir = j->dir,
+                                  .n_pages = want,
+                                  .l1_slots = j->l1,
+                                  .l2_pages = j->l2};
         rc = t->cfg.copy.submit(t->cfg.copy.ctx, &cj);
         if (rc < 0) {
             t->copy_submit_failures++;
@@ -2170,12 +2172,12 @@ int kvn_radix_node_info(const struct kvn_radix *t, uint64_t id, struct kvn_radix
 
 /* ---------------------------------------------------------------- check */
 
-#define CHECK(cond, ...)                                                                          \
-    do {                                                                                          \
-        if (!(cond)) {                                                                            \
-            rc = kvn_err_set(err, -EFAULT, __VA_ARGS__);                                          \
-            goto out;                                                                             \
-        }                                                                                         \
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            rc = kvn_err_set(err, -EFAULT, __VA_ARGS__);                                           \
+            goto out;                                                                              \
+        }                                                                                          \
     } while (0)
 
 int kvn_radix_check(const struct kvn_radix *t, struct kvn_err *err)
@@ -2259,15 +2261,14 @@ int kvn_radix_check(const struct kvn_radix *t, struct kvn_err *err)
                       (unsigned long long)n->id);
             }
             CHECK(in_l1(n) || (n->flags & F_CPU_PUB),
-                  "node %#llx: L2-only but not announced on CPU_PINNED",
-                  (unsigned long long)n->id);
+                  "node %#llx: L2-only but not announced on CPU_PINNED", (unsigned long long)n->id);
             if (l2_valid(n) && !(n->flags & F_CPU_PUB)) {
                 /* waiting: some ancestor's write is pending, through unannounced copies */
                 const struct rnode *a = n->parent;
                 while (!is_root(a) && in_l2(a) && !(a->flags & F_CPU_PUB) && !pending_write(a))
                     a = a->parent;
-                CHECK(!is_root(a) && pending_write(a),
-                      "node %#llx: L2 copy can never be announced", (unsigned long long)n->id);
+                CHECK(!is_root(a) && pending_write(a), "node %#llx: L2 copy can never be announced",
+                      (unsigned long long)n->id);
             }
             if ((n->flags & F_CPU_PUB) && !is_root(n->parent))
                 CHECK(n->parent->flags & F_CPU_PUB,

@@ -142,10 +142,12 @@
  * it is held (L1 eviction may still demote them). Neither can keep bytes that
  * are not valid: a failed load takes its L1 slots back, a failed write its L2
  * pages, even from locked / protected nodes; and an L2 copy that can never be
- * announced (see COPY JOBS) is dropped even when protected. The handle is the node id; unlocking a node that
- * holds no lock taken through that id is an error (-EINVAL), as is any stale
- * id (-ENOENT). A split keeps the id (and its locks) on the suffix, which is the
- * node the id's path lock covered, and gives the prefix the same counts.
+ * announced (see COPY JOBS) is dropped even when protected.
+ *
+ * The handle is the node id; unlocking a node that holds no lock taken through
+ * that id is an error (-EINVAL), as is any stale id (-ENOENT). A split keeps
+ * the id (and its locks) on the suffix, which is the node the id's path lock
+ * covered, and gives the prefix the same counts.
  *
  * RESET
  *
@@ -184,7 +186,7 @@
 #define KVN_RADIX_NS_INVALID UINT64_MAX
 
 /* Limits checked by kvn_radix_create. */
-#define KVN_RADIX_MAX_PAGE_SIZE 65536u
+#define KVN_RADIX_MAX_PAGE_SIZE          65536u
 #define KVN_RADIX_DEFAULT_MAX_NAMESPACES 4096u
 
 enum kvn_write_policy {
@@ -237,11 +239,11 @@ struct kvn_storage_fragment {
     uint64_t node_id;
     uint32_t page_size;
     uint32_t n_pages;
-    const int32_t *tokens;     /* n_pages * page_size */
-    const int64_t *hashes;     /* n_pages event hashes */
-    const uint32_t *l2_pages;  /* where the bytes are in the host pool */
-    bool has_parent;           /* false at the root */
-    int64_t parent_hash;       /* event hash of the page before tokens[0] */
+    const int32_t *tokens;      /* n_pages * page_size */
+    const int64_t *hashes;      /* n_pages event hashes */
+    const uint32_t *l2_pages;   /* where the bytes are in the host pool */
+    bool has_parent;            /* false at the root */
+    int64_t parent_hash;        /* event hash of the page before tokens[0] */
     const uint8_t *prev_digest; /* 32-byte digest of that page, NULL at the root */
 };
 
@@ -260,9 +262,9 @@ struct kvn_storage_ops {
 };
 
 struct kvn_radix_config {
-    uint32_t page_size;  /* tokens per page, 1 .. KVN_RADIX_MAX_PAGE_SIZE */
-    uint32_t l1_pages;   /* L1 slots [0, l1_pages); >= 1 */
-    uint32_t l2_pages;   /* L2 pages [0, l2_pages); 0 = no host tier */
+    uint32_t page_size; /* tokens per page, 1 .. KVN_RADIX_MAX_PAGE_SIZE */
+    uint32_t l1_pages;  /* L1 slots [0, l1_pages); >= 1 */
+    uint32_t l2_pages;  /* L2 pages [0, l2_pages); 0 = no host tier */
     enum kvn_write_policy write_policy;
     enum kvn_evict_policy evict_policy;
     bool storage_enabled;
@@ -328,8 +330,7 @@ struct kvn_radix_match {
  */
 int kvn_radix_match_prefix(struct kvn_radix *tree, uint64_t ns, const int32_t *tokens,
                            size_t n_tokens, uint64_t now_tick, uint32_t *slots_out,
-                           uint32_t slots_cap, struct kvn_radix_match *res,
-                           struct kvn_err *err);
+                           uint32_t slots_cap, struct kvn_radix_match *res, struct kvn_err *err);
 
 /*
  * insert result, in tokens (multiples of page_size):
@@ -359,14 +360,11 @@ struct kvn_radix_insert_result {
  * Inserts tokens[0..n_tokens) (n_tokens must be a multiple of page_size) into
  * namespace ns, creating the namespace on first use. l1_slots: NULL for auto
  * mode, else n_tokens / page_size slots, slot i for page i (all must be
- * < l1_pages; entries for the already-cached prefix are not adopted). Splits nodes where the key diverges,
- * revives L2-only nodes, adds one leaf for the rest, increments hit counts,
- * emits GPU BlockStored, and may queue a write-through job.
- * Errors (nothing changed):
- *   -EINVAL  tree/tokens/res NULL, n_tokens not a multiple of page_size or
- *            > UINT32_MAX, ns == KVN_RADIX_NS_INVALID, a slot >= l1_pages;
- *   -EBUSY   a slot the tree must adopt is already owned by the tree, or listed
- *            twice;
+ * < l1_pages; entries for the already-cached prefix are not adopted). Splits nodes where the key
+ * diverges, revives L2-only nodes, adds one leaf for the rest, increments hit counts, emits GPU
+ * BlockStored, and may queue a write-through job. Errors (nothing changed): -EINVAL tree/tokens/res
+ * NULL, n_tokens not a multiple of page_size or > UINT32_MAX, ns == KVN_RADIX_NS_INVALID, a slot >=
+ * l1_pages; -EBUSY   a slot the tree must adopt is already owned by the tree, or listed twice;
  *   -ENOSPC  auto mode and not enough free + evictable L1 slots; or a new
  *            namespace beyond max_namespaces;
  *   -ENOMEM.
@@ -400,13 +398,13 @@ struct kvn_radix_evict_result {
  * tree nodes, so it may free more). Fewer is not an error: res says what
  * happened. Errors: -EINVAL (tree/res NULL), -ENOMEM.
  */
-int kvn_radix_evict_l1(struct kvn_radix *tree, uint32_t n_pages,
-                       struct kvn_radix_evict_result *res, struct kvn_err *err);
+int kvn_radix_evict_l1(struct kvn_radix *tree, uint32_t n_pages, struct kvn_radix_evict_result *res,
+                       struct kvn_err *err);
 
 /* Frees at least n_pages L2 pages if possible (L2 candidates only). Errors:
  * -EINVAL (tree/res NULL). */
-int kvn_radix_evict_l2(struct kvn_radix *tree, uint32_t n_pages,
-                       struct kvn_radix_evict_result *res, struct kvn_err *err);
+int kvn_radix_evict_l2(struct kvn_radix *tree, uint32_t n_pages, struct kvn_radix_evict_result *res,
+                       struct kvn_err *err);
 
 /* Result of a call that may queue one copy job. ack_id 0: nothing to do. */
 struct kvn_radix_job_result {
@@ -427,10 +425,9 @@ struct kvn_radix_job_result {
  * code of a copy submit that refused the job (rolled back: nothing changed but
  * stats.copy_submit_failures).
  */
-int kvn_radix_load_back(struct kvn_radix *tree, uint64_t ns, const int32_t *tokens,
-                        size_t n_tokens, const uint32_t *l1_slots, uint32_t n_slots,
-                        uint64_t now_tick, struct kvn_radix_job_result *res,
-                        struct kvn_err *err);
+int kvn_radix_load_back(struct kvn_radix *tree, uint64_t ns, const int32_t *tokens, size_t n_tokens,
+                        const uint32_t *l1_slots, uint32_t n_slots, uint64_t now_tick,
+                        struct kvn_radix_job_result *res, struct kvn_err *err);
 
 /*
  * Back up node_id and its ancestors that are in L1 without an L2 copy and not
@@ -461,19 +458,18 @@ struct kvn_radix_stats {
     uint64_t protected_nodes; /* host protection count > 0 */
     uint64_t pending_jobs;    /* jobs awaiting an ack (orphans included) */
     uint64_t pending_pages;
-    uint64_t orphan_pages;    /* pages reserved by jobs orphaned by reset */
-    uint64_t cached_tokens;   /* tokens in L1 or L2 */
+    uint64_t orphan_pages;  /* pages reserved by jobs orphaned by reset */
+    uint64_t cached_tokens; /* tokens in L1 or L2 */
     uint64_t l1_tokens, l2_tokens;
-    uint64_t index_bytes;     /* heap memory of the index, allocators included */
-    uint64_t events;          /* events emitted since create */
+    uint64_t index_bytes; /* heap memory of the index, allocators included */
+    uint64_t events;      /* events emitted since create */
     uint64_t jobs_submitted, acks_ok, acks_failed, copy_submit_failures;
     uint64_t backups_skipped; /* write-throughs skipped for lack of L2 */
     uint64_t storage_backups, storage_failures;
 };
 
 /* Fills st. Errors: -EINVAL (NULL args). */
-int kvn_radix_stats(const struct kvn_radix *tree, struct kvn_radix_stats *st,
-                    struct kvn_err *err);
+int kvn_radix_stats(const struct kvn_radix *tree, struct kvn_radix_stats *st, struct kvn_err *err);
 
 /* A snapshot of one tree node (tests, kvctl, debugging). */
 struct kvn_radix_node_info {
@@ -486,16 +482,16 @@ struct kvn_radix_node_info {
                                  reserved) but their bytes are not valid until the
                                  ack; a failed load takes the slots back even when
                                  the node is locked (a lock cannot keep bad data) */
-    uint64_t pending_ack;  /* ack id of its pending job, or 0 */
-    uint32_t lock_count;   /* device lock count (path locks + pending) */
-    uint32_t own_locks;    /* locks taken through this id */
+    uint64_t pending_ack;     /* ack id of its pending job, or 0 */
+    uint32_t lock_count;      /* device lock count (path locks + pending) */
+    uint32_t own_locks;       /* locks taken through this id */
     uint32_t protect_count;
     uint32_t own_protects;
     uint32_t hit_count;
     uint64_t last_access_tick;
     uint32_t n_children;
-    const int32_t *tokens;   /* n_pages * page_size; valid until the next mutation */
-    const int64_t *hashes;   /* n_pages */
+    const int32_t *tokens;    /* n_pages * page_size; valid until the next mutation */
+    const int64_t *hashes;    /* n_pages */
     const uint32_t *l1_slots; /* NULL when not in L1 */
     const uint32_t *l2_pages; /* NULL when not in L2 */
 };

@@ -73,8 +73,7 @@ static inline uint32_t rec_count(const struct rec *r, enum kvn_kv_event_type typ
 }
 
 /* Index of the k-th event of type+medium, or -1. */
-static inline int rec_find(const struct rec *r, enum kvn_kv_event_type type, int medium,
-                           uint32_t k)
+static inline int rec_find(const struct rec *r, enum kvn_kv_event_type type, int medium, uint32_t k)
 {
     for (uint32_t i = 0; i < r->n; i++)
         if (r->ev[i].type == type && (medium < 0 || (int)r->ev[i].medium == medium))

@@ -65,7 +65,7 @@ static void assert_json_i64(const cJSON *n, int64_t v)
 
 static int32_t json_token(const cJSON *n)
 {
-    assert_true(cJSON_IsNumber(n)); /* token ids < 2^32 are exact as double */
+    assert_true(cJSON_IsNumber(n));           /* token ids < 2^32 are exact as double */
     return (int32_t)(uint32_t)n->valuedouble; /* 4294967295 -> -1: same u32 bits */
 }
 
@@ -129,9 +129,9 @@ static void golden_vectors(void **state)
         if (np >= 2) {
             int64_t rest[64];
             assert_true(np - 1 <= 64);
-            assert_int_equal(kvn_page_hash_chain(dig[0], tok + ps, (size_t)nt - ps, ps, NULL,
-                                                 rest, NULL),
-                             np - 1);
+            assert_int_equal(
+                kvn_page_hash_chain(dig[0], tok + ps, (size_t)nt - ps, ps, NULL, rest, NULL),
+                np - 1);
             for (int i = 1; i < np; i++)
                 assert_int_equal(rest[i - 1], eh[i]);
         }

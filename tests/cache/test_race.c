@@ -7,9 +7,9 @@
  */
 #include "cache_test_util.h"
 
-#define H12 INT64_C(3817746824117602890)   /* [1,2] at the root */
-#define H34 INT64_C(-4216701448867210342)  /* [3,4] after [1,2] */
-#define H56 INT64_C(-429401898661349585)   /* [5,6] after [1,2] */
+#define H12 INT64_C(3817746824117602890)  /* [1,2] at the root */
+#define H34 INT64_C(-4216701448867210342) /* [3,4] after [1,2] */
+#define H56 INT64_C(-429401898661349585)  /* [5,6] after [1,2] */
 
 static const int32_t T1234[] = {1, 2, 3, 4};
 static const int32_t T1256[] = {1, 2, 5, 6};
@@ -435,16 +435,11 @@ static void race_split_keeps_locks(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(race_a_split_while_pending),
-        cmocka_unit_test(race_b_storage_fragments),
-        cmocka_unit_test(race_c_nested_split),
-        cmocka_unit_test(race_d_reverse_acks),
-        cmocka_unit_test(race_e_evict_while_pending),
-        cmocka_unit_test(race_f_write_back),
-        cmocka_unit_test(race_g_reset_while_pending),
-        cmocka_unit_test(race_h_failed_ack),
-        cmocka_unit_test(race_submit_refused),
-        cmocka_unit_test(race_split_keeps_locks),
+        cmocka_unit_test(race_a_split_while_pending), cmocka_unit_test(race_b_storage_fragments),
+        cmocka_unit_test(race_c_nested_split),        cmocka_unit_test(race_d_reverse_acks),
+        cmocka_unit_test(race_e_evict_while_pending), cmocka_unit_test(race_f_write_back),
+        cmocka_unit_test(race_g_reset_while_pending), cmocka_unit_test(race_h_failed_ack),
+        cmocka_unit_test(race_submit_refused),        cmocka_unit_test(race_split_keeps_locks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

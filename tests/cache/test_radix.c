@@ -480,20 +480,20 @@ static void memory_per_token(void **state)
 /* ---------------------------------------------------------------- refusals */
 
 #define REFUSED(f, call, want_)                                                                    \
-    do {                                                                                          \
-        struct kvn_radix_stats s0_ = fx_stats(f);                                                 \
-        uint32_t ev0_ = (f)->rec.n, jobs0_ = (f)->jobs.n;                                        \
-        struct kvn_err err;                                                                       \
-        memset(&err, 0, sizeof(err));                                                             \
-        int rc_ = (call);                                                                         \
-        assert_int_equal(rc_, want_);                                                             \
-        assert_int_equal(err.code, want_);                                                        \
-        assert_true(strlen(err.msg) > 0);                                                         \
-        struct kvn_radix_stats s1_ = fx_stats(f);                                                 \
-        assert_stats_equal(&s0_, &s1_);                                                           \
-        assert_int_equal((f)->rec.n, ev0_);                                                       \
-        assert_int_equal((f)->jobs.n, jobs0_);                                                    \
-        fx_check(f);                                                                              \
+    do {                                                                                           \
+        struct kvn_radix_stats s0_ = fx_stats(f);                                                  \
+        uint32_t ev0_ = (f)->rec.n, jobs0_ = (f)->jobs.n;                                          \
+        struct kvn_err err;                                                                        \
+        memset(&err, 0, sizeof(err));                                                              \
+        int rc_ = (call);                                                                          \
+        assert_int_equal(rc_, want_);                                                              \
+        assert_int_equal(err.code, want_);                                                         \
+        assert_true(strlen(err.msg) > 0);                                                          \
+        struct kvn_radix_stats s1_ = fx_stats(f);                                                  \
+        assert_stats_equal(&s0_, &s1_);                                                            \
+        assert_int_equal((f)->rec.n, ev0_);                                                        \
+        assert_int_equal((f)->jobs.n, jobs0_);                                                     \
+        fx_check(f);                                                                               \
     } while (0)
 
 static void refusals_create(void **state)
@@ -518,7 +518,7 @@ static void refusals_create(void **state)
     cfg.write_policy = (enum kvn_write_policy)7;
     assert_int_equal(kvn_radix_create(&cfg, &t, &err), -EINVAL);
     kvn_radix_config_init(&cfg);
-    cfg.evict_policy = (enum kvn_evict_policy)-1;
+    cfg.evict_policy = (enum kvn_evict_policy) - 1;
     assert_int_equal(kvn_radix_create(&cfg, &t, &err), -EINVAL);
     kvn_radix_config_init(&cfg);
     cfg.l2_pages = UINT32_MAX;

@@ -67,8 +67,8 @@ static void on_event(void *ctx, const struct kvn_kv_event *ev)
             fail();
         }
         if (m != KVN_MEDIUM_DISK && known_find(k, m, ev->hashes[0]) >= 0) {
-            fprintf(stderr, "page %lld announced twice on medium %d\n",
-                    (long long)ev->hashes[0], m);
+            fprintf(stderr, "page %lld announced twice on medium %d\n", (long long)ev->hashes[0],
+                    m);
             fail();
         }
         if (known_find(k, m, ev->hashes[0]) < 0) {
