@@ -56,6 +56,11 @@
  * peers are not affected.
  * Disconnect it and connect again to retry.
  *
+ * Progress: every process must keep calling kvn_xport_poll() (or wait)
+ * while it is the TARGET of transfers too: libfabric tcp/shm and UCX over
+ * TCP use manual progress, and a WRITE/READ completes (delivery complete)
+ * only once the target's transport has handled it.
+ *
  * Ordering: completions are unordered.  A notification is NOT guaranteed to
  * be delivered after a preceding WRITE to the same peer unless the backend
  * documents it (see kvn_xport_notify); portable code waits for the WRITE
@@ -284,7 +289,13 @@ int kvn_xport_post(struct kvn_xport_peer *p, const struct kvn_xport_op *ops,
  * be reused at return).  Counts as one outstanding op; the sender gets a
  * SEND completion with cookie, the receiver a RECV completion with the
  * bytes.  Ordering with respect to earlier WRITEs to the same peer:
- *   ofi (tcp;ofi_rxm, shm): not guaranteed - wait for write completions;
+ *   ofi+tcp: tcp;ofi_rxm reports FI_ORDER_SAW on its endpoints, so a
+ *            notify is processed after earlier WRITEs to the same peer
+ *            (observed, not relied upon by our tests); portable code still
+ *            waits for the write completions (which are delivery-complete:
+ *            the bytes are at the target);
+ *   ofi+shm: not ordered (shm offers only FI_ORDER_SAS) - wait for the
+ *            write completions first;
  *   ucx: see transport/ucx; verbs: RC, in order after earlier WRITEs.
  * Errors: -EINVAL, -EMSGSIZE, -EAGAIN (outstanding limit), -ENOTCONN.
  */
