@@ -477,6 +477,101 @@ static void memory_per_token(void **state)
     fx_free(f);
 }
 
+static void storage_failure_and_disk_removal(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(2, 16, 16, KVN_WRITE_THROUGH, true);
+    int32_t a[4] = {1, 2, 3, 4}, b[6] = {1, 2, 3, 4, 5, 6};
+    struct kvn_radix_insert_result r;
+    f->store.rc = -EIO; /* the first fragment is not stored */
+    backed(f, a, 4, 1, &r);
+    assert_int_equal(f->store.n, 1);
+    assert_int_equal(rec_count(&f->rec, KVN_EV_BLOCK_STORED, KVN_MEDIUM_DISK), 0);
+    struct kvn_radix_stats st = fx_stats(f);
+    assert_int_equal(st.storage_failures, 1);
+    struct kvn_radix_node_info info;
+    assert_int_equal(kvn_radix_node_info(f->t, r.last_node, &info, NULL), 0);
+    assert_false(info.in_l3);
+    /* its child is not handed to storage: the DISK chain would have a hole */
+    f->store.rc = 0;
+    backed(f, b, 6, 2, &r);
+    assert_int_equal(f->store.n, 1);
+    assert_int_equal(rec_count(&f->rec, KVN_EV_BLOCK_STORED, KVN_MEDIUM_DISK), 0);
+    fx_free(f);
+
+    /* stored, then deleted by L2 eviction: DISK BlockRemoved with the CPU one */
+    f = fx_new(2, 16, 16, KVN_WRITE_THROUGH, true);
+    backed(f, a, 4, 1, &r);
+    assert_int_equal(rec_count(&f->rec, KVN_EV_BLOCK_STORED, KVN_MEDIUM_DISK), 2);
+    assert_int_equal(kvn_radix_node_info(f->t, r.last_node, &info, NULL), 0);
+    assert_true(info.in_l3);
+    struct kvn_radix_evict_result er;
+    assert_int_equal(kvn_radix_evict_l1(f->t, 2, &er, NULL), 0);
+    assert_int_equal(kvn_radix_evict_l2(f->t, 2, &er, NULL), 0);
+    assert_int_equal(er.freed_pages, 2);
+    assert_int_equal(rec_count(&f->rec, KVN_EV_BLOCK_REMOVED, KVN_MEDIUM_CPU_PINNED), 1);
+    assert_int_equal(rec_count(&f->rec, KVN_EV_BLOCK_REMOVED, KVN_MEDIUM_DISK), 1);
+    int d = rec_find(&f->rec, KVN_EV_BLOCK_REMOVED, KVN_MEDIUM_DISK, 0);
+    assert_int_equal(f->rec.ev[d].n_hashes, 2);
+    fx_free(f);
+}
+
+static void protected_node_is_never_deleted(void **state)
+{
+    (void)state;
+    /* no host tier: a protected L1-only leaf cannot be backed up, so it stays */
+    struct fixture *f = fx_new(2, 16, 0, KVN_WRITE_THROUGH, false);
+    int32_t a[4] = {1, 2, 3, 4};
+    struct kvn_radix_insert_result r;
+    fx_insert(f, 0, a, 4, NULL, 1, &r);
+    assert_int_equal(kvn_radix_protect(f->t, r.last_node, NULL), 0);
+    assert_int_equal(fx_stats(f).l1_evictable_pages, 0);
+    struct kvn_radix_evict_result er;
+    assert_int_equal(kvn_radix_evict_l1(f->t, 10, &er, NULL), 0);
+    assert_int_equal(er.freed_pages, 0);
+    assert_int_equal(kvn_radix_unprotect(f->t, r.last_node, NULL), 0);
+    assert_int_equal(kvn_radix_evict_l1(f->t, 10, &er, NULL), 0);
+    assert_int_equal(er.deleted_pages, 2);
+    fx_free(f);
+
+    /* with a host tier: it is backed up first and demoted on the ack */
+    f = fx_new(2, 16, 16, KVN_WRITE_THROUGH_SELECTIVE, false);
+    fx_insert(f, 0, a, 4, NULL, 1, &r);
+    assert_int_equal(kvn_radix_protect(f->t, r.last_node, NULL), 0);
+    assert_int_equal(kvn_radix_evict_l1(f->t, 10, &er, NULL), 0);
+    assert_int_equal(er.freed_pages, 0);
+    assert_int_equal(er.scheduled_pages, 2);
+    assert_int_equal(kvn_radix_ack(f->t, er.ack_id, true, NULL), 0);
+    struct kvn_radix_node_info info;
+    assert_int_equal(kvn_radix_node_info(f->t, r.last_node, &info, NULL), 0);
+    assert_false(info.in_l1);
+    assert_true(info.in_l2);
+    assert_int_equal(kvn_radix_evict_l2(f->t, 10, &er, NULL), 0);
+    assert_int_equal(er.freed_pages, 0); /* protected */
+    assert_int_equal(kvn_radix_unprotect(f->t, r.last_node, NULL), 0);
+    fx_free(f);
+}
+
+static void write_back_without_room_deletes(void **state)
+{
+    (void)state;
+    /* write_back with a full, unevictable L2: eviction cannot back up, drops */
+    struct fixture *f = fx_new(2, 16, 2, KVN_WRITE_BACK, false);
+    int32_t a[4] = {1, 2, 3, 4}, b[4] = {5, 6, 7, 8};
+    struct kvn_radix_insert_result ra, rb;
+    fx_insert(f, 0, a, 4, NULL, 1, &ra);
+    fx_insert(f, 0, b, 4, NULL, 2, &rb);
+    struct kvn_radix_job_result jr;
+    assert_int_equal(kvn_radix_write_backup(f->t, rb.last_node, &jr, NULL), 0); /* L2 full */
+    struct kvn_radix_evict_result er;
+    assert_int_equal(kvn_radix_evict_l1(f->t, 2, &er, NULL), 0);
+    assert_int_equal(er.deleted_pages, 2); /* a: no room for its backup */
+    assert_int_equal(er.scheduled_pages, 0);
+    assert_int_equal(fx_match(f, 0, a, 4, 3).device_tokens, 0);
+    assert_int_equal(kvn_radix_ack(f->t, jr.ack_id, true, NULL), 0);
+    fx_free(f);
+}
+
 /* ---------------------------------------------------------------- refusals */
 
 #define REFUSED(f, call, want_)                                                                    \
@@ -682,6 +777,9 @@ int main(void)
         cmocka_unit_test(load_back_partial_and_failed),
         cmocka_unit_test(write_through_skipped_when_l2_full),
         cmocka_unit_test(memory_per_token),
+        cmocka_unit_test(storage_failure_and_disk_removal),
+        cmocka_unit_test(protected_node_is_never_deleted),
+        cmocka_unit_test(write_back_without_room_deletes),
         cmocka_unit_test(refusals_create),
         cmocka_unit_test(refusals_match_insert),
         cmocka_unit_test(refusals_ids_and_acks),
