@@ -260,6 +260,42 @@ static void test_open_close_backends(void **state)
     kvn_xport_close(x);
 }
 
+/* Bound to all interfaces, the published address is a usable one and a
+ * peer reaches it. */
+static void test_bind_any(void **state)
+{
+    (void)state;
+    struct kvn_err err;
+    struct kvn_xport_attr at;
+    kvn_xport_attr_init(&at);
+    at.bind_host = "any";
+    struct pair pr;
+    assert_int_equal(open_pair("ofi+tcp", &at, &pr), 0);
+    uint8_t blob[KVN_XPORT_ADDR_MAX];
+    size_t len = sizeof(blob);
+    assert_int_equal(kvn_xport_address(pr.a, blob, &len, &err), 0);
+    assert_int_equal(len, 24 + 16); /* frame + sockaddr_in */
+    static const uint8_t zero[4] = {0};
+    assert_memory_not_equal(blob + 24 + 4, zero, 4); /* not 0.0.0.0 */
+    assert_int_equal(kvn_xport_notify(pr.ba, "hi", 2, 5, &err), 0);
+    int got = 0;
+    uint64_t end = now_s() + GUARD_S;
+    while (got < 2) {
+        struct kvn_xport_cqe c[4];
+        int n = kvn_xport_poll(pr.a, c, 4);
+        for (int i = 0; i < n; i++)
+            if (c[i].kind == KVN_XPORT_RECV && c[i].len == 2 &&
+                memcmp(c[i].data, "hi", 2) == 0 && c[i].peer == pr.ab)
+                got++;
+        n = kvn_xport_poll(pr.b, c, 4);
+        for (int i = 0; i < n; i++)
+            if (c[i].kind == KVN_XPORT_SEND && c[i].status == 0)
+                got++;
+        assert_true(now_s() <= end);
+    }
+    close_pair(&pr);
+}
+
 static void test_list_devices(void **state)
 {
     (void)state;
@@ -1082,6 +1118,7 @@ int main(void)
         cmocka_unit_test(test_uri_parse),
         cmocka_unit_test(test_open_bad_args),
         cmocka_unit_test(test_open_close_backends),
+        cmocka_unit_test(test_bind_any),
         cmocka_unit_test(test_list_devices),
         cmocka_unit_test(test_address_connect_validation),
         cmocka_unit_test(test_mr_and_descriptors),

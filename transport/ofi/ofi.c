@@ -42,6 +42,8 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 
 #include <rdma/fabric.h>
 #include <rdma/fi_cm.h>
@@ -251,6 +253,36 @@ static int post_rx(struct ofi_domain *d, uint32_t idx)
     return (int)rc;
 }
 
+/*
+ * Bound to "any" (0.0.0.0), the endpoint's name is not an address a peer
+ * on another host can use: publish the first up, non-loopback IPv4
+ * address of this host instead (127.0.0.1 when there is none).
+ */
+static void publishable_addr(struct ofi_domain *d)
+{
+    struct sockaddr_in sin;
+    if (d->info->addr_format != FI_SOCKADDR_IN || d->addrlen != sizeof(sin))
+        return;
+    memcpy(&sin, d->addr, sizeof(sin));
+    if (sin.sin_family != AF_INET || sin.sin_addr.s_addr != htonl(INADDR_ANY))
+        return;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct ifaddrs *ifs = NULL, *i;
+    if (getifaddrs(&ifs) == 0) {
+        for (i = ifs; i; i = i->ifa_next) {
+            if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET ||
+                (i->ifa_flags & IFF_LOOPBACK) || !(i->ifa_flags & IFF_UP))
+                continue;
+            struct sockaddr_in a;
+            memcpy(&a, i->ifa_addr, sizeof(a));
+            sin.sin_addr = a.sin_addr;
+            break;
+        }
+        freeifaddrs(ifs);
+    }
+    memcpy(d->addr, &sin, sizeof(sin));
+}
+
 static int ofi_open(const struct xport_uri *uri,
                     const struct kvn_xport_attr *attr, struct kvn_xport **out,
                     struct kvn_err *err)
@@ -380,12 +412,11 @@ static int ofi_open(const struct xport_uri *uri,
         rc = fi_getname(&d->ep->fid, d->addr, &d->addrlen);
     }
     if (rc) {
-        int e = ofi_set(err, step, rc);
-        snprintf(err ? err->msg : (char[1]){0}, err ? sizeof(err->msg) : 1,
-                 "ofi %s: %s failed: %s", prov, step, fi_strerror(-rc));
         ofi_teardown(d);
-        return e;
+        return kvn_err_set(err, fi_to_errno(rc), "ofi %s: %s failed: %s",
+                           prov, step, fi_strerror(-rc));
     }
+    publishable_addr(d);
 
     /* notification buffers */
     d->buf_size = sizeof(struct xport_notify_hdr) + attr->max_msg_size;
