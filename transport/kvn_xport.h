@@ -135,7 +135,10 @@ enum kvn_xport_op_kind {
 
 struct kvn_xport_attr {
     uint32_t max_outstanding; /* ops + notifies in flight; 0 = 1024 */
-    uint32_t max_msg_size;    /* notification payload bytes; 0 = 4096 */
+    uint32_t max_msg_size;    /* notification payload bytes; 0 = 4096.
+                                 Peers must agree: a notification larger
+                                 than the receiver's limit is dropped
+                                 there. */
     uint32_t op_timeout_ms;   /* 0 = 5000; an op not completed by then
                                  completes with -ETIMEDOUT */
     const char *bind_host;    /* TCP-based backends: IP/host to listen on;
@@ -328,7 +331,10 @@ int kvn_xport_poll(struct kvn_xport *x, struct kvn_xport_cqe *out, int max);
  * call kvn_xport_poll() until it returns 0, then sleep on the fd again.
  * Level-triggered spurious wakeups are possible.  Backends whose progress
  * needs the caller (UCX over TCP) still require poll to be called regularly
- * while ops are outstanding; the fd then also wakes periodically.
+ * while ops are outstanding; the fd then also wakes periodically.  A
+ * backend without a waitable object (libfabric shm) makes the fd tick every
+ * millisecond, so a poll()-based loop still notices completions and
+ * incoming notifications.
  * Owned by the domain: do not close it.  -EINVAL for NULL.
  */
 int kvn_xport_wait_fd(struct kvn_xport *x);

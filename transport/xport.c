@@ -18,8 +18,8 @@
  *
  * Wait fd.  An epoll fd over {backend fd, an eventfd, a timerfd}: the
  * eventfd is written when the backend says it has work that its own fd may
- * not signal; the timerfd is armed for the head op's deadline (or ticks
- * every millisecond when the backend has no fd).
+ * not signal; the timerfd is armed for the head op's deadline, and ticks
+ * every millisecond when the backend has no fd (libfabric shm).
  */
 #include "transport/xport_impl.h"
 
@@ -42,6 +42,7 @@
 #define XPORT_WIRE_VERSION 1u
 #define XPORT_ADDR_HDR 24u
 #define XPORT_PEER_HASH 256u
+#define XPORT_TICK_NS 1000000ull /* wait fd tick when the backend has no fd */
 
 #define DESC_F_OFFSET 0x1u
 #define DESC_F_RREAD 0x2u
@@ -1308,13 +1309,15 @@ static void rearm(struct kvn_xport *x)
         }
         x->timer_deadline_ns = 0;
     }
-    if (x->n_outstanding && x->timer_deadline_ns == 0) {
+    if (x->timer_deadline_ns == 0) {
         uint64_t d = UINT64_MAX;
         if (!link_empty(&x->fifo))
             d = XPORT_CONTAINER(x->fifo.next, struct xport_op, fifo)
                     ->deadline_ns + 1000000ull;
-        if (x->backend_fd < 0 && now + 1000000ull < d)
-            d = now + 1000000ull;
+        /* no backend fd: tick (1 ms) so that completions and incoming
+         * notifications are noticed */
+        if (x->backend_fd < 0 && now + XPORT_TICK_NS < d)
+            d = now + XPORT_TICK_NS;
         if (d != UINT64_MAX)
             timer_arm(x, d);
     }
@@ -1411,13 +1414,11 @@ int kvn_xport_wait(struct kvn_xport *x, int timeout_ms, struct kvn_err *err)
                              ->deadline_ns;
             sleep_ns = d > now ? (d - now < sleep_ns ? d - now : sleep_ns) : 0;
         }
-        if (x->backend_fd < 0 && x->n_outstanding && sleep_ns > 1000000ull)
-            sleep_ns = 1000000ull;
+        if (x->backend_fd < 0 && sleep_ns > XPORT_TICK_NS)
+            sleep_ns = XPORT_TICK_NS;
         int ms = sleep_ns >= (uint64_t)INT32_MAX * 1000000ull
                      ? -1
                      : (int)((sleep_ns + 999999ull) / 1000000ull);
-        if (x->backend_fd < 0 && !x->n_outstanding && timeout_ms < 0)
-            ms = 10;
         struct epoll_event ev[4];
         int k = epoll_wait(x->epfd, ev, 4, ms);
         if (k < 0 && errno != EINTR)
