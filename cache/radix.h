@@ -115,7 +115,8 @@
  *
  * EVICTION (no tree scan: two binary heaps with intrusive positions)
  *
- *   L1 candidates: in L1, no L1 child, no device lock, no pending job.
+ *   L1 candidates: in L1 (not loading), no L1 child, no device lock, no
+ *   pending job, and an L2 copy (if any) already announced.
  *     - backed up (has L2): demoted (L1 slots freed, node stays, GPU removed);
  *     - no L2, no children, not protected, policy not write_back (or no L2
  *       tier): deleted;
@@ -360,11 +361,21 @@ struct kvn_radix_insert_result {
  * Inserts tokens[0..n_tokens) (n_tokens must be a multiple of page_size) into
  * namespace ns, creating the namespace on first use. l1_slots: NULL for auto
  * mode, else n_tokens / page_size slots, slot i for page i (all must be
- * < l1_pages; entries for the already-cached prefix are not adopted). Splits nodes where the key
- * diverges, revives L2-only nodes, adds one leaf for the rest, increments hit counts, emits GPU
- * BlockStored, and may queue a write-through job. Errors (nothing changed): -EINVAL tree/tokens/res
- * NULL, n_tokens not a multiple of page_size or > UINT32_MAX, ns == KVN_RADIX_NS_INVALID, a slot >=
- * l1_pages; -EBUSY   a slot the tree must adopt is already owned by the tree, or listed twice;
+ * < l1_pages; entries for the already-cached prefix are not adopted). Splits
+ * nodes where the key diverges, revives L2-only nodes, adds one leaf for the
+ * rest, increments hit counts, emits GPU BlockStored, and may queue a
+ * write-through job.
+ *
+ * Auto mode evicts L1 candidates that can be freed at once (demoted or
+ * deleted, never the path being inserted). Under write_back, nodes without an
+ * L2 copy cannot be freed at once: call kvn_radix_evict_l1 (which queues their
+ * backups) and retry after the acks.
+ *
+ * Errors (nothing changed):
+ *   -EINVAL  tree/tokens/res NULL, n_tokens not a multiple of page_size or
+ *            > UINT32_MAX, ns == KVN_RADIX_NS_INVALID, a slot >= l1_pages;
+ *   -EBUSY   a slot the tree must adopt is already owned by the tree, or listed
+ *            twice;
  *   -ENOSPC  auto mode and not enough free + evictable L1 slots; or a new
  *            namespace beyond max_namespaces;
  *   -ENOMEM.
@@ -450,6 +461,8 @@ int kvn_radix_ack(struct kvn_radix *tree, uint64_t ack_id, bool ok, struct kvn_e
 
 struct kvn_radix_stats {
     uint32_t page_size;
+    /* *_evictable_pages: pages eviction can free at once (L1: demotable or
+     * deletable candidates; L2: candidates). used includes orphan pages. */
     uint32_t l1_capacity, l1_used, l1_free, l1_evictable_pages;
     uint32_t l2_capacity, l2_used, l2_free, l2_evictable_pages;
     uint64_t nodes;           /* tree nodes, roots excluded */
