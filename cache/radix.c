@@ -80,8 +80,22 @@ struct nsentry {
     struct rnode *root; /* NULL: empty */
 };
 
+/*
+ * A heap entry carries a snapshot of its node's key, so that sifting touches
+ * only the heap array. Keys only grow (ticks, hit counts), and a touch does not
+ * re-sift: the snapshot may be stale-low. heap_top() refreshes a stale top and
+ * sifts it down before trusting it; since every snapshot is <= its node's key,
+ * a fresh top is the true minimum. Touch and hit count stay O(1).
+ */
+struct hent {
+    uint64_t tick;
+    uint32_t hit;
+    uint32_t slot; /* tie-break: deterministic */
+    struct rnode *n;
+};
+
 struct rheap {
-    struct rnode **a;
+    struct hent *a;
     uint32_t n, cap;
 };
 
@@ -520,54 +534,65 @@ static struct rnode *ns_create(struct kvn_radix *t, uint64_t ns)
 
 /* ---------------------------------------------------------------- heaps */
 
-static bool heap_less(const struct kvn_radix *t, const struct rnode *a, const struct rnode *b)
+static bool hent_less(const struct kvn_radix *t, const struct hent *a, const struct hent *b)
 {
-    if (t->cfg.evict_policy == KVN_EVICT_LFU && a->hit_count != b->hit_count)
-        return a->hit_count < b->hit_count;
-    if (a->last_access != b->last_access)
-        return a->last_access < b->last_access;
-    return a->id < b->id;
+    if (t->cfg.evict_policy == KVN_EVICT_LFU && a->hit != b->hit)
+        return a->hit < b->hit;
+    if (a->tick != b->tick)
+        return a->tick < b->tick;
+    return a->slot < b->slot;
 }
 
-static void heap_set(struct rheap *h, int w, uint32_t i, struct rnode *n)
+static void hent_of(struct hent *e, struct rnode *n)
 {
-    h->a[i] = n;
-    n->hpos[w] = (int32_t)i;
+    e->tick = n->last_access;
+    e->hit = n->hit_count;
+    e->slot = n->slot;
+    e->n = n;
+}
+
+static bool hent_stale(const struct hent *e)
+{
+    return e->tick != e->n->last_access || e->hit != e->n->hit_count;
 }
 
 static void heap_up(struct kvn_radix *t, int w, uint32_t i)
 {
     struct rheap *h = &t->heap[w];
-    struct rnode *n = h->a[i];
+    struct hent e = h->a[i];
     while (i > 0) {
         uint32_t p = (i - 1) / 2;
-        if (!heap_less(t, n, h->a[p]))
+        if (!hent_less(t, &e, &h->a[p]))
             break;
-        heap_set(h, w, i, h->a[p]);
+        h->a[i] = h->a[p];
+        h->a[i].n->hpos[w] = (int32_t)i;
         i = p;
     }
-    heap_set(h, w, i, n);
+    h->a[i] = e;
+    e.n->hpos[w] = (int32_t)i;
 }
 
 static void heap_down(struct kvn_radix *t, int w, uint32_t i)
 {
     struct rheap *h = &t->heap[w];
-    struct rnode *n = h->a[i];
+    struct hent e = h->a[i];
     for (;;) {
         uint32_t l = 2 * i + 1, r = l + 1, m = i;
-        const struct rnode *best = n;
-        if (l < h->n && heap_less(t, h->a[l], best)) {
+        const struct hent *best = &e;
+        if (l < h->n && hent_less(t, &h->a[l], best)) {
             m = l;
-            best = h->a[l];
+            best = &h->a[l];
         }
-        if (r < h->n && heap_less(t, h->a[r], best))
+        if (r < h->n && hent_less(t, &h->a[r], best))
             m = r;
         if (m == i)
             break;
-        heap_set(h, w, i, h->a[m]);
+        h->a[i] = h->a[m];
+        h->a[i].n->hpos[w] = (int32_t)i;
         i = m;
     }
-    heap_set(h, w, i, n);
+    h->a[i] = e;
+    e.n->hpos[w] = (int32_t)i;
 }
 
 /* The heap's array was reserved to hold every node (heap_reserve). */
@@ -575,7 +600,8 @@ static void heap_push(struct kvn_radix *t, int w, struct rnode *n)
 {
     struct rheap *h = &t->heap[w];
     uint32_t i = h->n++;
-    heap_set(h, w, i, n);
+    hent_of(&h->a[i], n);
+    n->hpos[w] = (int32_t)i;
     heap_up(t, w, i);
 }
 
@@ -584,22 +610,42 @@ static void heap_remove(struct kvn_radix *t, int w, struct rnode *n)
     struct rheap *h = &t->heap[w];
     uint32_t i = (uint32_t)n->hpos[w];
     n->hpos[w] = -1;
-    struct rnode *last = h->a[--h->n];
+    struct hent last = h->a[--h->n];
     if (i == h->n)
         return;
-    heap_set(h, w, i, last);
+    h->a[i] = last;
+    last.n->hpos[w] = (int32_t)i;
     heap_up(t, w, i);
-    heap_down(t, w, (uint32_t)last->hpos[w]);
+    heap_down(t, w, (uint32_t)last.n->hpos[w]);
 }
 
-static void heap_fix(struct kvn_radix *t, struct rnode *n)
+/* The true minimum of heap w (NULL when empty): stale tops are refreshed first. */
+static struct rnode *heap_top(struct kvn_radix *t, int w)
+{
+    struct rheap *h = &t->heap[w];
+    while (h->n > 0 && hent_stale(&h->a[0])) {
+        hent_of(&h->a[0], h->a[0].n);
+        heap_down(t, w, 0);
+    }
+    return h->n ? h->a[0].n : NULL;
+}
+
+/*
+ * A node's key changed. Growth is left to heap_top (lazy); a key that went
+ * down (a caller's tick smaller than before) is re-sifted now, so snapshots
+ * never exceed keys.
+ */
+static void heap_key_changed(struct kvn_radix *t, struct rnode *n)
 {
     for (int w = 0; w < 2; w++) {
         if (n->hpos[w] < 0)
             continue;
-        uint32_t i = (uint32_t)n->hpos[w];
-        heap_up(t, w, i);
-        heap_down(t, w, (uint32_t)n->hpos[w]);
+        struct hent *e = &t->heap[w].a[n->hpos[w]];
+        if (n->last_access < e->tick || n->hit_count < e->hit) {
+            hent_of(e, n); /* one part may have grown while the other shrank */
+            heap_up(t, w, (uint32_t)n->hpos[w]);
+            heap_down(t, w, (uint32_t)n->hpos[w]);
+        }
     }
 }
 
@@ -616,7 +662,7 @@ static int heap_reserve(struct kvn_radix *t, uint64_t extra)
         uint32_t nc = h->cap ? h->cap : 256;
         while (nc < need)
             nc *= 2;
-        struct rnode **a = realloc(h->a, (size_t)nc * sizeof(*a));
+        struct hent *a = realloc(h->a, (size_t)nc * sizeof(*a));
         if (!a)
             return -ENOMEM;
         h->a = a;
@@ -1182,8 +1228,8 @@ static int queue_write(struct kvn_radix *t, struct rnode **nodes, uint32_t cnt, 
 
 static int evict_l2_internal(struct kvn_radix *t, uint32_t need, struct kvn_radix_evict_result *res)
 {
-    while (res->freed_pages < need && t->heap[1].n > 0) {
-        struct rnode *v = t->heap[1].a[0];
+    struct rnode *v;
+    while (res->freed_pages < need && (v = heap_top(t, 1)) != NULL) {
         uint32_t np = v->n_pages;
         heap_out(t, v);
         if (v->flags & F_CPU_PUB)
@@ -1220,8 +1266,10 @@ static int evict_l1_internal(struct kvn_radix *t, uint32_t need, bool allow_asyn
         grow_ptrs(&t->scratch, &t->scratch_cap, (uint32_t)t->n_nodes + 1) < 0)
         return kvn_err_set(err, -ENOMEM, "evict_l1: out of memory");
     uint32_t cap = t->scratch_cap;
-    while ((uint64_t)res->freed_pages + res->scheduled_pages < need && t->heap[0].n > 0) {
-        struct rnode *v = t->heap[0].a[0];
+    struct rnode *top;
+    while ((uint64_t)res->freed_pages + res->scheduled_pages < need &&
+           (top = heap_top(t, 0)) != NULL) {
+        struct rnode *v = top;
         uint32_t np = v->n_pages;
         heap_out(t, v);
         if (in_l2(v)) {
@@ -1448,7 +1496,10 @@ static uint32_t common_pages(const struct kvn_radix *t, const struct rnode *n, c
     uint32_t lim = n->n_pages < avail_pages ? n->n_pages : avail_pages;
     size_t pb = (size_t)t->ps * 4;
     const int32_t *key = n_key(n);
-    /* first page matched through the child map already */
+    /* the first page matched through the child map already; usually the rest
+     * matches too: one memcmp over the whole run, pages only on a mismatch */
+    if (lim <= 1 || memcmp(key + t->ps, tok + t->ps, (lim - 1) * pb) == 0)
+        return lim;
     uint32_t k = 1;
     while (k < lim && memcmp(key + (size_t)k * t->ps, tok + (size_t)k * t->ps, pb) == 0)
         k++;
@@ -1457,10 +1508,10 @@ static uint32_t common_pages(const struct kvn_radix *t, const struct rnode *n, c
 
 static void touch(struct kvn_radix *t, struct rnode *n, uint64_t now)
 {
-    if (n->last_access == now)
-        return;
+    bool down = now < n->last_access;
     n->last_access = now;
-    heap_fix(t, n);
+    if (down) /* a growing key is left to heap_top: no heap access here */
+        heap_key_changed(t, n);
 }
 
 int kvn_radix_match_prefix(struct kvn_radix *t, uint64_t ns, const int32_t *tokens, size_t n_tokens,
@@ -1784,8 +1835,7 @@ int kvn_radix_insert(struct kvn_radix *t, uint64_t ns, const int32_t *tokens, si
     bool found = false;
     for (struct rnode *n = last; !is_root(n); n = n->parent) {
         n->hit_count++;
-        n->last_access = now;
-        heap_fix(t, n);
+        touch(t, n, now);
         bool needs = in_l1(n) && !in_l2(n) && !n->pending_ack;
         if (thr && needs && (found || n->hit_count >= thr)) {
             found = true;
@@ -2118,7 +2168,7 @@ int kvn_radix_stats(const struct kvn_radix *t, struct kvn_radix_stats *st, struc
          (uint64_t)t->chunks_cap * sizeof(void *);
     b += t->blk_bytes;
     b += t->cmap_cap * sizeof(struct centry) + t->nsmap_cap * sizeof(struct nsentry);
-    b += ((uint64_t)t->heap[0].cap + t->heap[1].cap) * sizeof(void *);
+    b += ((uint64_t)t->heap[0].cap + t->heap[1].cap) * sizeof(struct hent);
     b += (uint64_t)t->jobs_cap * sizeof(struct rjob);
     for (uint32_t i = 0; i < t->jobs_cap; i++)
         b += (uint64_t)t->jobs[i].cap * 8;
@@ -2280,13 +2330,17 @@ int kvn_radix_check(const struct kvn_radix *t, struct kvn_err *err)
                   n->hpos[0] >= 0, n->hpos[1] >= 0, w0, w1);
             if (w0) {
                 in_h0++;
-                CHECK(t->heap[0].a[n->hpos[0]] == n, "heap0 position wrong");
+                const struct hent *e = &t->heap[0].a[n->hpos[0]];
+                CHECK(e->n == n && e->tick <= n->last_access && e->hit <= n->hit_count,
+                      "heap0 entry of node %#llx wrong", (unsigned long long)n->id);
                 if (l1_sync_freeable(t, n))
                     ev0 += n->n_pages;
             }
             if (w1) {
                 in_h1++;
-                CHECK(t->heap[1].a[n->hpos[1]] == n, "heap1 position wrong");
+                const struct hent *e = &t->heap[1].a[n->hpos[1]];
+                CHECK(e->n == n && e->tick <= n->last_access && e->hit <= n->hit_count,
+                      "heap1 entry of node %#llx wrong", (unsigned long long)n->id);
                 ev1 += n->n_pages;
             }
         }
@@ -2341,7 +2395,7 @@ int kvn_radix_check(const struct kvn_radix *t, struct kvn_err *err)
           (unsigned long long)nodes);
     for (int w = 0; w < 2; w++)
         for (uint32_t i = 1; i < t->heap[w].n; i++)
-            CHECK(!heap_less(t, t->heap[w].a[i], t->heap[w].a[(i - 1) / 2]),
+            CHECK(!hent_less(t, &t->heap[w].a[i], &t->heap[w].a[(i - 1) / 2]),
                   "heap %d order broken at %u", w, i);
 out:
     free(own1);
