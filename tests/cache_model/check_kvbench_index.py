@@ -1,0 +1,119 @@
+#!/usr/bin/python3
+"""Runs `kvbench index` on a slice of the Mooncake trace and checks its output.
+
+usage: check_kvbench_index.py KVBENCH TRACE [LIMIT]
+
+1. --page-size 512, unlimited capacity, --json: the replayed hit tokens must
+   equal the exact count computed from the trace ids (printed beside it by
+   kvbench, and recomputed here independently in Python), and the JSON object
+   must carry the documented keys with consistent values.
+2. --page-size 16 with a small capacity: the shape again, a hit rate at most the
+   unlimited one, and evictions happened.
+3. Bad options exit 2 with a message; a missing trace exits 1.
+Exit status 0 when every check holds; 77 (skip) when the trace is absent.
+"""
+import json, os, subprocess, sys
+
+def fail(msg):
+    print("FAIL:", msg)
+    sys.exit(1)
+
+def run(args, want_rc=0):
+    p = subprocess.run(args, capture_output=True, text=True, timeout=240)
+    if p.returncode != want_rc:
+        fail(f"{' '.join(args)} exited {p.returncode}, want {want_rc}\n{p.stdout}\n{p.stderr}")
+    return p
+
+def exact_full_blocks(path, limit):
+    """Leading full 512-token blocks whose id was seen in an earlier request."""
+    seen, hits, total = set(), 0, 0
+    with open(path) as f:
+        for i, line in enumerate(f):
+            if i >= limit:
+                break
+            r = json.loads(line)
+            n, ids = r["input_length"], r["hash_ids"]
+            total += n
+            full = ids[: n // 512]
+            for b in full:
+                if b not in seen:
+                    break
+                hits += 512
+            seen.update(full)
+    return hits, total
+
+KEYS = ["hit_tokens", "total_tokens", "hit_rate", "requests_per_s", "exact_hit_tokens",
+        "exact_hit_rate", "exact_partial_hit_tokens", "match_p50_us", "match_p99_us",
+        "insert_p50_us", "insert_p99_us", "match_vs_memcmp", "insert_vs_sha256",
+        "memcmp_ns_per_token", "sha256_ns_per_token", "bytes_per_cached_token",
+        "cached_tokens", "index_bytes", "requests", "page_size", "policy"]
+
+def check_shape(o, limit):
+    for k in KEYS:
+        if k not in o:
+            fail(f"JSON lacks {k}: {o}")
+    if o["requests"] != limit:
+        fail(f"requests {o['requests']} != {limit}")
+    if not 0 <= o["hit_tokens"] <= o["total_tokens"]:
+        fail("hit_tokens out of range")
+    if abs(o["hit_rate"] - o["hit_tokens"] / o["total_tokens"]) > 1e-12:
+        fail("hit_rate != hit_tokens / total_tokens")
+    if not o["requests_per_s"] > 0:
+        fail("requests_per_s not positive")
+    if not (o["match_p50_us"] <= o["match_p99_us"] and o["insert_p50_us"] <= o["insert_p99_us"]):
+        fail("p50 above p99")
+    if not (o["cached_tokens"] > 0 and o["index_bytes"] > 0 and o["bytes_per_cached_token"] > 0):
+        fail("memory figures missing")
+
+def main():
+    kvbench, trace = sys.argv[1], sys.argv[2]
+    limit = int(sys.argv[3]) if len(sys.argv) > 3 else 500
+    if not os.access(trace, os.R_OK):
+        print(f"trace {trace} not readable: skipped")
+        sys.exit(77)
+
+    p = run([kvbench, "index", "--trace", trace, "--page-size", "512", "--limit", str(limit),
+             "--json"])
+    o = json.loads(p.stdout)
+    check_shape(o, limit)
+    hits, total = exact_full_blocks(trace, limit)
+    if o["total_tokens"] != total:
+        fail(f"total_tokens {o['total_tokens']} != {total} (python)")
+    if o["exact_hit_tokens"] != hits:
+        fail(f"kvbench's exact count {o['exact_hit_tokens']} != {hits} (python)")
+    if o["hit_tokens"] != hits or o["exact_match"] is not True:
+        fail(f"replay hit {o['hit_tokens']} != exact {hits}")
+    if hits == 0:
+        fail("the slice has no hit at all: the check would be vacuous")
+    print(f"page 512 unlimited: hit {o['hit_tokens']} == exact {hits} of {total} "
+          f"({o['hit_rate']:.4f})")
+
+    cap = 200000
+    p = run([kvbench, "index", "--trace", trace, "--page-size", "16", "--capacity", str(cap),
+             "--policy", "lfu", "--limit", str(limit), "--json"])
+    c = json.loads(p.stdout)
+    check_shape(c, limit)
+    if c["capacity_tokens"] != cap or c["policy"] != "lfu" or c["page_size"] != 16:
+        fail(f"options not echoed: {c}")
+    if c["cached_tokens"] > cap:
+        fail(f"{c['cached_tokens']} tokens cached above capacity {cap}")
+    if c["evicted_pages"] <= 0:
+        fail("capacity run evicted nothing")
+    print(f"page 16 capacity {cap} lfu: hit rate {c['hit_rate']:.4f}, "
+          f"evicted {c['evicted_pages']} pages")
+
+    p = run([kvbench, "index", "--trace", trace, "--page-size", "16", "--limit", "20"])
+    if "hit rate" not in p.stdout or "sha256" not in p.stdout:
+        fail(f"text output lacks fields:\n{p.stdout}")
+
+    for bad in (["--page-size", "0"], ["--capacity", "x"], ["--policy", "fifo"],
+                ["--limit", "-3"], ["--bogus"]):
+        p = run([kvbench, "index", "--trace", trace] + bad, want_rc=2)
+        if not p.stderr:
+            fail(f"{bad}: no message")
+    run([kvbench, "index"], want_rc=2)
+    run([kvbench, "index", "--trace", "/nonexistent/trace.jsonl"], want_rc=1)
+    run([kvbench, "nosuch"], want_rc=2)
+    print("ok")
+
+main()
