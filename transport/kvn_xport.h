@@ -98,26 +98,26 @@ struct kvn_xport_mr;
 struct kvn_xport_rmr;
 
 /* Limits. */
-#define KVN_XPORT_MAX_SGE 1024u           /* local SG entries per op */
-#define KVN_XPORT_MAX_OUTSTANDING 65536u  /* upper bound of attr.max_outstanding */
-#define KVN_XPORT_MAX_MSG 65536u          /* upper bound of attr.max_msg_size */
-#define KVN_XPORT_ADDR_MAX 4096u          /* address blob bytes, at most */
-#define KVN_XPORT_KEY_MAX 2048u           /* backend key bytes in a descriptor */
-#define KVN_XPORT_DESC_HDR 40u            /* descriptor header bytes */
-#define KVN_XPORT_DESC_MAX (KVN_XPORT_DESC_HDR + KVN_XPORT_KEY_MAX)
-#define KVN_XPORT_NAME_MAX 64u            /* kvn_xport_name() length incl. NUL */
-#define KVN_XPORT_CQE_MSG 96u
+#define KVN_XPORT_MAX_SGE         1024u  /* local SG entries per op */
+#define KVN_XPORT_MAX_OUTSTANDING 65536u /* upper bound of attr.max_outstanding */
+#define KVN_XPORT_MAX_MSG         65536u /* upper bound of attr.max_msg_size */
+#define KVN_XPORT_ADDR_MAX        4096u  /* address blob bytes, at most */
+#define KVN_XPORT_KEY_MAX         2048u  /* backend key bytes in a descriptor */
+#define KVN_XPORT_DESC_HDR        40u    /* descriptor header bytes */
+#define KVN_XPORT_DESC_MAX        (KVN_XPORT_DESC_HDR + KVN_XPORT_KEY_MAX)
+#define KVN_XPORT_NAME_MAX        64u /* kvn_xport_name() length incl. NUL */
+#define KVN_XPORT_CQE_MSG         96u
 
 /* Defaults applied by kvn_xport_attr_init() and for zero fields. */
 #define KVN_XPORT_DEF_OUTSTANDING 1024u
-#define KVN_XPORT_DEF_MSG 4096u
-#define KVN_XPORT_DEF_TIMEOUT_MS 5000u
+#define KVN_XPORT_DEF_MSG         4096u
+#define KVN_XPORT_DEF_TIMEOUT_MS  5000u
 
 /* Access rights of a registration (kvn_xport_mr_reg). */
-#define KVN_XPORT_ACCESS_LOCAL 0x1u        /* used in local SG lists */
-#define KVN_XPORT_ACCESS_REMOTE_READ 0x2u  /* peers may READ it */
+#define KVN_XPORT_ACCESS_LOCAL        0x1u /* used in local SG lists */
+#define KVN_XPORT_ACCESS_REMOTE_READ  0x2u /* peers may READ it */
 #define KVN_XPORT_ACCESS_REMOTE_WRITE 0x4u /* peers may WRITE it */
-#define KVN_XPORT_ACCESS_ALL 0x7u
+#define KVN_XPORT_ACCESS_ALL          0x7u
 
 /* Backend ids, as written in descriptors and address blobs. */
 enum kvn_xport_backend {
@@ -155,8 +155,8 @@ void kvn_xport_attr_init(struct kvn_xport_attr *attr);
  * Errors: -EINVAL bad URI / attr, -ENOTSUP backend not built in,
  *         -ENODEV provider/device unavailable, -ENOMEM, backend errors.
  */
-int kvn_xport_open(const char *uri, const struct kvn_xport_attr *attr,
-                   struct kvn_xport **out, struct kvn_err *err);
+int kvn_xport_open(const char *uri, const struct kvn_xport_attr *attr, struct kvn_xport **out,
+                   struct kvn_err *err);
 
 /*
  * Closes the domain: outstanding ops are dropped WITHOUT completions, and
@@ -176,8 +176,7 @@ int kvn_xport_backend(const struct kvn_xport *x);
  * the blob length on output.  -ENOSPC (with *len set to the size needed)
  * when buf is too small.  The blob is at most KVN_XPORT_ADDR_MAX bytes.
  */
-int kvn_xport_address(struct kvn_xport *x, void *buf, size_t *len,
-                      struct kvn_err *err);
+int kvn_xport_address(struct kvn_xport *x, void *buf, size_t *len, struct kvn_err *err);
 
 /*
  * Connects to a peer from its address blob (validated strictly: -EPROTO on
@@ -208,9 +207,8 @@ uint32_t kvn_xport_peer_outstanding(const struct kvn_xport_peer *p);
  * KVN_XPORT_ACCESS_*, non-zero).  len > 0.
  * Errors: -EINVAL, -ENOMEM, -EPERM/-EFAULT/backend errors.
  */
-int kvn_xport_mr_reg(struct kvn_xport *x, void *addr, size_t len,
-                     unsigned access, struct kvn_xport_mr **out,
-                     struct kvn_err *err);
+int kvn_xport_mr_reg(struct kvn_xport *x, void *addr, size_t len, unsigned access,
+                     struct kvn_xport_mr **out, struct kvn_err *err);
 
 /*
  * Deregisters.  -EBUSY (and nothing changes) while an outstanding op uses
@@ -235,8 +233,7 @@ size_t kvn_xport_mr_len(const struct kvn_xport_mr *mr);
  *  28  u32 checksum (FNV-1a over the whole descriptor with this field zero)
  *  32  u64 domain id of the owner      40  key bytes (backend specific)
  */
-int kvn_xport_mr_pack(const struct kvn_xport_mr *mr, void *buf, size_t *len,
-                      struct kvn_err *err);
+int kvn_xport_mr_pack(const struct kvn_xport_mr *mr, void *buf, size_t *len, struct kvn_err *err);
 
 /*
  * Parses a descriptor received from peer p.  Strict: -EINVAL for NULL args
@@ -245,9 +242,8 @@ int kvn_xport_mr_pack(const struct kvn_xport_mr *mr, void *buf, size_t *len,
  * a base+length that wraps.  The rmr is usable only with p; free it with
  * kvn_xport_rmr_free().
  */
-int kvn_xport_rmr_unpack(struct kvn_xport_peer *p, const void *buf,
-                         size_t len, struct kvn_xport_rmr **out,
-                         struct kvn_err *err);
+int kvn_xport_rmr_unpack(struct kvn_xport_peer *p, const void *buf, size_t len,
+                         struct kvn_xport_rmr **out, struct kvn_err *err);
 
 /* Frees an rmr (deferred until ops using it completed).  NULL is ignored. */
 void kvn_xport_rmr_free(struct kvn_xport_rmr *r);
@@ -264,10 +260,10 @@ struct kvn_xport_sge {
 struct kvn_xport_op {
     enum kvn_xport_op_kind kind; /* KVN_XPORT_WRITE or KVN_XPORT_READ */
     const struct kvn_xport_sge *local;
-    uint32_t n_local;            /* 1..KVN_XPORT_MAX_SGE */
+    uint32_t n_local; /* 1..KVN_XPORT_MAX_SGE */
     struct kvn_xport_rmr *remote;
-    uint64_t remote_offset;      /* from the start of the remote region */
-    uint64_t cookie;             /* returned in the completion */
+    uint64_t remote_offset; /* from the start of the remote region */
+    uint64_t cookie;        /* returned in the completion */
 };
 
 /*
@@ -284,8 +280,8 @@ struct kvn_xport_op {
  * On 0 every op completes exactly once on the completion queue.  The sge
  * arrays need not outlive the call; the memory must stay registered.
  */
-int kvn_xport_post(struct kvn_xport_peer *p, const struct kvn_xport_op *ops,
-                   uint32_t n, struct kvn_err *err);
+int kvn_xport_post(struct kvn_xport_peer *p, const struct kvn_xport_op *ops, uint32_t n,
+                   struct kvn_err *err);
 
 /*
  * Sends a notification of len bytes (1..attr.max_msg_size; copied, buf may
@@ -302,12 +298,12 @@ int kvn_xport_post(struct kvn_xport_peer *p, const struct kvn_xport_op *ops,
  *   ucx: see transport/ucx; verbs: RC, in order after earlier WRITEs.
  * Errors: -EINVAL, -EMSGSIZE, -EAGAIN (outstanding limit), -ENOTCONN.
  */
-int kvn_xport_notify(struct kvn_xport_peer *p, const void *buf, size_t len,
-                     uint64_t cookie, struct kvn_err *err);
+int kvn_xport_notify(struct kvn_xport_peer *p, const void *buf, size_t len, uint64_t cookie,
+                     struct kvn_err *err);
 
 struct kvn_xport_cqe {
-    uint64_t cookie;             /* as posted (0 for RECV) */
-    int status;                  /* 0 or -errno */
+    uint64_t cookie; /* as posted (0 for RECV) */
+    int status;      /* 0 or -errno */
     enum kvn_xport_op_kind kind;
     struct kvn_xport_peer *peer; /* op's peer; RECV: sender if connected
                                     (NULL otherwise or once disconnected) */
@@ -364,8 +360,7 @@ struct kvn_xport_devinfo {
  * found (may exceed max; only max are written), 0 when there is none.
  * out may be NULL when max == 0.  -EINVAL for max < 0.
  */
-int kvn_xport_list_devices(struct kvn_xport_devinfo *out, int max,
-                           struct kvn_err *err);
+int kvn_xport_list_devices(struct kvn_xport_devinfo *out, int max, struct kvn_err *err);
 
 #ifdef __cplusplus
 }

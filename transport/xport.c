@@ -37,15 +37,15 @@
 #include <time.h>
 #include <unistd.h>
 
-#define XPORT_ADDR_MAGIC 0x414e564bu /* "KVNA" */
-#define XPORT_DESC_MAGIC 0x524e564bu /* "KVNR" */
+#define XPORT_ADDR_MAGIC   0x414e564bu /* "KVNA" */
+#define XPORT_DESC_MAGIC   0x524e564bu /* "KVNR" */
 #define XPORT_WIRE_VERSION 1u
-#define XPORT_ADDR_HDR 24u
-#define XPORT_PEER_HASH 256u
-#define XPORT_TICK_NS 1000000ull /* wait fd tick when the backend has no fd */
+#define XPORT_ADDR_HDR     24u
+#define XPORT_PEER_HASH    256u
+#define XPORT_TICK_NS      1000000ull /* wait fd tick when the backend has no fd */
 
 #define DESC_F_OFFSET 0x1u
-#define DESC_F_RREAD 0x2u
+#define DESC_F_RREAD  0x2u
 #define DESC_F_RWRITE 0x4u
 
 struct xport_cq_ring {
@@ -60,8 +60,14 @@ struct xport_cq_ring {
 /* ------------------------------------------------------------------ */
 /* small helpers                                                       */
 
-static void link_init(struct xport_link *h) { h->prev = h->next = h; }
-static bool link_empty(const struct xport_link *h) { return h->next == h; }
+static void link_init(struct xport_link *h)
+{
+    h->prev = h->next = h;
+}
+static bool link_empty(const struct xport_link *h)
+{
+    return h->next == h;
+}
 
 static void link_add_tail(struct xport_link *h, struct xport_link *l)
 {
@@ -93,7 +99,10 @@ static void put_u64(uint8_t *p, uint64_t v)
     for (int i = 0; i < 8; i++)
         p[i] = (uint8_t)(v >> (8 * i));
 }
-static uint16_t get_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static uint16_t get_u16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
 static uint32_t get_u32(const uint8_t *p)
 {
     uint32_t v = 0;
@@ -129,9 +138,8 @@ uint64_t xport_now_ns(void)
 
 static bool is_conn_error(int st)
 {
-    return st == -ECONNRESET || st == -ENOTCONN || st == -EPIPE ||
-           st == -ECONNREFUSED || st == -EHOSTUNREACH || st == -ETIMEDOUT ||
-           st == -ECONNABORTED;
+    return st == -ECONNRESET || st == -ENOTCONN || st == -EPIPE || st == -ECONNREFUSED ||
+           st == -EHOSTUNREACH || st == -ETIMEDOUT || st == -ECONNABORTED;
 }
 
 /* ------------------------------------------------------------------ */
@@ -166,35 +174,30 @@ int xport_uri_parse(const char *uri, struct xport_uri *out, struct kvn_err *err)
     struct xport_uri u;
     memset(&u, 0, sizeof(u));
     if (fl == 0 || fl >= sizeof(u.family) || !name_ok(uri, fl))
-        return kvn_err_set(err, -EINVAL, "bad transport URI '%s': bad family",
-                           uri);
+        return kvn_err_set(err, -EINVAL, "bad transport URI '%s': bad family", uri);
     memcpy(u.family, uri, fl);
     if (plus && (sl == 0 || sl >= sizeof(u.sub) || !name_ok(sub, sl)))
-        return kvn_err_set(err, -EINVAL,
-                           "bad transport URI '%s': bad part after '+'", uri);
+        return kvn_err_set(err, -EINVAL, "bad transport URI '%s': bad part after '+'", uri);
     memcpy(u.sub, sub, sl);
 
     if (strcmp(u.family, "ofi") == 0) {
-        if (strcmp(u.sub, "tcp") && strcmp(u.sub, "shm") &&
-            strcmp(u.sub, "verbs"))
+        if (strcmp(u.sub, "tcp") && strcmp(u.sub, "shm") && strcmp(u.sub, "verbs"))
             return kvn_err_set(err, -EINVAL,
                                "bad transport URI '%s': ofi takes +tcp, +shm "
-                               "or +verbs", uri);
+                               "or +verbs",
+                               uri);
     } else if (strcmp(u.family, "ucx") == 0) {
         if (u.sub[0] && strcmp(u.sub, "tcp") && strcmp(u.sub, "sm"))
             return kvn_err_set(err, -EINVAL,
                                "bad transport URI '%s': ucx takes no suffix, "
-                               "+tcp or +sm", uri);
+                               "+tcp or +sm",
+                               uri);
     } else if (strcmp(u.family, "verbs") == 0) {
         if (!u.sub[0])
-            return kvn_err_set(err, -EINVAL,
-                               "bad transport URI '%s': verbs needs +DEVICE",
-                               uri);
+            return kvn_err_set(err, -EINVAL, "bad transport URI '%s': verbs needs +DEVICE", uri);
     } else if (strcmp(u.family, "auto") == 0) {
         if (u.sub[0])
-            return kvn_err_set(err, -EINVAL,
-                               "bad transport URI '%s': auto takes no suffix",
-                               uri);
+            return kvn_err_set(err, -EINVAL, "bad transport URI '%s': auto takes no suffix", uri);
     } else {
         return kvn_err_set(err, -EINVAL,
                            "unknown transport '%s' (ofi+tcp, ofi+shm, "
@@ -230,23 +233,21 @@ void kvn_xport_attr_init(struct kvn_xport_attr *attr)
     attr->op_timeout_ms = KVN_XPORT_DEF_TIMEOUT_MS;
 }
 
-static int attr_resolve(const struct kvn_xport_attr *in,
-                        struct kvn_xport_attr *out, struct kvn_err *err)
+static int attr_resolve(const struct kvn_xport_attr *in, struct kvn_xport_attr *out,
+                        struct kvn_err *err)
 {
     kvn_xport_attr_init(out);
     if (!in)
         return 0;
     if (in->max_outstanding > KVN_XPORT_MAX_OUTSTANDING)
-        return kvn_err_set(err, -EINVAL, "max_outstanding %u above %u",
-                           in->max_outstanding, KVN_XPORT_MAX_OUTSTANDING);
+        return kvn_err_set(err, -EINVAL, "max_outstanding %u above %u", in->max_outstanding,
+                           KVN_XPORT_MAX_OUTSTANDING);
     if (in->max_msg_size > KVN_XPORT_MAX_MSG)
-        return kvn_err_set(err, -EINVAL, "max_msg_size %u above %u",
-                           in->max_msg_size, KVN_XPORT_MAX_MSG);
+        return kvn_err_set(err, -EINVAL, "max_msg_size %u above %u", in->max_msg_size,
+                           KVN_XPORT_MAX_MSG);
     if (in->op_timeout_ms > 3600u * 1000u)
-        return kvn_err_set(err, -EINVAL, "op_timeout_ms %u above one hour",
-                           in->op_timeout_ms);
-    if (in->bind_host && (strlen(in->bind_host) == 0 ||
-                          strlen(in->bind_host) >= 64))
+        return kvn_err_set(err, -EINVAL, "op_timeout_ms %u above one hour", in->op_timeout_ms);
+    if (in->bind_host && (strlen(in->bind_host) == 0 || strlen(in->bind_host) >= 64))
         return kvn_err_set(err, -EINVAL, "bind_host must be 1..63 characters");
     if (in->max_outstanding)
         out->max_outstanding = in->max_outstanding;
@@ -262,15 +263,12 @@ static int attr_resolve(const struct kvn_xport_attr *in,
 /* ------------------------------------------------------------------ */
 /* open / close                                                        */
 
-static int common_init(struct kvn_xport *x, const struct kvn_xport_attr *a,
-                       struct kvn_err *err)
+static int common_init(struct kvn_xport *x, const struct kvn_xport_attr *a, struct kvn_err *err)
 {
     x->attr = *a;
-    snprintf(x->bind_host, sizeof(x->bind_host), "%s",
-             a->bind_host ? a->bind_host : "127.0.0.1");
+    snprintf(x->bind_host, sizeof(x->bind_host), "%s", a->bind_host ? a->bind_host : "127.0.0.1");
     x->attr.bind_host = x->bind_host;
-    if (getrandom(&x->id, sizeof(x->id), 0) != (ssize_t)sizeof(x->id) ||
-        x->id == 0)
+    if (getrandom(&x->id, sizeof(x->id), 0) != (ssize_t)sizeof(x->id) || x->id == 0)
         x->id = (xport_now_ns() * 0x9e3779b97f4a7c15ull) ^ (uint64_t)getpid();
     link_init(&x->fifo);
     link_init(&x->peers);
@@ -287,8 +285,7 @@ static int common_init(struct kvn_xport *x, const struct kvn_xport_attr *a,
     x->cap_repost = x->n_recv_bufs ? x->n_recv_bufs : 1;
     x->repost_tokens = calloc(x->cap_repost, sizeof(*x->repost_tokens));
     if (!x->ops_mem || !x->ring || !x->peer_hash || !x->repost_tokens)
-        return kvn_err_set(err, -ENOMEM, "out of memory for %u op contexts",
-                           mo);
+        return kvn_err_set(err, -ENOMEM, "out of memory for %u op contexts", mo);
     x->ring->cap = cap;
     for (uint32_t i = mo; i-- > 0;) {
         x->ops_mem[i].next_free = x->free_ops;
@@ -314,8 +311,7 @@ static int common_init(struct kvn_xport *x, const struct kvn_xport_attr *a,
     if (x->backend_fd >= 0) {
         ev.data.fd = x->backend_fd;
         if (epoll_ctl(x->epfd, EPOLL_CTL_ADD, x->backend_fd, &ev) < 0)
-            return kvn_err_set(err, -errno, "epoll_ctl(backend fd): %s",
-                               strerror(errno));
+            return kvn_err_set(err, -errno, "epoll_ctl(backend fd): %s", strerror(errno));
     }
     return 0;
 }
@@ -344,9 +340,7 @@ static int open_one(const struct xport_uri *u, const struct kvn_xport_attr *a,
 {
     const struct kvn_xport_ops *ops = backend_for(u->family);
     if (!ops)
-        return kvn_err_set(err, -ENOTSUP,
-                           "transport backend '%s' is not built in",
-                           u->family);
+        return kvn_err_set(err, -ENOTSUP, "transport backend '%s' is not built in", u->family);
     struct kvn_xport *x = NULL;
     int rc = ops->open(u, a, &x, err);
     if (rc < 0)
@@ -377,8 +371,8 @@ static int auto_verbs_device(char *name, size_t cap)
 }
 #endif
 
-int kvn_xport_open(const char *uri, const struct kvn_xport_attr *attr,
-                   struct kvn_xport **out, struct kvn_err *err)
+int kvn_xport_open(const char *uri, const struct kvn_xport_attr *attr, struct kvn_xport **out,
+                   struct kvn_err *err)
 {
     struct xport_uri u;
     struct kvn_xport_attr a;
@@ -435,8 +429,7 @@ static void peer_unref(struct kvn_xport_peer *p)
 static void hash_remove(struct kvn_xport_peer *p)
 {
     struct kvn_xport *x = p->x;
-    struct kvn_xport_peer **pp =
-        &x->peer_hash[p->remote_id & (x->peer_hash_size - 1)];
+    struct kvn_xport_peer **pp = &x->peer_hash[p->remote_id & (x->peer_hash_size - 1)];
     while (*pp) {
         if (*pp == p) {
             *pp = p->hash_next;
@@ -503,8 +496,7 @@ uint32_t kvn_xport_outstanding(const struct kvn_xport *x)
 /* ------------------------------------------------------------------ */
 /* addresses and peers                                                 */
 
-int kvn_xport_address(struct kvn_xport *x, void *buf, size_t *len,
-                      struct kvn_err *err)
+int kvn_xport_address(struct kvn_xport *x, void *buf, size_t *len, struct kvn_err *err)
 {
     if (!x || !len || (!buf && *len))
         return kvn_err_set(err, -EINVAL, "x and len must not be NULL");
@@ -539,28 +531,22 @@ int kvn_xport_connect(struct kvn_xport *x, const void *blob, size_t len,
         return kvn_err_set(err, -EINVAL, "x, blob and out must not be NULL");
     const uint8_t *b = blob;
     if (len < XPORT_ADDR_HDR)
-        return kvn_err_set(err, -EINVAL, "address blob truncated: %zu bytes",
-                           len);
+        return kvn_err_set(err, -EINVAL, "address blob truncated: %zu bytes", len);
     if (len > KVN_XPORT_ADDR_MAX)
-        return kvn_err_set(err, -EINVAL, "address blob too long: %zu bytes",
-                           len);
+        return kvn_err_set(err, -EINVAL, "address blob too long: %zu bytes", len);
     if (get_u32(b) != XPORT_ADDR_MAGIC)
-        return kvn_err_set(err, -EPROTO, "address blob: bad magic 0x%08x",
-                           get_u32(b));
+        return kvn_err_set(err, -EPROTO, "address blob: bad magic 0x%08x", get_u32(b));
     if (get_u16(b + 4) != XPORT_WIRE_VERSION)
-        return kvn_err_set(err, -EPROTO, "address blob: version %u, want %u",
-                           get_u16(b + 4), XPORT_WIRE_VERSION);
+        return kvn_err_set(err, -EPROTO, "address blob: version %u, want %u", get_u16(b + 4),
+                           XPORT_WIRE_VERSION);
     uint32_t rl = get_u32(b + 16);
     if (rl == 0 || rl != len - XPORT_ADDR_HDR)
-        return kvn_err_set(err, -EINVAL,
-                           "address blob: raw length %u but %zu bytes follow",
-                           rl, len - XPORT_ADDR_HDR);
+        return kvn_err_set(err, -EINVAL, "address blob: raw length %u but %zu bytes follow", rl,
+                           len - XPORT_ADDR_HDR);
     if (fnv1a(b, len, 20) != get_u32(b + 20))
         return kvn_err_set(err, -EPROTO, "address blob: checksum mismatch");
     if (b[6] != (uint8_t)x->ops->id)
-        return kvn_err_set(err, -EINVAL,
-                           "address blob of backend %u, domain is %s", b[6],
-                           x->name);
+        return kvn_err_set(err, -EINVAL, "address blob of backend %u, domain is %s", b[6], x->name);
     uint64_t rid = get_u64(b + 8);
     if (rid == 0)
         return kvn_err_set(err, -EPROTO, "address blob: zero domain id");
@@ -636,12 +622,10 @@ static void op_recycle(struct xport_op *op)
 }
 
 /* Fail every unreported op of p with status (peer failure/disconnect). */
-static void peer_fail_ops(struct kvn_xport_peer *p, int status,
-                          const char *why)
+static void peer_fail_ops(struct kvn_xport_peer *p, int status, const char *why)
 {
     while (!link_empty(&p->ops)) {
-        struct xport_op *op =
-            XPORT_CONTAINER(p->ops.next, struct xport_op, plink);
+        struct xport_op *op = XPORT_CONTAINER(p->ops.next, struct xport_op, plink);
         op->status = status;
         snprintf(op->msg, sizeof(op->msg), "%s", why);
         op_report(op);
@@ -675,8 +659,7 @@ void xport_peer_abandon(struct kvn_xport_peer *p)
         return;
     p->refs++; /* p must outlive the loop */
     while (!link_empty(&p->zombies)) {
-        struct xport_op *op =
-            XPORT_CONTAINER(p->zombies.next, struct xport_op, plink);
+        struct xport_op *op = XPORT_CONTAINER(p->zombies.next, struct xport_op, plink);
         link_del(&op->plink);
         op->parts = 0;
         if (!op->posting)
@@ -698,9 +681,8 @@ uint32_t kvn_xport_peer_outstanding(const struct kvn_xport_peer *p)
 /* ------------------------------------------------------------------ */
 /* memory registration and descriptors                                  */
 
-int kvn_xport_mr_reg(struct kvn_xport *x, void *addr, size_t len,
-                     unsigned access, struct kvn_xport_mr **out,
-                     struct kvn_err *err)
+int kvn_xport_mr_reg(struct kvn_xport *x, void *addr, size_t len, unsigned access,
+                     struct kvn_xport_mr **out, struct kvn_err *err)
 {
     if (!x || !addr || !out)
         return kvn_err_set(err, -EINVAL, "x, addr and out must not be NULL");
@@ -734,8 +716,7 @@ int kvn_xport_mr_dereg(struct kvn_xport_mr *mr, struct kvn_err *err)
         return kvn_err_set(err, -EINVAL, "mr must not be NULL");
     struct kvn_xport *x = mr->x;
     if (mr->busy)
-        return kvn_err_set(err, -EBUSY, "mr in use by %u outstanding ops",
-                           mr->busy);
+        return kvn_err_set(err, -EBUSY, "mr in use by %u outstanding ops", mr->busy);
     if (x->n_wide)
         return kvn_err_set(err, -EBUSY,
                            "%u outstanding ops span more than %d regions; "
@@ -757,8 +738,7 @@ size_t kvn_xport_mr_len(const struct kvn_xport_mr *mr)
     return mr ? mr->len : 0;
 }
 
-int kvn_xport_mr_pack(const struct kvn_xport_mr *mr, void *buf, size_t *len,
-                      struct kvn_err *err)
+int kvn_xport_mr_pack(const struct kvn_xport_mr *mr, void *buf, size_t *len, struct kvn_err *err)
 {
     if (!mr || !len || (!buf && *len))
         return kvn_err_set(err, -EINVAL, "mr and len must not be NULL");
@@ -797,9 +777,8 @@ int kvn_xport_mr_pack(const struct kvn_xport_mr *mr, void *buf, size_t *len,
     return 0;
 }
 
-int kvn_xport_rmr_unpack(struct kvn_xport_peer *p, const void *buf,
-                         size_t len, struct kvn_xport_rmr **out,
-                         struct kvn_err *err)
+int kvn_xport_rmr_unpack(struct kvn_xport_peer *p, const void *buf, size_t len,
+                         struct kvn_xport_rmr **out, struct kvn_err *err)
 {
     if (!p || !buf || !out)
         return kvn_err_set(err, -EINVAL, "p, buf and out must not be NULL");
@@ -808,40 +787,33 @@ int kvn_xport_rmr_unpack(struct kvn_xport_peer *p, const void *buf,
     if (!p->connected)
         return kvn_err_set(err, -ENOTCONN, "peer is disconnected");
     if (len < KVN_XPORT_DESC_HDR)
-        return kvn_err_set(err, -EINVAL, "descriptor truncated: %zu bytes",
-                           len);
+        return kvn_err_set(err, -EINVAL, "descriptor truncated: %zu bytes", len);
     if (get_u32(b) != XPORT_DESC_MAGIC)
-        return kvn_err_set(err, -EPROTO, "descriptor: bad magic 0x%08x",
-                           get_u32(b));
+        return kvn_err_set(err, -EPROTO, "descriptor: bad magic 0x%08x", get_u32(b));
     if (get_u16(b + 4) != XPORT_WIRE_VERSION)
-        return kvn_err_set(err, -EPROTO, "descriptor: version %u, want %u",
-                           get_u16(b + 4), XPORT_WIRE_VERSION);
+        return kvn_err_set(err, -EPROTO, "descriptor: version %u, want %u", get_u16(b + 4),
+                           XPORT_WIRE_VERSION);
     size_t kl = get_u16(b + 24);
     if (kl > KVN_XPORT_KEY_MAX || KVN_XPORT_DESC_HDR + kl != len)
         return kvn_err_set(err, -EINVAL,
                            "descriptor: key length %zu does not match %zu "
-                           "bytes", kl, len);
+                           "bytes",
+                           kl, len);
     if (fnv1a(b, len, 28) != get_u32(b + 28))
         return kvn_err_set(err, -EPROTO, "descriptor: checksum mismatch");
     if (b[6] != (uint8_t)x->ops->id)
-        return kvn_err_set(err, -EINVAL,
-                           "descriptor of backend %u, domain is %s", b[6],
-                           x->name);
+        return kvn_err_set(err, -EINVAL, "descriptor of backend %u, domain is %s", b[6], x->name);
     uint8_t flags = b[7];
     if (flags & ~(DESC_F_OFFSET | DESC_F_RREAD | DESC_F_RWRITE))
-        return kvn_err_set(err, -EPROTO, "descriptor: unknown flags 0x%x",
-                           flags);
+        return kvn_err_set(err, -EPROTO, "descriptor: unknown flags 0x%x", flags);
     uint64_t base = get_u64(b + 8), rlen = get_u64(b + 16);
     if (rlen == 0 || rlen > (1ull << 52))
         return kvn_err_set(err, -EINVAL, "descriptor: absurd length %llu",
                            (unsigned long long)rlen);
     if ((flags & DESC_F_OFFSET) && base != 0)
-        return kvn_err_set(err, -EPROTO,
-                           "descriptor: offset mode with a base address");
+        return kvn_err_set(err, -EPROTO, "descriptor: offset mode with a base address");
     if (!!(flags & DESC_F_OFFSET) == !!x->remote_virt_addr)
-        return kvn_err_set(err, -EPROTO,
-                           "descriptor: addressing mode differs from %s",
-                           x->name);
+        return kvn_err_set(err, -EPROTO, "descriptor: addressing mode differs from %s", x->name);
     if (base + rlen < base)
         return kvn_err_set(err, -EINVAL, "descriptor: base+length wraps");
     if (get_u16(b + 26) != 0)
@@ -850,11 +822,9 @@ int kvn_xport_rmr_unpack(struct kvn_xport_peer *p, const void *buf,
         return kvn_err_set(err, -EINVAL,
                            "descriptor belongs to domain %016llx, peer is "
                            "%016llx",
-                           (unsigned long long)get_u64(b + 32),
-                           (unsigned long long)p->remote_id);
+                           (unsigned long long)get_u64(b + 32), (unsigned long long)p->remote_id);
     if (!(flags & (DESC_F_RREAD | DESC_F_RWRITE)))
-        return kvn_err_set(err, -EINVAL,
-                           "descriptor grants neither remote read nor write");
+        return kvn_err_set(err, -EINVAL, "descriptor grants neither remote read nor write");
     struct kvn_xport_rmr *r = calloc(1, x->ops->rmr_size);
     if (!r)
         return kvn_err_set(err, -ENOMEM, "out of memory for an rmr");
@@ -898,66 +868,57 @@ size_t kvn_xport_rmr_len(const struct kvn_xport_rmr *r)
 /* ------------------------------------------------------------------ */
 /* posting                                                             */
 
-static int validate_op(struct kvn_xport_peer *p, const struct kvn_xport_op *o,
-                       uint32_t i, uint64_t *total_out, struct kvn_err *err)
+static int validate_op(struct kvn_xport_peer *p, const struct kvn_xport_op *o, uint32_t i,
+                       uint64_t *total_out, struct kvn_err *err)
 {
     struct kvn_xport *x = p->x;
     if (o->kind != KVN_XPORT_WRITE && o->kind != KVN_XPORT_READ)
-        return kvn_err_set(err, -EINVAL, "op %u: kind %d is not WRITE/READ",
-                           i, (int)o->kind);
+        return kvn_err_set(err, -EINVAL, "op %u: kind %d is not WRITE/READ", i, (int)o->kind);
     if (!o->local || o->n_local == 0 || o->n_local > KVN_XPORT_MAX_SGE)
         return kvn_err_set(err, -EINVAL,
                            "op %u: local SG list must have 1..%u entries "
-                           "(has %u)", i, KVN_XPORT_MAX_SGE, o->n_local);
+                           "(has %u)",
+                           i, KVN_XPORT_MAX_SGE, o->n_local);
     struct kvn_xport_rmr *r = o->remote;
     if (!r || r->freed)
         return kvn_err_set(err, -EINVAL, "op %u: remote is NULL or freed", i);
     if (r->peer != p)
         return kvn_err_set(err, -EINVAL,
                            "op %u: remote region was unpacked for another "
-                           "peer", i);
+                           "peer",
+                           i);
     uint64_t total = 0;
     for (uint32_t k = 0; k < o->n_local; k++) {
         const struct kvn_xport_sge *s = &o->local[k];
         if (!s->mr || s->mr->x != x)
-            return kvn_err_set(err, -EINVAL,
-                               "op %u sge %u: mr NULL or of another domain", i,
-                               k);
+            return kvn_err_set(err, -EINVAL, "op %u sge %u: mr NULL or of another domain", i, k);
         if (s->len == 0)
-            return kvn_err_set(err, -EINVAL, "op %u sge %u: zero length", i,
-                               k);
+            return kvn_err_set(err, -EINVAL, "op %u sge %u: zero length", i, k);
         if (s->offset > s->mr->len || s->len > s->mr->len - s->offset)
             return kvn_err_set(err, -ERANGE,
                                "op %u sge %u: [%llu, +%llu) outside local "
-                               "region of %zu bytes", i, k,
-                               (unsigned long long)s->offset,
-                               (unsigned long long)s->len, s->mr->len);
+                               "region of %zu bytes",
+                               i, k, (unsigned long long)s->offset, (unsigned long long)s->len,
+                               s->mr->len);
         if (!(s->mr->access & KVN_XPORT_ACCESS_LOCAL))
-            return kvn_err_set(err, -EACCES,
-                               "op %u sge %u: mr lacks ACCESS_LOCAL", i, k);
+            return kvn_err_set(err, -EACCES, "op %u sge %u: mr lacks ACCESS_LOCAL", i, k);
         total += s->len; /* <= 1024 * 2^64? no: each len <= mr len < 2^63 */
         if (total < s->len)
-            return kvn_err_set(err, -ERANGE, "op %u: total length overflows",
-                               i);
+            return kvn_err_set(err, -ERANGE, "op %u: total length overflows", i);
     }
     if (o->remote_offset > r->len || total > r->len - o->remote_offset)
         return kvn_err_set(err, -ERANGE,
                            "op %u: remote [%llu, +%llu) outside remote region "
-                           "of %llu bytes", i,
-                           (unsigned long long)o->remote_offset,
-                           (unsigned long long)total,
+                           "of %llu bytes",
+                           i, (unsigned long long)o->remote_offset, (unsigned long long)total,
                            (unsigned long long)r->len);
     if (o->kind == KVN_XPORT_WRITE && !(r->access & KVN_XPORT_ACCESS_REMOTE_WRITE))
-        return kvn_err_set(err, -EACCES,
-                           "op %u: remote region does not allow WRITE", i);
+        return kvn_err_set(err, -EACCES, "op %u: remote region does not allow WRITE", i);
     if (o->kind == KVN_XPORT_READ && !(r->access & KVN_XPORT_ACCESS_REMOTE_READ))
-        return kvn_err_set(err, -EACCES,
-                           "op %u: remote region does not allow READ", i);
+        return kvn_err_set(err, -EACCES, "op %u: remote region does not allow READ", i);
     if (x->max_op_bytes && total > x->max_op_bytes)
-        return kvn_err_set(err, -EMSGSIZE,
-                           "op %u: %llu bytes above the backend limit %llu", i,
-                           (unsigned long long)total,
-                           (unsigned long long)x->max_op_bytes);
+        return kvn_err_set(err, -EMSGSIZE, "op %u: %llu bytes above the backend limit %llu", i,
+                           (unsigned long long)total, (unsigned long long)x->max_op_bytes);
     *total_out = total;
     return 0;
 }
@@ -978,18 +939,18 @@ static int check_capacity(struct kvn_xport *x, uint32_t n, struct kvn_err *err)
     if (x->n_outstanding + (uint64_t)n > x->attr.max_outstanding)
         return kvn_err_set(err, -EAGAIN,
                            "%u ops would exceed max_outstanding %u (%u "
-                           "outstanding or unpolled)", n,
-                           x->attr.max_outstanding, x->n_outstanding);
+                           "outstanding or unpolled)",
+                           n, x->attr.max_outstanding, x->n_outstanding);
     if (n > x->n_free)
         return kvn_err_set(err, -EAGAIN,
                            "only %u op contexts free (timed-out ops still "
-                           "held by the backend)", x->n_free);
+                           "held by the backend)",
+                           x->n_free);
     return 0;
 }
 
-static struct xport_op *op_alloc(struct kvn_xport_peer *p,
-                                 enum kvn_xport_op_kind kind, uint64_t cookie,
-                                 uint64_t deadline)
+static struct xport_op *op_alloc(struct kvn_xport_peer *p, enum kvn_xport_op_kind kind,
+                                 uint64_t cookie, uint64_t deadline)
 {
     struct kvn_xport *x = p->x;
     struct xport_op *op = x->free_ops;
@@ -1039,8 +1000,7 @@ static void op_post_failed(struct xport_op *op, int rc, const char *msg)
     op->posting = false;
     if (!op->reported) {
         op->status = rc;
-        snprintf(op->msg, sizeof(op->msg), "%s",
-                 msg && *msg ? msg : "post failed");
+        snprintf(op->msg, sizeof(op->msg), "%s", msg && *msg ? msg : "post failed");
         if (op->peer && is_conn_error(rc))
             op->peer->failed = true;
         op_report(op);
@@ -1064,15 +1024,17 @@ static void op_posted(struct xport_op *op, int rc, const char *msg)
     }
 }
 
-int kvn_xport_post(struct kvn_xport_peer *p, const struct kvn_xport_op *ops,
-                   uint32_t n, struct kvn_err *err)
+int kvn_xport_post(struct kvn_xport_peer *p, const struct kvn_xport_op *ops, uint32_t n,
+                   struct kvn_err *err)
 {
     if (!p || !ops || n == 0)
         return kvn_err_set(err, -EINVAL, "p and ops must be non-NULL, n >= 1");
     struct kvn_xport *x = p->x;
     if (n > x->attr.max_outstanding)
-        return kvn_err_set(err, -EINVAL, "batch of %u ops above "
-                           "max_outstanding %u", n, x->attr.max_outstanding);
+        return kvn_err_set(err, -EINVAL,
+                           "batch of %u ops above "
+                           "max_outstanding %u",
+                           n, x->attr.max_outstanding);
     int rc = check_peer_usable(p, err);
     if (rc < 0)
         return rc;
@@ -1086,8 +1048,7 @@ int kvn_xport_post(struct kvn_xport_peer *p, const struct kvn_xport_op *ops,
     if (rc < 0)
         return rc;
 
-    uint64_t deadline =
-        xport_now_ns() + (uint64_t)x->attr.op_timeout_ms * 1000000ull;
+    uint64_t deadline = xport_now_ns() + (uint64_t)x->attr.op_timeout_ms * 1000000ull;
     for (uint32_t i = 0; i < n; i++) {
         const struct kvn_xport_op *o = &ops[i];
         if (!p->connected || p->failed) {
@@ -1120,8 +1081,8 @@ int kvn_xport_post(struct kvn_xport_peer *p, const struct kvn_xport_op *ops,
     return 0;
 }
 
-int kvn_xport_notify(struct kvn_xport_peer *p, const void *buf, size_t len,
-                     uint64_t cookie, struct kvn_err *err)
+int kvn_xport_notify(struct kvn_xport_peer *p, const void *buf, size_t len, uint64_t cookie,
+                     struct kvn_err *err)
 {
     if (!p || !buf)
         return kvn_err_set(err, -EINVAL, "p and buf must not be NULL");
@@ -1129,21 +1090,18 @@ int kvn_xport_notify(struct kvn_xport_peer *p, const void *buf, size_t len,
     if (len == 0)
         return kvn_err_set(err, -EINVAL, "empty notification");
     if (len > x->attr.max_msg_size)
-        return kvn_err_set(err, -EMSGSIZE,
-                           "notification of %zu bytes above max_msg_size %u",
-                           len, x->attr.max_msg_size);
+        return kvn_err_set(err, -EMSGSIZE, "notification of %zu bytes above max_msg_size %u", len,
+                           x->attr.max_msg_size);
     int rc = check_peer_usable(p, err);
     if (rc < 0)
         return rc;
     rc = check_capacity(x, 1, err);
     if (rc < 0)
         return rc;
-    uint64_t deadline =
-        xport_now_ns() + (uint64_t)x->attr.op_timeout_ms * 1000000ull;
+    uint64_t deadline = xport_now_ns() + (uint64_t)x->attr.op_timeout_ms * 1000000ull;
     struct xport_op *op = op_alloc(p, KVN_XPORT_SEND, cookie, deadline);
     op->bytes = len;
-    struct xport_notify_hdr hdr = {
-        .magic = XPORT_NOTIFY_MAGIC, .len = (uint32_t)len, .src = x->id};
+    struct xport_notify_hdr hdr = {.magic = XPORT_NOTIFY_MAGIC, .len = (uint32_t)len, .src = x->id};
     struct kvn_err e;
     kvn_err_clear(&e);
     op->posting = true;
@@ -1191,16 +1149,14 @@ void xport_op_done(struct xport_op *op, int status, const char *msg)
     struct kvn_xport *x = op->x;
     if (status < 0 && op->status == 0) {
         op->status = status;
-        snprintf(op->msg, sizeof(op->msg), "%s",
-                 msg && *msg ? msg : kvn_err_name(status));
+        snprintf(op->msg, sizeof(op->msg), "%s", msg && *msg ? msg : kvn_err_name(status));
     }
     if (op->parts > 0)
         op->parts--;
     if (op->parts > 0 || x->in_close)
         return;
     if (!op->reported) {
-        if (op->status < 0 && op->peer && is_conn_error(op->status) &&
-            !op->peer->failed) {
+        if (op->status < 0 && op->peer && is_conn_error(op->status) && !op->peer->failed) {
             op->peer->failed = true;
             op_report(op);
             peer_fail_ops(op->peer, op->status,
@@ -1213,8 +1169,7 @@ void xport_op_done(struct xport_op *op, int status, const char *msg)
         op_recycle(op);
 }
 
-void xport_recv_deliver(struct kvn_xport *x, const void *data, size_t len,
-                        uint64_t token)
+void xport_recv_deliver(struct kvn_xport *x, const void *data, size_t len, uint64_t token)
 {
     const uint8_t *b = data;
     struct xport_notify_hdr h;
@@ -1225,8 +1180,8 @@ void xport_recv_deliver(struct kvn_xport *x, const void *data, size_t len,
         return;
     }
     memcpy(&h, b, sizeof(h));
-    if (h.magic != XPORT_NOTIFY_MAGIC || h.len != len - sizeof(h) ||
-        h.len == 0 || h.len > x->attr.max_msg_size) {
+    if (h.magic != XPORT_NOTIFY_MAGIC || h.len != len - sizeof(h) || h.len == 0 ||
+        h.len > x->attr.max_msg_size) {
         x->ops->recv_repost(x, token); /* malformed: drop */
         return;
     }
@@ -1256,20 +1211,17 @@ static void check_timeouts(struct kvn_xport *x)
         return;
     uint64_t now = xport_now_ns();
     while (!link_empty(&x->fifo)) {
-        struct xport_op *op =
-            XPORT_CONTAINER(x->fifo.next, struct xport_op, fifo);
+        struct xport_op *op = XPORT_CONTAINER(x->fifo.next, struct xport_op, fifo);
         if (op->deadline_ns > now)
             break;
         struct kvn_xport_peer *p = op->peer;
         op->status = -ETIMEDOUT;
-        snprintf(op->msg, sizeof(op->msg),
-                 "op not completed within %u ms; peer marked failed",
+        snprintf(op->msg, sizeof(op->msg), "op not completed within %u ms; peer marked failed",
                  x->attr.op_timeout_ms);
         op_report(op);
         if (p && !p->failed) {
             p->failed = true;
-            peer_fail_ops(p, -ETIMEDOUT,
-                          "peer failed: an earlier op timed out");
+            peer_fail_ops(p, -ETIMEDOUT, "peer failed: an earlier op timed out");
         }
         /* the backend still owns it (parts > 0): zombie until returned */
     }
@@ -1312,8 +1264,7 @@ static void rearm(struct kvn_xport *x)
     if (x->timer_deadline_ns == 0) {
         uint64_t d = UINT64_MAX;
         if (!link_empty(&x->fifo))
-            d = XPORT_CONTAINER(x->fifo.next, struct xport_op, fifo)
-                    ->deadline_ns + 1000000ull;
+            d = XPORT_CONTAINER(x->fifo.next, struct xport_op, fifo)->deadline_ns + 1000000ull;
         /* no backend fd: tick (1 ms) so that completions and incoming
          * notifications are noticed */
         if (x->backend_fd < 0 && now + XPORT_TICK_NS < d)
@@ -1392,8 +1343,7 @@ int kvn_xport_wait(struct kvn_xport *x, int timeout_ms, struct kvn_err *err)
     if (!x)
         return kvn_err_set(err, -EINVAL, "x must not be NULL");
     uint64_t start = xport_now_ns();
-    uint64_t end = timeout_ms < 0 ? UINT64_MAX
-                                  : start + (uint64_t)timeout_ms * 1000000ull;
+    uint64_t end = timeout_ms < 0 ? UINT64_MAX : start + (uint64_t)timeout_ms * 1000000ull;
     for (;;) {
         if (x->ring->count)
             return 0;
@@ -1404,14 +1354,12 @@ int kvn_xport_wait(struct kvn_xport *x, int timeout_ms, struct kvn_err *err)
             return 0;
         uint64_t now = xport_now_ns();
         if (now >= end)
-            return kvn_err_set(err, -ETIMEDOUT, "nothing completed in %d ms",
-                               timeout_ms);
+            return kvn_err_set(err, -ETIMEDOUT, "nothing completed in %d ms", timeout_ms);
         if (x->ops->arm && x->ops->arm(x) == -EAGAIN)
             continue;
         uint64_t sleep_ns = end - now;
         if (!link_empty(&x->fifo)) {
-            uint64_t d = XPORT_CONTAINER(x->fifo.next, struct xport_op, fifo)
-                             ->deadline_ns;
+            uint64_t d = XPORT_CONTAINER(x->fifo.next, struct xport_op, fifo)->deadline_ns;
             sleep_ns = d > now ? (d - now < sleep_ns ? d - now : sleep_ns) : 0;
         }
         if (x->backend_fd < 0 && sleep_ns > XPORT_TICK_NS)
@@ -1455,8 +1403,7 @@ static int read_line(const char *path, char *buf, size_t cap)
     return 0;
 }
 
-int kvn_xport_list_devices(struct kvn_xport_devinfo *out, int max,
-                           struct kvn_err *err)
+int kvn_xport_list_devices(struct kvn_xport_devinfo *out, int max, struct kvn_err *err)
 {
     if (max < 0 || (max > 0 && !out))
         return kvn_err_set(err, -EINVAL, "out NULL or max < 0");
@@ -1470,8 +1417,7 @@ int kvn_xport_list_devices(struct kvn_xport_devinfo *out, int max,
         if (de->d_name[0] == '.' || strlen(de->d_name) >= 64)
             continue;
         char path[512], line[128];
-        snprintf(path, sizeof(path), "%s/%.63s/device/numa_node", root,
-                 de->d_name);
+        snprintf(path, sizeof(path), "%s/%.63s/device/numa_node", root, de->d_name);
         int numa = -1;
         if (read_line(path, line, sizeof(line)) == 0)
             numa = atoi(line);
@@ -1489,8 +1435,8 @@ int kvn_xport_list_devices(struct kvn_xport_devinfo *out, int max,
                 snprintf(o->name, sizeof(o->name), "%.63s", de->d_name);
                 o->port = (uint32_t)atoi(pe->d_name);
                 o->numa_node = numa;
-                snprintf(path, sizeof(path), "%s/%.63s/ports/%.15s/state",
-                         root, de->d_name, pe->d_name);
+                snprintf(path, sizeof(path), "%s/%.63s/ports/%.15s/state", root, de->d_name,
+                         pe->d_name);
                 if (read_line(path, line, sizeof(line)) == 0) {
                     const char *s = strchr(line, ':');
                     s = s ? s + 1 : line;
@@ -1499,12 +1445,10 @@ int kvn_xport_list_devices(struct kvn_xport_devinfo *out, int max,
                     snprintf(o->state, sizeof(o->state), "%.31s", s);
                     o->active = strcmp(o->state, "ACTIVE") == 0;
                 }
-                snprintf(path, sizeof(path),
-                         "%s/%.63s/ports/%.15s/link_layer", root, de->d_name,
+                snprintf(path, sizeof(path), "%s/%.63s/ports/%.15s/link_layer", root, de->d_name,
                          pe->d_name);
                 if (read_line(path, line, sizeof(line)) == 0)
-                    snprintf(o->link_layer, sizeof(o->link_layer), "%.31s",
-                             line);
+                    snprintf(o->link_layer, sizeof(o->link_layer), "%.31s", line);
             }
             n++;
         }

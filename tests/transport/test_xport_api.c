@@ -43,8 +43,7 @@ struct pair {
     struct kvn_xport_peer *ba; /* b's handle for a */
 };
 
-static int open_pair(const char *uri, const struct kvn_xport_attr *attr,
-                     struct pair *p)
+static int open_pair(const char *uri, const struct kvn_xport_attr *attr, struct pair *p)
 {
     struct kvn_err err;
     memset(p, 0, sizeof(*p));
@@ -74,8 +73,7 @@ static void close_pair(struct pair *p)
 
 /* Polls a (collecting) and b (progress only, RECVs counted into b_out when
  * given) until `want` cqes were collected from a.  Fails after GUARD_S. */
-static int collect(struct kvn_xport *a, struct kvn_xport *b,
-                   struct kvn_xport_cqe *out, int want)
+static int collect(struct kvn_xport *a, struct kvn_xport *b, struct kvn_xport_cqe *out, int want)
 {
     int got = 0;
     uint64_t end = now_s() + GUARD_S;
@@ -110,10 +108,8 @@ static void fill(uint8_t *b, size_t n, uint32_t seed)
 }
 
 /* Registers buf on x and unpacks its descriptor on peer (the other side). */
-static struct kvn_xport_rmr *share(struct kvn_xport *owner,
-                                   struct kvn_xport_peer *user, void *buf,
-                                   size_t len, unsigned access,
-                                   struct kvn_xport_mr **mr_out)
+static struct kvn_xport_rmr *share(struct kvn_xport *owner, struct kvn_xport_peer *user, void *buf,
+                                   size_t len, unsigned access, struct kvn_xport_mr **mr_out)
 {
     struct kvn_err err;
     struct kvn_xport_mr *mr;
@@ -138,8 +134,8 @@ static void test_uri_parse(void **state)
     (void)state;
     struct xport_uri u;
     struct kvn_err err;
-    const char *good[] = {"ofi+tcp", "ofi+shm", "ofi+verbs", "ucx", "ucx+tcp",
-                          "ucx+sm", "verbs+mlx5_0", "auto"};
+    const char *good[] = {"ofi+tcp", "ofi+shm", "ofi+verbs",    "ucx",
+                          "ucx+tcp", "ucx+sm",  "verbs+mlx5_0", "auto"};
     for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
         assert_int_equal(xport_uri_parse(good[i], &u, &err), 0);
     assert_int_equal(xport_uri_parse("verbs+mlx5_0", &u, NULL), 0);
@@ -148,11 +144,25 @@ static void test_uri_parse(void **state)
     assert_int_equal(xport_uri_parse("ucx", &u, NULL), 0);
     assert_string_equal(u.family, "ucx");
     assert_string_equal(u.sub, "");
-    const char *bad[] = {"", "ofi", "ofi+", "ofi+udp", "+tcp", "ucx+", "ucx+ib",
-                         "verbs", "verbs+", "auto+tcp", "tcp", "OFI+tcp",
-                         "ofi+tcp+x", "ofi tcp", "verbs+a/b", "xyz+tcp",
-                         "ofi+tcp\n",
-                         "verbs+aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"};
+    const char *bad[] = {
+        "",
+        "ofi",
+        "ofi+",
+        "ofi+udp",
+        "+tcp",
+        "ucx+",
+        "ucx+ib",
+        "verbs",
+        "verbs+",
+        "auto+tcp",
+        "tcp",
+        "OFI+tcp",
+        "ofi+tcp+x",
+        "ofi tcp",
+        "verbs+a/b",
+        "xyz+tcp",
+        "ofi+tcp\n",
+        "verbs+aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         kvn_err_clear(&err);
         assert_int_equal(xport_uri_parse(bad[i], &u, &err), -EINVAL);
@@ -284,8 +294,8 @@ static void test_bind_any(void **state)
         struct kvn_xport_cqe c[4];
         int n = kvn_xport_poll(pr.a, c, 4);
         for (int i = 0; i < n; i++)
-            if (c[i].kind == KVN_XPORT_RECV && c[i].len == 2 &&
-                memcmp(c[i].data, "hi", 2) == 0 && c[i].peer == pr.ab)
+            if (c[i].kind == KVN_XPORT_RECV && c[i].len == 2 && memcmp(c[i].data, "hi", 2) == 0 &&
+                c[i].peer == pr.ab)
                 got++;
         n = kvn_xport_poll(pr.b, c, 4);
         for (int i = 0; i < n; i++)
@@ -355,8 +365,7 @@ static void test_address_connect_validation(void **state)
     /* every truncation is refused */
     for (size_t l = 0; l < len; l++)
         assert_true(kvn_xport_connect(x, blob, l, &p, &err) < 0);
-    assert_int_equal(kvn_xport_connect(x, blob, KVN_XPORT_ADDR_MAX + 1, &p, &err),
-                     -EINVAL);
+    assert_int_equal(kvn_xport_connect(x, blob, KVN_XPORT_ADDR_MAX + 1, &p, &err), -EINVAL);
     /* every single-bit flip is refused */
     for (size_t i = 0; i < len; i++) {
         uint8_t c[KVN_XPORT_ADDR_MAX];
@@ -419,11 +428,9 @@ static void test_mr_and_descriptors(void **state)
     assert_int_equal(kvn_xport_mr_reg(pr.a, buf, 10, 0, &mr, &err), -EINVAL);
     assert_int_equal(kvn_xport_mr_reg(pr.a, buf, 10, 0x80, &mr, &err), -EINVAL);
     assert_int_equal(kvn_xport_mr_reg(pr.a, buf, 10, 7, NULL, &err), -EINVAL);
-    assert_int_equal(kvn_xport_mr_reg(pr.a, (void *)(UINTPTR_MAX - 8), 100, 7,
-                                      &mr, &err), -EINVAL);
+    assert_int_equal(kvn_xport_mr_reg(pr.a, (void *)(UINTPTR_MAX - 8), 100, 7, &mr, &err), -EINVAL);
     assert_ptr_equal(mr, (struct kvn_xport_mr *)0x1);
-    assert_int_equal(kvn_xport_mr_reg(pr.a, buf, 65536, KVN_XPORT_ACCESS_ALL,
-                                      &mr, &err), 0);
+    assert_int_equal(kvn_xport_mr_reg(pr.a, buf, 65536, KVN_XPORT_ACCESS_ALL, &mr, &err), 0);
     assert_ptr_equal(kvn_xport_mr_addr(mr), buf);
     assert_int_equal(kvn_xport_mr_len(mr), 65536);
     assert_null(kvn_xport_mr_addr(NULL));
@@ -514,8 +521,7 @@ static void test_mr_and_descriptors(void **state)
     /* shm uses virtual addresses */
     struct kvn_xport *s;
     assert_int_equal(kvn_xport_open("ofi+shm", NULL, &s, &err), 0);
-    assert_int_equal(kvn_xport_mr_reg(s, buf, 4096, KVN_XPORT_ACCESS_ALL, &mr,
-                                      &err), 0);
+    assert_int_equal(kvn_xport_mr_reg(s, buf, 4096, KVN_XPORT_ACCESS_ALL, &mr, &err), 0);
     dl = sizeof(desc);
     assert_int_equal(kvn_xport_mr_pack(mr, desc, &dl, &err), 0);
     assert_false(desc[7] & 1);
@@ -547,39 +553,38 @@ static void test_post_validation(void **state)
     assert_int_equal(open_pair("ofi+tcp", &at, &pr), 0);
     uint8_t *la = xalloc(8192), *rb = xalloc(8192);
     struct kvn_xport_mr *lmr, *rmr_b, *ro_mr, *nolocal;
-    assert_int_equal(kvn_xport_mr_reg(pr.a, la, 8192, KVN_XPORT_ACCESS_LOCAL,
-                                      &lmr, &err), 0);
-    assert_int_equal(kvn_xport_mr_reg(pr.a, la, 4096,
-                                      KVN_XPORT_ACCESS_REMOTE_READ, &nolocal,
-                                      &err), 0);
-    struct kvn_xport_rmr *r =
-        share(pr.b, pr.ab, rb, 8192, KVN_XPORT_ACCESS_ALL, &rmr_b);
-    struct kvn_xport_rmr *ro =
-        share(pr.b, pr.ab, rb, 4096, KVN_XPORT_ACCESS_REMOTE_READ, &ro_mr);
+    assert_int_equal(kvn_xport_mr_reg(pr.a, la, 8192, KVN_XPORT_ACCESS_LOCAL, &lmr, &err), 0);
+    assert_int_equal(kvn_xport_mr_reg(pr.a, la, 4096, KVN_XPORT_ACCESS_REMOTE_READ, &nolocal, &err),
+                     0);
+    struct kvn_xport_rmr *r = share(pr.b, pr.ab, rb, 8192, KVN_XPORT_ACCESS_ALL, &rmr_b);
+    struct kvn_xport_rmr *ro = share(pr.b, pr.ab, rb, 4096, KVN_XPORT_ACCESS_REMOTE_READ, &ro_mr);
     struct kvn_xport_sge sge = {.mr = lmr, .offset = 0, .len = 4096};
-    struct kvn_xport_op good = {.kind = KVN_XPORT_WRITE, .local = &sge,
-                                .n_local = 1, .remote = r,
-                                .remote_offset = 0, .cookie = 1};
+    struct kvn_xport_op good = {.kind = KVN_XPORT_WRITE,
+                                .local = &sge,
+                                .n_local = 1,
+                                .remote = r,
+                                .remote_offset = 0,
+                                .cookie = 1};
     struct kvn_xport_op ops[2];
 
-#define EXPECT(rc_, stmt)                                                    \
-    do {                                                                     \
-        struct kvn_xport_sge s2[2] = {sge, sge};                            \
-        ops[0] = good;                                                       \
-        ops[1] = good;                                                       \
-        ops[1].local = &s2[1];                                               \
-        ops[1].cookie = 2;                                                   \
-        struct kvn_xport_op *o = &ops[1];                                    \
-        struct kvn_xport_sge *s = &s2[1];                                    \
-        (void)o;                                                             \
-        (void)s;                                                             \
-        stmt;                                                                \
-        kvn_err_clear(&err);                                                 \
-        assert_int_equal(kvn_xport_post(pr.ab, ops, 2, &err), rc_);          \
-        assert_int_equal(err.code, rc_);                                     \
-        assert_true(strlen(err.msg) > 0);                                    \
-        assert_int_equal(kvn_xport_outstanding(pr.a), 0);                    \
-        assert_int_equal(kvn_xport_peer_outstanding(pr.ab), 0);              \
+#define EXPECT(rc_, stmt)                                                                          \
+    do {                                                                                           \
+        struct kvn_xport_sge s2[2] = {sge, sge};                                                   \
+        ops[0] = good;                                                                             \
+        ops[1] = good;                                                                             \
+        ops[1].local = &s2[1];                                                                     \
+        ops[1].cookie = 2;                                                                         \
+        struct kvn_xport_op *o = &ops[1];                                                          \
+        struct kvn_xport_sge *s = &s2[1];                                                          \
+        (void)o;                                                                                   \
+        (void)s;                                                                                   \
+        stmt;                                                                                      \
+        kvn_err_clear(&err);                                                                       \
+        assert_int_equal(kvn_xport_post(pr.ab, ops, 2, &err), rc_);                                \
+        assert_int_equal(err.code, rc_);                                                           \
+        assert_true(strlen(err.msg) > 0);                                                          \
+        assert_int_equal(kvn_xport_outstanding(pr.a), 0);                                          \
+        assert_int_equal(kvn_xport_peer_outstanding(pr.ab), 0);                                    \
     } while (0)
 
     EXPECT(-EINVAL, o->kind = KVN_XPORT_SEND);
@@ -600,8 +605,7 @@ static void test_post_validation(void **state)
     EXPECT(-ERANGE, o->remote_offset = UINT64_MAX - 100);
     EXPECT(-EACCES, s->mr = nolocal);
     EXPECT(-EACCES, o->remote = ro); /* WRITE to a read-only region */
-    EXPECT(-ERANGE, (o->kind = KVN_XPORT_READ, o->remote = ro,
-                     o->remote_offset = 1));
+    EXPECT(-ERANGE, (o->kind = KVN_XPORT_READ, o->remote = ro, o->remote_offset = 1));
     assert_non_null(strstr(err.msg, "op 1"));
     /* an rmr unpacked for another peer */
     {
@@ -666,22 +670,23 @@ static void loopback_rw(const char *uri)
     memset(dst, 0, N);
     memset(back, 0, N);
     struct kvn_xport_mr *ms, *mb, *md;
-    assert_int_equal(kvn_xport_mr_reg(pr.a, src, N, KVN_XPORT_ACCESS_LOCAL,
-                                      &ms, &err), 0);
-    assert_int_equal(kvn_xport_mr_reg(pr.a, back, N, KVN_XPORT_ACCESS_LOCAL,
-                                      &mb, &err), 0);
-    struct kvn_xport_rmr *r = share(pr.b, pr.ab, dst, N, KVN_XPORT_ACCESS_ALL,
-                                    &md);
+    assert_int_equal(kvn_xport_mr_reg(pr.a, src, N, KVN_XPORT_ACCESS_LOCAL, &ms, &err), 0);
+    assert_int_equal(kvn_xport_mr_reg(pr.a, back, N, KVN_XPORT_ACCESS_LOCAL, &mb, &err), 0);
+    struct kvn_xport_rmr *r = share(pr.b, pr.ab, dst, N, KVN_XPORT_ACCESS_ALL, &md);
 
     /* 1. one contiguous write of 1 MiB at remote offset 12345 */
     struct kvn_xport_sge s1 = {.mr = ms, .offset = 7, .len = 1u << 20};
-    struct kvn_xport_op w = {.kind = KVN_XPORT_WRITE, .local = &s1,
-                             .n_local = 1, .remote = r, .remote_offset = 12345,
+    struct kvn_xport_op w = {.kind = KVN_XPORT_WRITE,
+                             .local = &s1,
+                             .n_local = 1,
+                             .remote = r,
+                             .remote_offset = 12345,
                              .cookie = 42};
     assert_int_equal(kvn_xport_post(pr.ab, &w, 1, &err), 0);
     struct kvn_xport_cqe c[64];
     collect(pr.a, pr.b, c, 1);
-    if (c[0].status) print_message("msg: %s\n", c[0].msg);
+    if (c[0].status)
+        print_message("msg: %s\n", c[0].msg);
     assert_int_equal(c[0].status, 0);
     assert_int_equal(c[0].cookie, 42);
     assert_int_equal(c[0].kind, KVN_XPORT_WRITE);
@@ -700,9 +705,12 @@ static void loopback_rw(const char *uri)
         sg[i].len = 1 + (i * 37) % 997;
         total += sg[i].len;
     }
-    struct kvn_xport_op wsg = {.kind = KVN_XPORT_WRITE, .local = sg,
-                               .n_local = KVN_XPORT_MAX_SGE, .remote = r,
-                               .remote_offset = 2u << 20, .cookie = 43};
+    struct kvn_xport_op wsg = {.kind = KVN_XPORT_WRITE,
+                               .local = sg,
+                               .n_local = KVN_XPORT_MAX_SGE,
+                               .remote = r,
+                               .remote_offset = 2u << 20,
+                               .cookie = 43};
     assert_int_equal(kvn_xport_post(pr.ab, &wsg, 1, &err), 0);
     assert_int_equal(collect(pr.a, pr.b, c, 1), 1);
     assert_int_equal(c[0].status, 0);
@@ -733,13 +741,13 @@ static void loopback_rw(const char *uri)
     struct kvn_xport_op batch[64];
     struct kvn_xport_sge bs[64];
     for (int i = 0; i < 64; i++) {
-        bs[i] = (struct kvn_xport_sge){.mr = ms, .offset = (uint64_t)i * 1000,
-                                       .len = (uint64_t)1 + (uint64_t)i * 13};
+        bs[i] = (struct kvn_xport_sge){
+            .mr = ms, .offset = (uint64_t)i * 1000, .len = (uint64_t)1 + (uint64_t)i * 13};
         batch[i] = (struct kvn_xport_op){.kind = KVN_XPORT_WRITE,
-                                         .local = &bs[i], .n_local = 1,
+                                         .local = &bs[i],
+                                         .n_local = 1,
                                          .remote = r,
-                                         .remote_offset = 3u * (1u << 20) +
-                                                          (uint64_t)i * 1000,
+                                         .remote_offset = 3u * (1u << 20) + (uint64_t)i * 1000,
                                          .cookie = 1000 + (uint64_t)i};
     }
     assert_int_equal(kvn_xport_post(pr.ab, batch, 64, &err), 0);
@@ -751,8 +759,8 @@ static void loopback_rw(const char *uri)
     }
     assert_int_equal(mask, UINT64_MAX);
     for (int i = 0; i < 64; i++)
-        assert_memory_equal(dst + 3u * (1u << 20) + (size_t)i * 1000,
-                            src + (size_t)i * 1000, bs[i].len);
+        assert_memory_equal(dst + 3u * (1u << 20) + (size_t)i * 1000, src + (size_t)i * 1000,
+                            bs[i].len);
 
     free(sg);
     kvn_xport_rmr_free(r);
@@ -807,7 +815,8 @@ static void notify_roundtrip(const char *uri)
             int l = snprintf(m, sizeof(m), "note %03d", next);
             memset(m + l, (char)next, (size_t)(next % 200) + 1);
             assert_int_equal(kvn_xport_notify(pr.ab, m, (size_t)l + (size_t)(next % 200) + 1,
-                                              (uint64_t)next, &err), 0);
+                                              (uint64_t)next, &err),
+                             0);
             next++;
         }
         struct kvn_xport_cqe c[16];
@@ -854,6 +863,118 @@ static void test_notify_shm(void **state)
 {
     (void)state;
     notify_roundtrip("ofi+shm");
+}
+
+/* More notifications in flight than the backend has send buffers: the
+ * excess is parked and sent as buffers free up, each completes once. */
+static void many_notifies(const char *uri)
+{
+    struct kvn_err err;
+    struct pair pr;
+    assert_int_equal(open_pair(uri, NULL, &pr), 0);
+    enum { N = 600 };
+    for (int i = 0; i < N; i++) {
+        uint32_t v = (uint32_t)i;
+        assert_int_equal(kvn_xport_notify(pr.ab, &v, sizeof(v), (uint64_t)i, &err), 0);
+    }
+    assert_int_equal(kvn_xport_outstanding(pr.a), N);
+    static uint8_t sent[N], recvd[N];
+    memset(sent, 0, sizeof(sent));
+    memset(recvd, 0, sizeof(recvd));
+    int ns = 0, nr = 0;
+    uint64_t end = now_s() + GUARD_S;
+    while (ns < N || nr < N) {
+        struct kvn_xport_cqe c[32];
+        int n = kvn_xport_poll(pr.a, c, 32);
+        for (int i = 0; i < n; i++) {
+            assert_int_equal(c[i].kind, KVN_XPORT_SEND);
+            assert_int_equal(c[i].status, 0);
+            assert_true(c[i].cookie < N);
+            assert_int_equal(sent[c[i].cookie], 0);
+            sent[c[i].cookie] = 1;
+            ns++;
+        }
+        n = kvn_xport_poll(pr.b, c, 32);
+        for (int i = 0; i < n; i++) {
+            assert_int_equal(c[i].kind, KVN_XPORT_RECV);
+            assert_int_equal(c[i].len, 4);
+            uint32_t v;
+            memcpy(&v, c[i].data, 4);
+            assert_true(v < N);
+            assert_int_equal(recvd[v], 0);
+            recvd[v] = 1;
+            nr++;
+        }
+        if (now_s() > end)
+            fail_msg("%s: %d sent, %d received of %d", uri, ns, nr, N);
+    }
+    assert_int_equal(kvn_xport_outstanding(pr.a), 0);
+    close_pair(&pr);
+}
+
+static void test_many_notifies_tcp(void **state)
+{
+    (void)state;
+    many_notifies("ofi+tcp");
+}
+
+static void test_many_notifies_shm(void **state)
+{
+    (void)state;
+    many_notifies("ofi+shm");
+}
+
+/* Connecting twice to one blob gives two independent peers (the provider
+ * AV holds the address once): dropping one leaves the other working. */
+static void dup_connect(const char *uri)
+{
+    struct kvn_err err;
+    struct pair pr;
+    assert_int_equal(open_pair(uri, NULL, &pr), 0);
+    uint8_t blob[KVN_XPORT_ADDR_MAX];
+    size_t len = sizeof(blob);
+    assert_int_equal(kvn_xport_address(pr.b, blob, &len, &err), 0);
+    struct kvn_xport_peer *p2;
+    assert_int_equal(kvn_xport_connect(pr.a, blob, len, &p2, &err), 0);
+    assert_ptr_not_equal(p2, pr.ab);
+    assert_int_equal(kvn_xport_peer_id(p2), kvn_xport_peer_id(pr.ab));
+    const size_t N = 8192;
+    uint8_t *src = xalloc(N), *dst = xalloc(N);
+    fill(src, N, 9);
+    memset(dst, 0, N);
+    struct kvn_xport_mr *ms, *md;
+    assert_int_equal(kvn_xport_mr_reg(pr.a, src, N, KVN_XPORT_ACCESS_LOCAL, &ms, &err), 0);
+    struct kvn_xport_rmr *r2 = share(pr.b, p2, dst, N, KVN_XPORT_ACCESS_ALL, &md);
+    kvn_xport_disconnect(pr.ab); /* the first handle goes away */
+    struct kvn_xport_sge s = {.mr = ms, .offset = 0, .len = N};
+    struct kvn_xport_op w = {
+        .kind = KVN_XPORT_WRITE, .local = &s, .n_local = 1, .remote = r2, .cookie = 77};
+    assert_int_equal(kvn_xport_post(p2, &w, 1, &err), 0);
+    struct kvn_xport_cqe c[2];
+    assert_int_equal(collect(pr.a, pr.b, c, 1), 1);
+    if (c[0].status)
+        fail_msg("%s: second peer after the first disconnected: %s", uri, c[0].msg);
+    assert_ptr_equal(c[0].peer, p2);
+    assert_memory_equal(dst, src, N);
+    kvn_xport_rmr_free(r2);
+    kvn_xport_disconnect(p2);
+    assert_int_equal(kvn_xport_mr_dereg(ms, &err), 0);
+    assert_int_equal(kvn_xport_mr_dereg(md, &err), 0);
+    close_pair(&pr);
+    free(src);
+    free(dst);
+}
+
+static void test_dup_connect_tcp(void **state)
+{
+    (void)state;
+    dup_connect("ofi+tcp");
+}
+
+static void test_dup_connect_shm(void **state)
+{
+    (void)state;
+    dup_connect("ofi+shm");
 }
 
 /* RECV from a sender b never connected to: peer NULL, peer_id set. */
@@ -907,15 +1028,15 @@ static void test_disconnect_cancels(void **state)
     const size_t N = 1u << 20;
     uint8_t *src = xalloc(N), *dst = xalloc(N);
     struct kvn_xport_mr *ms, *md;
-    assert_int_equal(kvn_xport_mr_reg(pr.a, src, N, KVN_XPORT_ACCESS_LOCAL,
-                                      &ms, &err), 0);
-    struct kvn_xport_rmr *r = share(pr.b, pr.ab, dst, N, KVN_XPORT_ACCESS_ALL,
-                                    &md);
+    assert_int_equal(kvn_xport_mr_reg(pr.a, src, N, KVN_XPORT_ACCESS_LOCAL, &ms, &err), 0);
+    struct kvn_xport_rmr *r = share(pr.b, pr.ab, dst, N, KVN_XPORT_ACCESS_ALL, &md);
     struct kvn_xport_sge s = {.mr = ms, .offset = 0, .len = N};
     struct kvn_xport_op ops[4];
     for (int i = 0; i < 4; i++)
-        ops[i] = (struct kvn_xport_op){.kind = KVN_XPORT_WRITE, .local = &s,
-                                       .n_local = 1, .remote = r,
+        ops[i] = (struct kvn_xport_op){.kind = KVN_XPORT_WRITE,
+                                       .local = &s,
+                                       .n_local = 1,
+                                       .remote = r,
                                        .cookie = 7 + (uint64_t)i};
     /* b never progresses: the writes stay outstanding */
     assert_int_equal(kvn_xport_post(pr.ab, ops, 4, &err), 0);
@@ -980,10 +1101,8 @@ static void dead_peer(const char *uri, bool close_it)
     uint8_t *src = xalloc(N), *dst = xalloc(N), *dst3 = xalloc(N);
     fill(src, N, 3);
     struct kvn_xport_mr *ms, *md, *m3;
-    assert_int_equal(kvn_xport_mr_reg(pr.a, src, N, KVN_XPORT_ACCESS_LOCAL,
-                                      &ms, &err), 0);
-    struct kvn_xport_rmr *r = share(pr.b, pr.ab, dst, N, KVN_XPORT_ACCESS_ALL,
-                                    &md);
+    assert_int_equal(kvn_xport_mr_reg(pr.a, src, N, KVN_XPORT_ACCESS_LOCAL, &ms, &err), 0);
+    struct kvn_xport_rmr *r = share(pr.b, pr.ab, dst, N, KVN_XPORT_ACCESS_ALL, &md);
     struct kvn_xport_rmr *r3 = share(c3, ac, dst3, N, KVN_XPORT_ACCESS_ALL, &m3);
     if (close_it) {
         kvn_xport_close(c3);
@@ -992,9 +1111,10 @@ static void dead_peer(const char *uri, bool close_it)
     struct kvn_xport_sge s = {.mr = ms, .offset = 0, .len = N};
     struct kvn_xport_op w3[4];
     for (int i = 0; i < 4; i++)
-        w3[i] = (struct kvn_xport_op){.kind = i % 2 ? KVN_XPORT_READ
-                                                    : KVN_XPORT_WRITE,
-                                      .local = &s, .n_local = 1, .remote = r3,
+        w3[i] = (struct kvn_xport_op){.kind = i % 2 ? KVN_XPORT_READ : KVN_XPORT_WRITE,
+                                      .local = &s,
+                                      .n_local = 1,
+                                      .remote = r3,
                                       .cookie = 3 + (uint64_t)i};
     assert_int_equal(kvn_xport_post(ac, w3, 4, &err), 0);
     struct kvn_xport_cqe c[8];
@@ -1008,15 +1128,14 @@ static void dead_peer(const char *uri, bool close_it)
         }
     }
     assert_true(errors >= 1);
-    print_message("%s %s peer: %d/4 errors, %s (%s)\n", uri,
-                  close_it ? "closed" : "silent", errors,
+    print_message("%s %s peer: %d/4 errors, %s (%s)\n", uri, close_it ? "closed" : "silent", errors,
                   kvn_err_name(c[0].status), c[0].msg);
     assert_int_equal(kvn_xport_peer_outstanding(ac), 0);
     /* the failed peer refuses new work; the healthy one keeps working */
     assert_int_equal(kvn_xport_post(ac, w3, 1, &err), -ENOTCONN);
     assert_int_equal(kvn_xport_notify(ac, "x", 1, 1, &err), -ENOTCONN);
-    struct kvn_xport_op w = {.kind = KVN_XPORT_WRITE, .local = &s,
-                             .n_local = 1, .remote = r, .cookie = 40};
+    struct kvn_xport_op w = {
+        .kind = KVN_XPORT_WRITE, .local = &s, .n_local = 1, .remote = r, .cookie = 40};
     assert_int_equal(kvn_xport_post(pr.ab, &w, 1, &err), 0);
     assert_int_equal(collect(pr.a, pr.b, c, 1), 1);
     assert_int_equal(c[0].cookie, 40);
@@ -1074,8 +1193,7 @@ static void wait_fd_loop(const char *uri)
     int send = 0, recv = 0;
     uint64_t end = now_s() + GUARD_S;
     while (!send || !recv) {
-        struct pollfd pf[2] = {{.fd = fda, .events = POLLIN},
-                               {.fd = fdb, .events = POLLIN}};
+        struct pollfd pf[2] = {{.fd = fda, .events = POLLIN}, {.fd = fdb, .events = POLLIN}};
         /* the fds must fire: a poll() timeout is a failure (bounded) */
         int k = poll(pf, 2, 10000);
         assert_true(k > 0);
@@ -1140,6 +1258,10 @@ int main(void)
         cmocka_unit_test(test_notify_tcp),
         cmocka_unit_test(test_notify_shm),
         cmocka_unit_test(test_notify_unknown_sender),
+        cmocka_unit_test(test_many_notifies_tcp),
+        cmocka_unit_test(test_many_notifies_shm),
+        cmocka_unit_test(test_dup_connect_tcp),
+        cmocka_unit_test(test_dup_connect_shm),
         cmocka_unit_test(test_disconnect_cancels),
         cmocka_unit_test(test_dead_peer_tcp),
         cmocka_unit_test(test_silent_peer_tcp),

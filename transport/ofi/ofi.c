@@ -54,10 +54,10 @@
 
 #include "transport/xport_impl.h"
 
-#define OFI_N_RX 64u
+#define OFI_N_RX        64u
 #define OFI_MAX_TX_BUFS 256u
-#define OFI_MAX_IOV 16u
-#define OFI_CQ_BATCH 64
+#define OFI_MAX_IOV     16u
+#define OFI_CQ_BATCH    64
 
 struct ofi_rx {
     uint32_t idx;
@@ -169,7 +169,6 @@ static int ofi_set(struct kvn_err *err, const char *what, int fi_rc)
                        fi_strerror(fi_rc < 0 ? -fi_rc : fi_rc));
 }
 
-
 /* ------------------------------------------------------------------ */
 /* domain                                                              */
 
@@ -222,16 +221,14 @@ static void ofi_close(struct kvn_xport *x)
     ofi_teardown(dom(x));
 }
 
-static int reg_internal(struct ofi_domain *d, void *buf, size_t len,
-                        uint64_t access, struct fid_mr **mr, void **desc,
-                        struct kvn_err *err)
+static int reg_internal(struct ofi_domain *d, void *buf, size_t len, uint64_t access,
+                        struct fid_mr **mr, void **desc, struct kvn_err *err)
 {
     *mr = NULL;
     *desc = NULL;
     if (!(d->mr_mode & FI_MR_LOCAL))
         return 0;
-    int rc = fi_mr_reg(d->domain, buf, len, access, 0, d->next_key++, 0, mr,
-                       NULL);
+    int rc = fi_mr_reg(d->domain, buf, len, access, 0, d->next_key++, 0, mr, NULL);
     if (rc)
         return ofi_set(err, "fi_mr_reg(notify buffers)", rc);
     if (d->mr_mode & FI_MR_ENDPOINT) {
@@ -247,9 +244,8 @@ static int reg_internal(struct ofi_domain *d, void *buf, size_t len,
 
 static int post_rx(struct ofi_domain *d, uint32_t idx)
 {
-    ssize_t rc = fi_recv(d->ep, d->rx_mem + (size_t)idx * d->buf_size,
-                         d->buf_size, d->rx_desc, FI_ADDR_UNSPEC,
-                         &d->rx[idx]);
+    ssize_t rc = fi_recv(d->ep, d->rx_mem + (size_t)idx * d->buf_size, d->buf_size, d->rx_desc,
+                         FI_ADDR_UNSPEC, &d->rx[idx]);
     return (int)rc;
 }
 
@@ -283,9 +279,8 @@ static void publishable_addr(struct ofi_domain *d)
     memcpy(d->addr, &sin, sizeof(sin));
 }
 
-static int ofi_open(const struct xport_uri *uri,
-                    const struct kvn_xport_attr *attr, struct kvn_xport **out,
-                    struct kvn_err *err)
+static int ofi_open(const struct xport_uri *uri, const struct kvn_xport_attr *attr,
+                    struct kvn_xport **out, struct kvn_err *err)
 {
     const char *prov;
     if (strcmp(uri->sub, "tcp") == 0)
@@ -295,8 +290,7 @@ static int ofi_open(const struct xport_uri *uri,
     else if (strcmp(uri->sub, "verbs") == 0)
         prov = "verbs;ofi_rxm";
     else
-        return kvn_err_set(err, -EINVAL, "ofi: unknown provider '%s'",
-                           uri->sub);
+        return kvn_err_set(err, -EINVAL, "ofi: unknown provider '%s'", uri->sub);
 
     struct ofi_domain *d = calloc(1, sizeof(*d));
     if (!d)
@@ -314,9 +308,8 @@ static int ofi_open(const struct xport_uri *uri,
     hints->ep_attr->type = FI_EP_RDM;
     hints->caps = FI_RMA | FI_MSG;
     hints->mode = 0;
-    hints->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR |
-                                  FI_MR_ALLOCATED | FI_MR_PROV_KEY |
-                                  FI_MR_ENDPOINT;
+    hints->domain_attr->mr_mode =
+        FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY | FI_MR_ENDPOINT;
     hints->domain_attr->threading = FI_THREAD_DOMAIN;
     /* a WRITE completion must mean the bytes are at the target */
     hints->tx_attr->op_flags = FI_DELIVERY_COMPLETE;
@@ -345,8 +338,8 @@ static int ofi_open(const struct xport_uri *uri,
         ofi_teardown(d);
         return kvn_err_set(err, -ENODEV,
                            "ofi: provider '%s' with FI_EP_RDM, FI_RMA|FI_MSG "
-                           "unavailable (bind %s): %s", prov,
-                           node ? node : "-", fi_strerror(-rc));
+                           "unavailable (bind %s): %s",
+                           prov, node ? node : "-", fi_strerror(-rc));
     }
     struct fi_info *fi = d->info;
     d->write_flags = fi->tx_attr->op_flags & FI_DELIVERY_COMPLETE;
@@ -356,12 +349,10 @@ static int ofi_open(const struct xport_uri *uri,
         d->iov_limit = 1;
     if (d->iov_limit > OFI_MAX_IOV)
         d->iov_limit = OFI_MAX_IOV;
-    d->max_part = fi->ep_attr->max_msg_size ? fi->ep_attr->max_msg_size
-                                            : UINT64_MAX;
+    d->max_part = fi->ep_attr->max_msg_size ? fi->ep_attr->max_msg_size : UINT64_MAX;
     if (fi->domain_attr->mr_key_size && fi->domain_attr->mr_key_size > 8) {
         ofi_teardown(d);
-        return kvn_err_set(err, -ENOTSUP, "ofi: mr_key_size %zu > 8",
-                           fi->domain_attr->mr_key_size);
+        return kvn_err_set(err, -ENOTSUP, "ofi: mr_key_size %zu > 8", fi->domain_attr->mr_key_size);
     }
 
     const char *step = "fi_fabric";
@@ -413,16 +404,15 @@ static int ofi_open(const struct xport_uri *uri,
     }
     if (rc) {
         ofi_teardown(d);
-        return kvn_err_set(err, fi_to_errno(rc), "ofi %s: %s failed: %s",
-                           prov, step, fi_strerror(-rc));
+        return kvn_err_set(err, fi_to_errno(rc), "ofi %s: %s failed: %s", prov, step,
+                           fi_strerror(-rc));
     }
     publishable_addr(d);
 
     /* notification buffers */
     d->buf_size = sizeof(struct xport_notify_hdr) + attr->max_msg_size;
     d->n_rx = OFI_N_RX;
-    d->n_tx = attr->max_outstanding < OFI_MAX_TX_BUFS ? attr->max_outstanding
-                                                      : OFI_MAX_TX_BUFS;
+    d->n_tx = attr->max_outstanding < OFI_MAX_TX_BUFS ? attr->max_outstanding : OFI_MAX_TX_BUFS;
     d->rx_mem = aligned_alloc(64, ((size_t)d->n_rx * d->buf_size + 63) & ~(size_t)63);
     d->tx_mem = aligned_alloc(64, ((size_t)d->n_tx * d->buf_size + 63) & ~(size_t)63);
     d->rx = calloc(d->n_rx, sizeof(*d->rx));
@@ -432,11 +422,11 @@ static int ofi_open(const struct xport_uri *uri,
         ofi_teardown(d);
         return kvn_err_set(err, -ENOMEM, "ofi: out of memory for buffers");
     }
-    rc = reg_internal(d, d->rx_mem, (size_t)d->n_rx * d->buf_size, FI_RECV,
-                      &d->rx_mr, &d->rx_desc, err);
+    rc = reg_internal(d, d->rx_mem, (size_t)d->n_rx * d->buf_size, FI_RECV, &d->rx_mr, &d->rx_desc,
+                      err);
     if (!rc)
-        rc = reg_internal(d, d->tx_mem, (size_t)d->n_tx * d->buf_size,
-                          FI_SEND, &d->tx_mr, &d->tx_desc, err);
+        rc = reg_internal(d, d->tx_mem, (size_t)d->n_tx * d->buf_size, FI_SEND, &d->tx_mr,
+                          &d->tx_desc, err);
     if (rc) {
         ofi_teardown(d);
         return rc;
@@ -465,13 +455,11 @@ static int ofi_open(const struct xport_uri *uri,
 /* ------------------------------------------------------------------ */
 /* addresses and peers                                                 */
 
-static int ofi_address(struct kvn_xport *x, void *buf, size_t *len,
-                       struct kvn_err *err)
+static int ofi_address(struct kvn_xport *x, void *buf, size_t *len, struct kvn_err *err)
 {
     struct ofi_domain *d = dom(x);
     if (*len < d->addrlen)
-        return kvn_err_set(err, -ENOSPC, "ofi: address needs %zu bytes",
-                           d->addrlen);
+        return kvn_err_set(err, -ENOSPC, "ofi: address needs %zu bytes", d->addrlen);
     memcpy(buf, d->addr, d->addrlen);
     *len = d->addrlen;
     return 0;
@@ -479,15 +467,13 @@ static int ofi_address(struct kvn_xport *x, void *buf, size_t *len,
 
 /* Checks that raw is a well-formed address of our address format, so the
  * provider never reads past it. */
-static int check_raw_addr(struct ofi_domain *d, const void *raw, size_t len,
-                          struct kvn_err *err)
+static int check_raw_addr(struct ofi_domain *d, const void *raw, size_t len, struct kvn_err *err)
 {
     switch (d->info->addr_format) {
     case FI_SOCKADDR_IN: {
         struct sockaddr_in sin;
         if (len != sizeof(sin))
-            return kvn_err_set(err, -EINVAL,
-                               "ofi: IPv4 address of %zu bytes", len);
+            return kvn_err_set(err, -EINVAL, "ofi: IPv4 address of %zu bytes", len);
         memcpy(&sin, raw, sizeof(sin));
         if (sin.sin_family != AF_INET || sin.sin_port == 0)
             return kvn_err_set(err, -EINVAL, "ofi: bad IPv4 address");
@@ -496,8 +482,7 @@ static int check_raw_addr(struct ofi_domain *d, const void *raw, size_t len,
     case FI_SOCKADDR_IN6: {
         struct sockaddr_in6 sin6;
         if (len != sizeof(sin6))
-            return kvn_err_set(err, -EINVAL,
-                               "ofi: IPv6 address of %zu bytes", len);
+            return kvn_err_set(err, -EINVAL, "ofi: IPv6 address of %zu bytes", len);
         memcpy(&sin6, raw, sizeof(sin6));
         if (sin6.sin6_family != AF_INET6 || sin6.sin6_port == 0)
             return kvn_err_set(err, -EINVAL, "ofi: bad IPv6 address");
@@ -506,13 +491,11 @@ static int check_raw_addr(struct ofi_domain *d, const void *raw, size_t len,
     case FI_ADDR_STR:
         if (len > sizeof(d->addr) || memchr(raw, '\0', len) == NULL ||
             ((const char *)raw)[0] == '\0')
-            return kvn_err_set(err, -EINVAL,
-                               "ofi: string address not NUL-terminated");
+            return kvn_err_set(err, -EINVAL, "ofi: string address not NUL-terminated");
         return 0;
     default:
         if (len != d->addrlen)
-            return kvn_err_set(err, -EINVAL,
-                               "ofi: address of %zu bytes, expected %zu", len,
+            return kvn_err_set(err, -EINVAL, "ofi: address of %zu bytes, expected %zu", len,
                                d->addrlen);
         return 0;
     }
@@ -526,8 +509,7 @@ static int check_raw_addr(struct ofi_domain *d, const void *raw, size_t len,
  * closes.  The domain's main endpoint stays the address peers use (it is
  * the RMA target and receives notifications).
  */
-static int open_peer_ep(struct ofi_domain *d, struct fid_ep **out,
-                        struct kvn_err *err)
+static int open_peer_ep(struct ofi_domain *d, struct fid_ep **out, struct kvn_err *err)
 {
     struct fid_ep *ep = NULL;
     const char *step = "fi_endpoint(peer)";
@@ -547,15 +529,14 @@ static int open_peer_ep(struct ofi_domain *d, struct fid_ep **out,
     if (rc) {
         if (ep)
             fi_close(&ep->fid);
-        return kvn_err_set(err, fi_to_errno(rc), "ofi: %s: %s", step,
-                           fi_strerror(-rc));
+        return kvn_err_set(err, fi_to_errno(rc), "ofi: %s: %s", step, fi_strerror(-rc));
     }
     *out = ep;
     return 0;
 }
 
-static int ofi_connect(struct kvn_xport *x, struct kvn_xport_peer *p,
-                       const void *raw, size_t len, struct kvn_err *err)
+static int ofi_connect(struct kvn_xport *x, struct kvn_xport_peer *p, const void *raw, size_t len,
+                       struct kvn_err *err)
 {
     struct ofi_domain *d = dom(x);
     struct ofi_peer *op = (struct ofi_peer *)p;
@@ -578,8 +559,10 @@ static int ofi_connect(struct kvn_xport *x, struct kvn_xport_peer *p,
         if (op->ep)
             fi_close(&op->ep->fid);
         op->ep = NULL;
-        return kvn_err_set(err, -EINVAL, "ofi: fi_av_insert refused the "
-                           "address (%d)", rc);
+        return kvn_err_set(err, -EINVAL,
+                           "ofi: fi_av_insert refused the "
+                           "address (%d)",
+                           rc);
     }
     if (fa >= d->av_cap) {
         size_t cap = d->av_cap ? d->av_cap : 16;
@@ -654,8 +637,7 @@ static void ofi_peer_free(struct kvn_xport_peer *p)
         fi_close(&op->ep->fid);
         op->ep = NULL;
     }
-    if (op->in_av && !p->x->in_close && op->addr < d->av_cap &&
-        --d->av_refs[op->addr] == 0)
+    if (op->in_av && !p->x->in_close && op->addr < d->av_cap && --d->av_refs[op->addr] == 0)
         fi_av_remove(d->av, &op->addr, 1, 0);
     op->in_av = false;
 }
@@ -663,8 +645,7 @@ static void ofi_peer_free(struct kvn_xport_peer *p)
 /* ------------------------------------------------------------------ */
 /* memory                                                              */
 
-static int ofi_mr_reg(struct kvn_xport *x, struct kvn_xport_mr *mr,
-                      struct kvn_err *err)
+static int ofi_mr_reg(struct kvn_xport *x, struct kvn_xport_mr *mr, struct kvn_err *err)
 {
     struct ofi_domain *d = dom(x);
     struct ofi_mr *m = (struct ofi_mr *)mr;
@@ -676,19 +657,17 @@ static int ofi_mr_reg(struct kvn_xport *x, struct kvn_xport_mr *mr,
     if (mr->access & KVN_XPORT_ACCESS_REMOTE_WRITE)
         access |= FI_REMOTE_WRITE;
     uint64_t key = d->next_key;
-    int rc = fi_mr_reg(d->domain, mr->addr, mr->len, access, 0, key, 0,
-                       &m->mr, NULL);
+    int rc = fi_mr_reg(d->domain, mr->addr, mr->len, access, 0, key, 0, &m->mr, NULL);
     if (rc)
-        return kvn_err_set(err, fi_to_errno(rc), "ofi: fi_mr_reg(%p, %zu): %s",
-                           mr->addr, mr->len, fi_strerror(-rc));
+        return kvn_err_set(err, fi_to_errno(rc), "ofi: fi_mr_reg(%p, %zu): %s", mr->addr, mr->len,
+                           fi_strerror(-rc));
     if (d->mr_mode & FI_MR_ENDPOINT) {
         rc = fi_mr_bind(m->mr, &d->ep->fid, 0);
         if (!rc)
             rc = fi_mr_enable(m->mr);
         if (rc) {
             fi_close(&m->mr->fid);
-            return kvn_err_set(err, fi_to_errno(rc), "ofi: fi_mr_bind: %s",
-                               fi_strerror(-rc));
+            return kvn_err_set(err, fi_to_errno(rc), "ofi: fi_mr_bind: %s", fi_strerror(-rc));
         }
     }
     d->next_key++;
@@ -705,8 +684,8 @@ static void ofi_mr_dereg(struct kvn_xport_mr *mr)
     m->mr = NULL;
 }
 
-static int ofi_mr_pack_key(const struct kvn_xport_mr *mr, void *key,
-                           size_t *len, struct kvn_err *err)
+static int ofi_mr_pack_key(const struct kvn_xport_mr *mr, void *key, size_t *len,
+                           struct kvn_err *err)
 {
     const struct ofi_mr *m = (const struct ofi_mr *)mr;
     if (*len < 8)
@@ -718,14 +697,12 @@ static int ofi_mr_pack_key(const struct kvn_xport_mr *mr, void *key,
     return 0;
 }
 
-static int ofi_rmr_unpack_key(struct kvn_xport_peer *p,
-                              struct kvn_xport_rmr *r, const void *key,
+static int ofi_rmr_unpack_key(struct kvn_xport_peer *p, struct kvn_xport_rmr *r, const void *key,
                               size_t len, struct kvn_err *err)
 {
     (void)p;
     if (len != 8)
-        return kvn_err_set(err, -EINVAL, "ofi: key of %zu bytes, want 8",
-                           len);
+        return kvn_err_set(err, -EINVAL, "ofi: key of %zu bytes, want 8", len);
     const uint8_t *b = key;
     uint64_t k = 0;
     for (int i = 7; i >= 0; i--)
@@ -742,11 +719,9 @@ static void ofi_rmr_free(struct kvn_xport_rmr *r)
 /* ------------------------------------------------------------------ */
 /* posting                                                             */
 
-static ssize_t try_rma(struct ofi_domain *d, struct fid_ep *ep,
-                       struct xport_op *op,
-                       enum kvn_xport_op_kind kind, const struct iovec *iov,
-                       void **desc, size_t n, fi_addr_t addr, uint64_t raddr,
-                       uint64_t len, uint64_t key)
+static ssize_t try_rma(struct ofi_domain *d, struct fid_ep *ep, struct xport_op *op,
+                       enum kvn_xport_op_kind kind, const struct iovec *iov, void **desc, size_t n,
+                       fi_addr_t addr, uint64_t raddr, uint64_t len, uint64_t key)
 {
     struct fi_rma_iov rma = {.addr = raddr, .len = len, .key = key};
     struct fi_msg_rma msg = {
@@ -758,9 +733,8 @@ static ssize_t try_rma(struct ofi_domain *d, struct fid_ep *ep,
         .rma_iov_count = 1,
         .context = op,
     };
-    return kind == KVN_XPORT_WRITE
-               ? fi_writemsg(ep, &msg, FI_COMPLETION | d->write_flags)
-               : fi_readmsg(ep, &msg, FI_COMPLETION);
+    return kind == KVN_XPORT_WRITE ? fi_writemsg(ep, &msg, FI_COMPLETION | d->write_flags)
+                                   : fi_readmsg(ep, &msg, FI_COMPLETION);
 }
 
 static struct ofi_pending *pending_get(struct ofi_domain *d)
@@ -802,30 +776,24 @@ static int fail_text(char *buf, size_t cap, const char *what, int fi_rc)
     return fi_to_errno(fi_rc);
 }
 
-static void op_complete(struct ofi_domain *d, struct xport_op *op, int status,
-                        const char *msg);
+static void op_complete(struct ofi_domain *d, struct xport_op *op, int status, const char *msg);
 
 /*
  * Posts one RMA part now, or parks it when the provider says -FI_EAGAIN or
  * the backlog is not empty (keeps order).  Returns 0 (posted or parked) or
  * a negative errno with msg filled (nothing posted for this part).
  */
-static int part_submit(struct ofi_domain *d, struct ofi_peer *p,
-                       struct xport_op *op, enum kvn_xport_op_kind kind,
-                       const struct iovec *iov, void **desc, size_t n,
-                       uint64_t raddr, uint64_t len, uint64_t key, char *msg,
-                       size_t msgcap)
+static int part_submit(struct ofi_domain *d, struct ofi_peer *p, struct xport_op *op,
+                       enum kvn_xport_op_kind kind, const struct iovec *iov, void **desc, size_t n,
+                       uint64_t raddr, uint64_t len, uint64_t key, char *msg, size_t msgcap)
 {
     struct fid_ep *ep = p->ep ? p->ep : d->ep;
     if (!d->bl_head) {
-        ssize_t rc = try_rma(d, ep, op, kind, iov, desc, n, p->addr, raddr,
-                             len, key);
+        ssize_t rc = try_rma(d, ep, op, kind, iov, desc, n, p->addr, raddr, len, key);
         if (rc == 0)
             return 0;
         if (rc != -FI_EAGAIN)
-            return fail_text(msg, msgcap,
-                             kind == KVN_XPORT_WRITE ? "fi_writemsg"
-                                                     : "fi_readmsg",
+            return fail_text(msg, msgcap, kind == KVN_XPORT_WRITE ? "fi_writemsg" : "fi_readmsg",
                              (int)rc);
     }
     struct ofi_pending *e = pending_get(d);
@@ -852,10 +820,9 @@ static int part_submit(struct ofi_domain *d, struct ofi_peer *p,
  * bytes.  Counts them (submit == false) or submits them, stopping at the
  * first failure (*rc_out, msg); returns the parts counted / submitted.
  */
-static uint32_t walk_parts(struct ofi_domain *d, struct ofi_peer *p,
-                           struct xport_op *op,
-                           const struct xport_post_req *req, bool submit,
-                           int *rc_out, char *msg, size_t msgcap)
+static uint32_t walk_parts(struct ofi_domain *d, struct ofi_peer *p, struct xport_op *op,
+                           const struct xport_post_req *req, bool submit, int *rc_out, char *msg,
+                           size_t msgcap)
 {
     struct iovec iov[OFI_MAX_IOV];
     void *desc[OFI_MAX_IOV];
@@ -881,8 +848,8 @@ static uint32_t walk_parts(struct ofi_domain *d, struct ofi_peer *p,
             bool last = (k + 1 == req->n_local) && left == 0;
             if (n == d->iov_limit || part_len == d->max_part || last) {
                 if (submit) {
-                    int rc = part_submit(d, p, op, req->kind, iov, desc, n,
-                                         raddr, part_len, key, msg, msgcap);
+                    int rc = part_submit(d, p, op, req->kind, iov, desc, n, raddr, part_len, key,
+                                         msg, msgcap);
                     if (rc) {
                         *rc_out = rc;
                         return parts;
@@ -898,8 +865,8 @@ static uint32_t walk_parts(struct ofi_domain *d, struct ofi_peer *p,
     return parts;
 }
 
-static int ofi_post(struct kvn_xport_peer *p, struct xport_op *op,
-                    const struct xport_post_req *req, struct kvn_err *err)
+static int ofi_post(struct kvn_xport_peer *p, struct xport_op *op, const struct xport_post_req *req,
+                    struct kvn_err *err)
 {
     struct ofi_domain *d = dom(p->x);
     struct ofi_peer *pp = (struct ofi_peer *)p;
@@ -920,9 +887,8 @@ static int ofi_post(struct kvn_xport_peer *p, struct xport_op *op,
 }
 
 /* Posts a send from a tx slot; -FI_EAGAIN leaves the slot taken. */
-static ssize_t try_send(struct ofi_domain *d, struct fid_ep *ep,
-                        struct xport_op *op, fi_addr_t addr, const void *data,
-                        size_t len)
+static ssize_t try_send(struct ofi_domain *d, struct fid_ep *ep, struct xport_op *op,
+                        fi_addr_t addr, const void *data, size_t len)
 {
     uint32_t slot = d->tx_free[--d->n_tx_free];
     char *b = d->tx_mem + (size_t)slot * d->buf_size;
@@ -936,8 +902,8 @@ static ssize_t try_send(struct ofi_domain *d, struct fid_ep *ep,
 }
 
 static int ofi_notify(struct kvn_xport_peer *p, struct xport_op *op,
-                      const struct xport_notify_hdr *hdr, const void *buf,
-                      size_t len, struct kvn_err *err)
+                      const struct xport_notify_hdr *hdr, const void *buf, size_t len,
+                      struct kvn_err *err)
 {
     struct ofi_domain *d = dom(p->x);
     struct ofi_peer *pp = (struct ofi_peer *)p;
@@ -949,8 +915,7 @@ static int ofi_notify(struct kvn_xport_peer *p, struct xport_op *op,
         char *b = d->tx_mem + (size_t)slot * d->buf_size;
         memcpy(b, hdr, sizeof(*hdr));
         memcpy(b + sizeof(*hdr), buf, len);
-        ssize_t rc = fi_send(pp->ep ? pp->ep : d->ep, b, total, d->tx_desc,
-                             pp->addr, op);
+        ssize_t rc = fi_send(pp->ep ? pp->ep : d->ep, b, total, d->tx_desc, pp->addr, op);
         if (rc == 0) {
             op->backend[0] = slot;
             return 0;
@@ -1001,12 +966,10 @@ static void backlog_retry(struct ofi_domain *d)
             rc = -FI_ECANCELED; /* timed out or canceled meanwhile */
         } else if (!skip) {
             if (e->kind == KVN_XPORT_SEND)
-                rc = d->n_tx_free ? try_send(d, e->ep, e->op, e->addr, e->msg,
-                                             e->len)
-                                  : -FI_EAGAIN;
+                rc = d->n_tx_free ? try_send(d, e->ep, e->op, e->addr, e->msg, e->len) : -FI_EAGAIN;
             else
-                rc = try_rma(d, e->ep, e->op, e->kind, e->iov, e->desc, e->n,
-                             e->addr, e->raddr, e->len, e->key);
+                rc = try_rma(d, e->ep, e->op, e->kind, e->iov, e->desc, e->n, e->addr, e->raddr,
+                             e->len, e->key);
         }
         if (skip || rc == -FI_EAGAIN) {
             if (!skip) {
@@ -1029,8 +992,7 @@ static void backlog_retry(struct ofi_domain *d)
         if (rc) {
             char msg[KVN_XPORT_CQE_MSG];
             int st = fail_text(msg, sizeof(msg),
-                               kind == KVN_XPORT_SEND ? "fi_send (deferred)"
-                                                      : "rma (deferred)",
+                               kind == KVN_XPORT_SEND ? "fi_send (deferred)" : "rma (deferred)",
                                (int)rc);
             if (kind == KVN_XPORT_SEND)
                 xport_op_done(op, st, msg); /* no slot held */
@@ -1042,8 +1004,7 @@ static void backlog_retry(struct ofi_domain *d)
 
 static bool is_rx_ctx(struct ofi_domain *d, void *ctx)
 {
-    return (char *)ctx >= (char *)d->rx &&
-           (char *)ctx < (char *)(d->rx + d->n_rx);
+    return (char *)ctx >= (char *)d->rx && (char *)ctx < (char *)(d->rx + d->n_rx);
 }
 
 static void ofi_recv_repost(struct kvn_xport *x, uint64_t token)
@@ -1056,8 +1017,7 @@ static void ofi_recv_repost(struct kvn_xport *x, uint64_t token)
         d->rx_pending[d->n_rx_pending++] = (uint32_t)token;
 }
 
-static void op_complete(struct ofi_domain *d, struct xport_op *op, int status,
-                        const char *msg)
+static void op_complete(struct ofi_domain *d, struct xport_op *op, int status, const char *msg)
 {
     if (op->kind == KVN_XPORT_SEND)
         d->tx_free[d->n_tx_free++] = (uint32_t)op->backend[0];
@@ -1075,14 +1035,12 @@ static void handle_error(struct ofi_domain *d)
     int st = fi_to_errno(e.err);
     int pe = e.prov_errno < 0 ? -e.prov_errno : e.prov_errno;
     if (st == -ECANCELED && !d->base.in_close &&
-        (pe == ENOTCONN || pe == ECONNRESET || pe == EPIPE ||
-         pe == ECONNREFUSED || pe == ECONNABORTED || pe == EHOSTUNREACH))
+        (pe == ENOTCONN || pe == ECONNRESET || pe == EPIPE || pe == ECONNREFUSED ||
+         pe == ECONNABORTED || pe == EHOSTUNREACH))
         st = -pe; /* rxm flushes ops of a broken connection as canceled */
-    snprintf(msg, sizeof(msg), "ofi: %s (%s)%s", fi_strerror(e.err),
-             ptext ? ptext : "?",
-             d->is_shm && (st == -EPERM || st == -EACCES)
-                 ? "; shm needs ptrace permission for CMA"
-                 : "");
+    snprintf(msg, sizeof(msg), "ofi: %s (%s)%s", fi_strerror(e.err), ptext ? ptext : "?",
+             d->is_shm && (st == -EPERM || st == -EACCES) ? "; shm needs ptrace permission for CMA"
+                                                          : "");
     if (!e.op_context)
         return;
     if (is_rx_ctx(d, e.op_context)) {
@@ -1119,8 +1077,7 @@ static int ofi_progress(struct kvn_xport *x)
                 continue;
             if (is_rx_ctx(d, ctx)) {
                 uint32_t idx = ((struct ofi_rx *)ctx)->idx;
-                xport_recv_deliver(x, d->rx_mem + (size_t)idx * d->buf_size,
-                                   ent[i].len, idx);
+                xport_recv_deliver(x, d->rx_mem + (size_t)idx * d->buf_size, ent[i].len, idx);
             } else {
                 op_complete(d, ctx, 0, NULL);
             }
