@@ -21,7 +21,10 @@
  * Eviction candidates live in two binary heaps (L1, L2) with the heap position
  * stored in the node, so a state change re-files a node in O(log n). Every
  * state change of a node goes through refresh(), which recomputes whether the
- * node is a candidate of each tier and keeps the evictable-page counters.
+ * node is a candidate of each tier and keeps the evictable-page counters. The
+ * heap array holds a snapshot of each key (tick, hit count); match and insert
+ * only make keys grow and do not re-sift (O(1) per touched node): the snapshot
+ * of the top is refreshed lazily when eviction looks at it.
  *
  * Copy jobs live in a growable array indexed by the low 32 bits of the ack id
  * (high bits: a generation, so stale ids are refused); a job's tree nodes

@@ -149,6 +149,28 @@ static void lru_evicts_oldest_leaf(void **state)
     fx_free(f);
 }
 
+/* keys normally grow (lazy heap); a tick going backwards is honoured at once */
+static void ticks_going_backwards(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(1, 16, 0, KVN_WRITE_THROUGH, false);
+    int32_t a[] = {1}, b[] = {2}, c[] = {3};
+    struct kvn_radix_insert_result r;
+    fx_insert(f, 0, a, 1, NULL, 10, &r);
+    fx_insert(f, 0, b, 1, NULL, 20, &r);
+    fx_insert(f, 0, c, 1, NULL, 30, &r);
+    (void)fx_match(f, 0, a, 1, 40); /* a grows: lazy */
+    (void)fx_match(f, 0, c, 1, 5);  /* c goes back: now the oldest */
+    fx_check(f);
+    struct kvn_radix_evict_result er;
+    assert_int_equal(kvn_radix_evict_l1(f->t, 1, &er, NULL), 0);
+    assert_int_equal(fx_match(f, 0, c, 1, 41).device_tokens, 0);
+    assert_int_equal(kvn_radix_evict_l1(f->t, 1, &er, NULL), 0);
+    assert_int_equal(fx_match(f, 0, b, 1, 42).device_tokens, 0);
+    assert_int_equal(fx_match(f, 0, a, 1, 43).device_tokens, 1);
+    fx_free(f);
+}
+
 static void lfu_evicts_least_hit(void **state)
 {
     (void)state;
@@ -766,6 +788,7 @@ int main(void)
         cmocka_unit_test(insert_prefix_slots_not_adopted),
         cmocka_unit_test(namespaces_are_separate),
         cmocka_unit_test(lru_evicts_oldest_leaf),
+        cmocka_unit_test(ticks_going_backwards),
         cmocka_unit_test(lfu_evicts_least_hit),
         cmocka_unit_test(interior_nodes_wait_for_children),
         cmocka_unit_test(lock_blocks_eviction),
