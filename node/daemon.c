@@ -825,6 +825,18 @@ int kvn_node_create(const struct kvn_config *cfg, struct kvn_node **out, struct 
     msgpack_sbuffer_init(&n->out);
     locks_clear(n);
     int rc;
+    /* Block TERM/INT before any library starts a thread (UCX, ZeroMQ): threads inherit
+     * the mask, so the signals can only be read through the signalfd. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0 ||
+        (n->sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC)) < 0) {
+        rc = kvn_err_set(err, -errno, "signalfd: %s", strerror(errno));
+        goto fail;
+    }
+    signal(SIGPIPE, SIG_IGN);
     n->slots_buf = malloc(sizeof(uint32_t) * KVN_RPC_MAX_TOKENS);
     n->sums_buf = malloc(sizeof(uint64_t) * KVN_RPC_MAX_SLOTS);
     n->lat_us = malloc(sizeof(uint32_t) * LAT_SAMPLES);
@@ -877,16 +889,6 @@ int kvn_node_create(const struct kvn_config *cfg, struct kvn_node **out, struct 
                          cfg->listen, zmq_strerror(e));
         goto fail;
     }
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0 ||
-        (n->sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC)) < 0) {
-        rc = kvn_err_set(err, -errno, "signalfd: %s", strerror(errno));
-        goto fail;
-    }
-    signal(SIGPIPE, SIG_IGN);
     logf_(n, KVN_LOG_INFO, "listening on %s (rpc v%d)", cfg->listen, KVN_RPC_VERSION);
     *out = n;
     return 0;

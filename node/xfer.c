@@ -101,7 +101,21 @@ void kvn_xfer_destroy(struct kvn_xfer *x)
 {
     if (!x)
         return;
-    kvn_xport_close(x->x); /* releases peers, mrs, rmrs */
+    if (x->x) {
+        /* release in dependency order (rmr -> peer -> mr) rather than leaving it all to
+         * close: some backends (UCX) must destroy rkeys before their endpoints */
+        if (x->l1_rmr)
+            kvn_xport_rmr_free(x->l1_rmr);
+        if (x->l1_peer && x->l1_peer != x->self)
+            kvn_xport_disconnect(x->l1_peer);
+        if (x->self)
+            kvn_xport_disconnect(x->self);
+        if (x->standin_mr)
+            kvn_xport_mr_dereg(x->standin_mr, NULL);
+        if (x->pool_mr)
+            kvn_xport_mr_dereg(x->pool_mr, NULL);
+    }
+    kvn_xport_close(x->x);
     if (x->standin)
         munmap(x->standin, x->standin_map);
     free(x->jobs);
