@@ -280,6 +280,73 @@ static void test_ucx_tcp_read(void **s)
     pair_case("ucx+tcp", "read", "4096", 50);
 }
 
+static void test_ofi_shm_write(void **s)
+{
+    (void)s;
+    pair_case("ofi+shm", "write", "4097", 20);
+}
+
+static void test_ucx_sm_read(void **s)
+{
+    (void)s;
+    pair_case("ucx+sm", "read", "4097", 20);
+}
+
+/*
+ * One side is SIGKILLed mid-run: the other must notice and exit 1 by itself
+ * (the client through failed completions or the dead bootstrap socket, the
+ * server through the bootstrap socket), well before the harness deadline.
+ */
+static void kill_case(const char *uri, int kill_server)
+{
+    char why[256];
+    if (!usable(uri, why, sizeof(why))) {
+        print_message("skipped: %s not usable here: %s\n", uri, why);
+        skip();
+        return;
+    }
+    char *sargv[] = {"write", "-t",        (char *)uri, "-p", "0",
+                     "-b",    "127.0.0.1", "--timeout", "30", NULL};
+    static struct child srv, cli;
+    uint64_t deadline = now_ms() + CHILD_LIMIT_S * 1000;
+    spawn(&srv, sargv);
+    assert_int_equal(read_until(&srv, "listening on 127.0.0.1:", deadline), 0);
+    char pstr[16];
+    snprintf(pstr, sizeof(pstr), "%d",
+             atoi(strstr(srv.buf, "listening on 127.0.0.1:") + strlen("listening on 127.0.0.1:")));
+    /* Enough work to still be running when the kill comes. */
+    char *cargv[] = {"write",     "-t",        (char *)uri, "-p",        pstr,  "-b",
+                     "127.0.0.1", "--timeout", "30",        "-s",        "64K", "-n",
+                     "100000000", "-q",        "4",         "127.0.0.1", NULL};
+    spawn(&cli, cargv);
+    struct timespec ts = {1, 0};
+    nanosleep(&ts, NULL);
+    struct child *victim = kill_server ? &srv : &cli, *other = kill_server ? &cli : &srv;
+    kill(victim->pid, SIGKILL);
+    int rc = finish(other, deadline);
+    finish(victim, deadline);
+    print_message("%s survivor exited %d\n", kill_server ? "client" : "server", rc);
+    assert_int_equal(rc, 1);
+}
+
+static void test_server_killed(void **s)
+{
+    (void)s;
+    kill_case("ofi+tcp", 1);
+}
+
+static void test_client_killed(void **s)
+{
+    (void)s;
+    kill_case("ofi+tcp", 0);
+}
+
+static void test_server_killed_ucx(void **s)
+{
+    (void)s;
+    kill_case("ucx+tcp", 1);
+}
+
 /* -a: 23 sizes, 2 B .. 8 MiB, each verified. */
 static void test_sweep_ofi_tcp(void **s)
 {
@@ -420,7 +487,10 @@ int main(void)
         cmocka_unit_test(test_no_server),     cmocka_unit_test(test_bad_transport),
         cmocka_unit_test(test_ofi_tcp_write), cmocka_unit_test(test_ofi_tcp_read),
         cmocka_unit_test(test_ucx_tcp_write), cmocka_unit_test(test_ucx_tcp_read),
-        cmocka_unit_test(test_sweep_ofi_tcp), cmocka_unit_test(test_op_mismatch),
+        cmocka_unit_test(test_ofi_shm_write), cmocka_unit_test(test_ucx_sm_read),
+        cmocka_unit_test(test_sweep_ofi_tcp), cmocka_unit_test(test_server_killed),
+        cmocka_unit_test(test_client_killed), cmocka_unit_test(test_server_killed_ucx),
+        cmocka_unit_test(test_op_mismatch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
