@@ -35,19 +35,19 @@ struct h_env {
 
 static struct h_env H;
 
-static void h_sleep_ms(int ms)
+static __attribute__((unused)) void h_sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
 }
 
-static void h_track(pid_t p)
+static __attribute__((unused)) void h_track(pid_t p)
 {
     if (H.n_procs < H_MAX_PROCS)
         H.procs[H.n_procs++] = p;
 }
 
-static void h_untrack(pid_t p)
+static __attribute__((unused)) void h_untrack(pid_t p)
 {
     for (int i = 0; i < H.n_procs; i++)
         if (H.procs[i] == p) {
@@ -57,7 +57,7 @@ static void h_untrack(pid_t p)
 }
 
 /* Starts argv with stdout (and stderr unless err_path) redirected to out_path. */
-static pid_t h_spawn(char *const argv[], const char *out_path, const char *err_path)
+static __attribute__((unused)) pid_t h_spawn(char *const argv[], const char *out_path, const char *err_path)
 {
     pid_t p = fork();
     if (p == 0) {
@@ -76,7 +76,7 @@ static pid_t h_spawn(char *const argv[], const char *out_path, const char *err_p
 }
 
 /* Waits up to ~ms for p; returns its exit status (128+sig if killed), or -1 after SIGKILL. */
-static int h_wait(pid_t p, int ms)
+static __attribute__((unused)) int h_wait(pid_t p, int ms)
 {
     int st;
     for (int i = 0; i <= ms / 10; i++) {
@@ -97,7 +97,7 @@ static int h_wait(pid_t p, int ms)
     return -1;
 }
 
-static void h_kill_all(void)
+static __attribute__((unused)) void h_kill_all(void)
 {
     for (int i = 0; i < H.n_procs; i++) {
         kill(H.procs[i], SIGKILL);
@@ -106,7 +106,7 @@ static void h_kill_all(void)
     H.n_procs = 0;
 }
 
-static char *h_slurp(const char *path)
+static __attribute__((unused)) char *h_slurp(const char *path)
 {
     FILE *f = fopen(path, "rb");
     if (!f)
@@ -121,7 +121,7 @@ static char *h_slurp(const char *path)
     return b;
 }
 
-static void h_path(char *buf, size_t cap, const char *name)
+static __attribute__((unused)) void h_path(char *buf, size_t cap, const char *name)
 {
     snprintf(buf, cap, "%s/%s", H.tmpdir, name);
 }
@@ -135,7 +135,7 @@ struct h_node {
     struct kvn_client *c;
 };
 
-static int h_port_base(void)
+static __attribute__((unused)) int h_port_base(void)
 {
     static unsigned salt;
     unsigned x = (unsigned)getpid() * 2654435761u ^ (unsigned)time(NULL) ^ (salt += 7919);
@@ -147,7 +147,7 @@ static int h_port_base(void)
  * three fresh ports. Returns 0, -ENOTSUP when the transport is not available
  * (the test skips), or -EIO.
  */
-static int h_node_start(struct h_node *n, const char *const extra[])
+static __attribute__((unused)) int h_node_start(struct h_node *n, const char *const extra[])
 {
     for (int attempt = 0; attempt < 6; attempt++) {
         memset(n, 0, sizeof(*n));
@@ -211,7 +211,7 @@ static int h_node_start(struct h_node *n, const char *const extra[])
 }
 
 /* SIGTERM, bounded wait; returns the exit status (0 expected). */
-static int h_node_stop(struct h_node *n)
+static __attribute__((unused)) int h_node_stop(struct h_node *n)
 {
     if (n->c) {
         kvn_client_close(n->c);
@@ -225,7 +225,7 @@ static int h_node_stop(struct h_node *n)
     return st;
 }
 
-static uint64_t h_stat(struct h_node *n, const char *key)
+static __attribute__((unused)) uint64_t h_stat(struct h_node *n, const char *key)
 {
     struct kvn_client_reply *r;
     struct kvn_err e;
@@ -238,7 +238,7 @@ static uint64_t h_stat(struct h_node *n, const char *key)
 }
 
 /* Waits (bounded) until no copy job is pending or in flight. */
-static bool h_quiesce(struct h_node *n)
+static __attribute__((unused)) bool h_quiesce(struct h_node *n)
 {
     for (int i = 0; i < 3000; i++) {
         if (h_stat(n, "pending_jobs") == 0 && h_stat(n, "jobs_active") == 0)
@@ -249,7 +249,7 @@ static bool h_quiesce(struct h_node *n)
 }
 
 /* Runs kvctl -c <node> args...; returns exit code, output (malloc'd) in *out. */
-static int h_kvctl(struct h_node *n, char **out, char **errout, const char *const args[])
+static __attribute__((unused)) int h_kvctl(struct h_node *n, char **out, char **errout, const char *const args[])
 {
     char *argv[32];
     int k = 0;
@@ -272,7 +272,7 @@ static int h_kvctl(struct h_node *n, char **out, char **errout, const char *cons
 }
 
 /* Starts a python script (consumer or dump) with args; waits for its ready file. */
-static pid_t h_python(const char *script, const char *out_path, const char *ready,
+static __attribute__((unused)) pid_t h_python(const char *script, const char *out_path, const char *ready,
                       const char *const args[])
 {
     char *argv[32];
