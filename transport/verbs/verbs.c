@@ -44,6 +44,8 @@
 #define VB_TAG_LISTEN  1u
 #define VB_TAG_CHANNEL 2u
 #define VB_HS_WAIT_MS  1000
+#define VB_MAX_PASSIVE 1024u /* QPs created for peers that connected to us */
+#define VB_PASSIVE_SQ  4u    /* a passive QP never sends */
 
 struct vb_qp {
     struct xport_link link; /* dom->qps */
@@ -74,6 +76,8 @@ struct vb_domain {
     struct ibv_mr *sbuf_mr;
     uint32_t sfree[VB_SEND_SLOTS], n_sfree;
 
+    uint32_t n_passive;
+    uint32_t n_progress;
     int lfd;  /* handshake listener */
     int epfd; /* wait fd */
     struct xport_link qps;
@@ -129,7 +133,7 @@ static int neg_errno(int e)
 
 /* --- QP state machine ------------------------------------------------------- */
 
-static int qp_create(struct vb_domain *d, struct vb_qp *q, struct kvn_err *err)
+static int qp_create(struct vb_domain *d, struct vb_qp *q, uint32_t sq_depth, struct kvn_err *err)
 {
     struct ibv_qp_init_attr ia;
     memset(&ia, 0, sizeof(ia));
@@ -138,7 +142,7 @@ static int qp_create(struct vb_domain *d, struct vb_qp *q, struct kvn_err *err)
     ia.srq = d->srq;
     ia.qp_type = IBV_QPT_RC;
     ia.sq_sig_all = 0;
-    ia.cap.max_send_wr = d->sq_depth;
+    ia.cap.max_send_wr = sq_depth;
     ia.cap.max_send_sge = d->max_sge;
     q->qp = ibv_create_qp(d->pd, &ia);
     if (!q->qp)
@@ -311,6 +315,8 @@ static void hs_serve(struct vb_domain *d, int fd)
         rc = -EPROTO;
     if (rc == 0 && req.link_layer != d->self.link_layer)
         rc = -EPROTONOSUPPORT;
+    if (rc == 0 && d->n_passive >= VB_MAX_PASSIVE)
+        rc = -ENOSPC; /* bounded: a stranger cannot make us create QPs forever */
     if (rc < 0) {
         if (rc != -ECONNRESET && rc != -ETIMEDOUT)
             hs_send_nak(d, fd, rc);
@@ -327,7 +333,7 @@ static void hs_serve(struct vb_domain *d, int fd)
     q->fd = -1;
     q->passive = true;
     uint32_t psn = random_psn();
-    rc = qp_create(d, q, NULL);
+    rc = qp_create(d, q, VB_PASSIVE_SQ, NULL);
     if (rc == 0)
         rc = qp_connect(d, q, psn, &req, NULL);
     if (rc == 0) {
@@ -345,6 +351,7 @@ static void hs_serve(struct vb_domain *d, int fd)
         return;
     }
     q->fd = fd;
+    d->n_passive++;
     link_add(&d->qps, &q->link);
     qp_watch(d, q);
 }
@@ -390,6 +397,8 @@ static void send_slot_put(struct vb_domain *d, uint32_t slot)
         d->sfree[d->n_sfree++] = slot;
 }
 
+static void vb_recv_repost(struct kvn_xport *x, uint64_t token);
+
 static int drain_cq(struct vb_domain *d)
 {
     struct ibv_wc wc[VB_CQ_BATCH];
@@ -401,9 +410,14 @@ static int drain_cq(struct vb_domain *d)
         for (int i = 0; i < n; i++) {
             if (wc[i].wr_id & 1) {
                 uint64_t idx = wc[i].wr_id >> 1;
-                if (wc[i].status == IBV_WC_SUCCESS && idx < VB_RECV_BUFS)
+                if (idx >= VB_RECV_BUFS)
+                    continue;
+                if (wc[i].status == IBV_WC_SUCCESS)
                     xport_recv_deliver(&d->base, d->rbuf + idx * d->rslot, wc[i].byte_len, idx);
-                continue; /* flushed receive: the SRQ goes away with the domain */
+                else if (wc[i].status != IBV_WC_WR_FLUSH_ERR)
+                    vb_recv_repost(&d->base, idx); /* e.g. an oversized message: keep the
+                                                      SRQ full */
+                continue;
             }
             struct xport_op *op = (struct xport_op *)(uintptr_t)wc[i].wr_id;
             struct vb_qp *q = (struct vb_qp *)(uintptr_t)op->backend[0];
@@ -436,6 +450,11 @@ static void drain_channel(struct vb_domain *d)
 static int vb_progress(struct kvn_xport *x)
 {
     struct vb_domain *d = dom_of(x);
+    /* Sockets (handshakes, peers closing) are looked at once per 32 calls:
+     * an epoll_wait per poll would cost a syscall on every CQ check, more
+     * than a small RDMA op takes. */
+    if ((d->n_progress++ & 31) != 0)
+        return drain_cq(d);
     struct epoll_event ev[16];
     int n = epoll_wait(d->epfd, ev, 16, 0);
     for (int i = 0; i < n; i++) {
@@ -456,6 +475,7 @@ static int vb_progress(struct kvn_xport *x)
             if (q->passive) {
                 qp_destroy(d, q);
                 free(q);
+                d->n_passive--;
             }
         }
     }
@@ -884,7 +904,7 @@ static int vb_connect(struct kvn_xport *x, struct kvn_xport_peer *p, const void 
                            d->self.link_layer == 1 ? "InfiniBand" : "Ethernet");
     link_init(&vp->q.link);
     vp->q.fd = -1;
-    rc = qp_create(d, &vp->q, err);
+    rc = qp_create(d, &vp->q, d->sq_depth, err);
     if (rc < 0)
         return rc;
     int timeout = (int)(x->attr.op_timeout_ms ? x->attr.op_timeout_ms : KVN_XPORT_DEF_TIMEOUT_MS);
