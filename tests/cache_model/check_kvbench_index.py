@@ -44,7 +44,7 @@ def exact_full_blocks(path, limit):
 
 KEYS = ["hit_tokens", "total_tokens", "hit_rate", "requests_per_s", "exact_hit_tokens",
         "exact_hit_rate", "exact_partial_hit_tokens", "match_p50_us", "match_p99_us",
-        "insert_p50_us", "insert_p99_us", "match_vs_memcmp", "insert_vs_sha256",
+        "insert_p50_us", "insert_p99_us", "match_vs_memcmp", "match_vs_memcmp_cold", "insert_vs_sha256",
         "memcmp_ns_per_token", "sha256_ns_per_token", "bytes_per_cached_token",
         "cached_tokens", "index_bytes", "requests", "page_size", "policy"]
 
