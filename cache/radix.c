@@ -73,8 +73,15 @@ struct rnode {
     uint32_t free_next; /* slot + 1 of the next free node */
 };
 
+/*
+ * A child-map entry repeats the parent id and the child's first page pointer,
+ * so a lookup compares them without touching the child node first: one
+ * dependent cache miss less per tree level on the match path.
+ */
 struct centry {
     uint64_t h;
+    uint64_t parent_id;
+    const int32_t *key0; /* the child's first page (its key block) */
     struct rnode *n;
 };
 
@@ -431,10 +438,10 @@ static struct rnode *child_find(const struct kvn_radix *t, const struct rnode *p
     uint64_t h = child_hash(t, parent, page);
     size_t mask = t->cmap_cap - 1;
     for (size_t i = h & mask; t->cmap[i].n; i = (i + 1) & mask) {
-        struct rnode *c = t->cmap[i].n;
-        if (t->cmap[i].h == h && c->parent == parent &&
-            memcmp(n_key(c), page, (size_t)t->ps * 4) == 0)
-            return c;
+        const struct centry *e = &t->cmap[i];
+        if (e->h == h && e->parent_id == parent->id &&
+            memcmp(e->key0, page, (size_t)t->ps * 4) == 0)
+            return e->n;
     }
     return NULL;
 }
@@ -447,6 +454,8 @@ static void cmap_insert(struct kvn_radix *t, struct rnode *c)
     while (t->cmap[i].n)
         i = (i + 1) & mask;
     t->cmap[i].h = h;
+    t->cmap[i].parent_id = c->parent->id;
+    t->cmap[i].key0 = n_key(c);
     t->cmap[i].n = c;
     t->cmap_n++;
 }
@@ -476,8 +485,7 @@ static void cmap_remove(struct kvn_radix *t, const struct rnode *c)
             i = j;
         }
     }
-    t->cmap[i].n = NULL;
-    t->cmap[i].h = 0;
+    memset(&t->cmap[i], 0, sizeof(t->cmap[i]));
     t->cmap_n--;
 }
 
@@ -880,6 +888,7 @@ static struct rnode *split_node(struct kvn_radix *t, struct rnode *x, uint32_t k
     /* p takes x's place: same parent, same first page, same map entry */
     struct rnode *parent = x->parent;
     t->cmap[slot].n = p;
+    t->cmap[slot].key0 = n_key(p);
     p->parent = parent;
     p->prev_sib = x->prev_sib;
     p->next_sib = x->next_sib;
