@@ -335,12 +335,9 @@ static void common_free(struct kvn_xport *x)
     x->epfd = x->evfd = x->tmfd = -1;
 }
 
-static int open_one(const struct xport_uri *u, const struct kvn_xport_attr *a,
-                    struct kvn_xport **out, struct kvn_err *err)
+static int open_with(const struct kvn_xport_ops *ops, const struct xport_uri *u,
+                     const struct kvn_xport_attr *a, struct kvn_xport **out, struct kvn_err *err)
 {
-    const struct kvn_xport_ops *ops = backend_for(u->family);
-    if (!ops)
-        return kvn_err_set(err, -ENOTSUP, "transport backend '%s' is not built in", u->family);
     struct kvn_xport *x = NULL;
     int rc = ops->open(u, a, &x, err);
     if (rc < 0)
@@ -354,7 +351,29 @@ static int open_one(const struct xport_uri *u, const struct kvn_xport_attr *a,
         return rc;
     }
     *out = x;
+    kvn_err_clear(err);
     return 0;
+}
+
+static int open_one(const struct xport_uri *u, const struct kvn_xport_attr *a,
+                    struct kvn_xport **out, struct kvn_err *err)
+{
+    const struct kvn_xport_ops *ops = backend_for(u->family);
+    if (!ops)
+        return kvn_err_set(err, -ENOTSUP, "transport backend '%s' is not built in", u->family);
+    return open_with(ops, u, a, out, err);
+}
+
+int xport_open_ops(const struct kvn_xport_ops *ops, const struct xport_uri *uri,
+                   const struct kvn_xport_attr *attr, struct kvn_xport **out, struct kvn_err *err)
+{
+    struct kvn_xport_attr a;
+    if (!ops || !uri || !out)
+        return kvn_err_set(err, -EINVAL, "ops, uri and out must not be NULL");
+    int rc = attr_resolve(attr, &a, err);
+    if (rc < 0)
+        return rc;
+    return open_with(ops, uri, &a, out, err);
 }
 
 #ifdef KVN_HAVE_VERBS

@@ -249,6 +249,12 @@ void xport_peer_abandon(struct kvn_xport_peer *p);
 /* A message arrived (header included); token identifies the buffer. */
 void xport_recv_deliver(struct kvn_xport *x, const void *data, size_t len, uint64_t token);
 
+/* Opens a domain on an explicit ops table (tests use a mock backend to
+ * drive the common layer deterministically); same contract as
+ * kvn_xport_open() otherwise. */
+int xport_open_ops(const struct kvn_xport_ops *ops, const struct xport_uri *uri,
+                   const struct kvn_xport_attr *attr, struct kvn_xport **out, struct kvn_err *err);
+
 /* URI parsing (exposed for tests and backends). */
 int xport_uri_parse(const char *uri, struct xport_uri *out, struct kvn_err *err);
 
