@@ -1599,7 +1599,7 @@ struct walk {
  * t->scratch2[0..*n_rev) (eviction uses t->scratch meanwhile).
  */
 static int walk_insert(struct kvn_radix *t, struct rnode *root, const int32_t *tokens, uint32_t np,
-                       bool split_l1_tail, struct walk *w, uint32_t *n_rev)
+                       struct walk *w, uint32_t *n_rev)
 {
     memset(w, 0, sizeof(*w));
     *n_rev = 0;
@@ -1626,7 +1626,9 @@ static int walk_insert(struct kvn_radix *t, struct rnode *root, const int32_t *t
         w->pos += k;
         w->end = c;
         if (k < c->n_pages) {
-            if (w->pos < np || !in_l1(c) || split_l1_tail) {
+            /* split where the key diverges, or where it ends inside an
+             * L2-only node (only its head is revived / loaded) */
+            if (w->pos < np || !in_l1(c)) {
                 w->split = c;
                 w->split_at = k;
             }
@@ -1734,7 +1736,7 @@ int kvn_radix_insert(struct kvn_radix *t, uint64_t ns, const int32_t *tokens, si
 
     struct walk w = {0};
     uint32_t n_rev = 0;
-    if (root && walk_insert(t, root, tokens, np, false, &w, &n_rev) < 0)
+    if (root && walk_insert(t, root, tokens, np, &w, &n_rev) < 0)
         return kvn_err_set(err, -ENOMEM, "insert: out of memory");
     uint32_t stop = w.barrier ? w.pos : np;
     uint32_t new_pages = stop - w.pos;
@@ -1984,13 +1986,13 @@ int kvn_radix_load_back(struct kvn_radix *t, uint64_t ns, const int32_t *tokens,
     /* limit to n_slots pages beyond the device prefix in explicit mode */
     struct walk w;
     uint32_t n_rev = 0;
-    if (walk_insert(t, root, tokens, np, false, &w, &n_rev) < 0)
+    if (walk_insert(t, root, tokens, np, &w, &n_rev) < 0)
         return kvn_err_set(err, -ENOMEM, "load_back: out of memory");
     uint32_t want = w.revive;
     if (l1_slots && n_slots < want) {
         /* re-walk with a shorter key so the split lands after n_slots pages */
         np = w.prefix + n_slots;
-        if (walk_insert(t, root, tokens, np, false, &w, &n_rev) < 0)
+        if (walk_insert(t, root, tokens, np, &w, &n_rev) < 0)
             return kvn_err_set(err, -ENOMEM, "load_back: out of memory");
         want = w.revive;
     }
