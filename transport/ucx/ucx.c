@@ -681,18 +681,31 @@ static int ucx_connect(struct kvn_xport *x, struct kvn_xport_peer *p,
 
 /* Hand every op UCX still holds for up back to the common layer as
  * canceled; their requests become stale. */
-static void hand_back_owned(struct ucx_domain *d, struct ucx_peer *up)
+static void drop_queued_notifies(struct ucx_domain *d, struct ucx_peer *up)
 {
-    /* queued notifications: buffers not referenced by a live flush go back */
+    /* notifications not sent yet will never be: they complete canceled */
     while (up->q_head) {
         struct ucx_sbuf *sb = up->q_head;
         up->q_head = sb->next;
         sb->next = NULL;
-        if (!sb->flushing)
+        struct xport_op *op = sb->op;
+        if (sb->flushing) {
+            /* the flush callback finds the op's generation changed and
+             * gives the buffer back */
+            d->n_stale++;
+        } else {
             sbuf_put(d, sb);
-        /* else the stale flush callback gives it back */
+        }
+        link_del_(op_olink(op));
+        op->backend[0]++;
+        xport_op_done(op, -ECANCELED, "canceled: peer disconnected");
     }
     up->q_tail = NULL;
+}
+
+static void hand_back_owned(struct ucx_domain *d, struct ucx_peer *up)
+{
+    drop_queued_notifies(d, up);
     while (up->owned.next != &up->owned) {
         struct xport_op *op = olink_op(up->owned.next);
         link_del_(op_olink(op));
@@ -704,13 +717,32 @@ static void hand_back_owned(struct ucx_domain *d, struct ucx_peer *up)
     }
 }
 
+/*
+ * Disconnect.  Which close, and what happens to ops UCX still holds:
+ *   - domain closing: nothing here; ucp_worker_destroy() destroys the
+ *     endpoint and cancels its requests;
+ *   - endpoint failed (error handler ran, mode PEER): FORCE close, as UCX
+ *     requires; UCX already completed its requests with the error;
+ *   - otherwise a flush-close (UCX 1.13 asserts when an endpoint whose
+ *     wireup is still pending is force-closed).  The ops UCX holds stay
+ *     owned by us ("zombies": the caller already got -ECANCELED, the op
+ *     still pins its mrs, so memory is not deregistered under a transfer)
+ *     and are returned as UCX completes them - unless the peer was marked
+ *     failed (timeout): then it is presumed dead and they are handed back
+ *     at once, their requests going stale.
+ */
 static void ucx_disconnect(struct kvn_xport_peer *p)
 {
     struct ucx_domain *d = dom(p->x);
     struct ucx_peer *up = upeer(p);
+    if (p->x->in_close) {
+        up->ep = NULL; /* ucp_worker_destroy() takes care of it */
+        return;
+    }
+    bool presumed_dead = up->ep_failed || p->failed;
     if (up->ep) {
         ucp_request_param_t cp = {.op_attr_mask = 0};
-        if (d->err_mode == UCP_ERR_HANDLING_MODE_PEER) {
+        if (up->ep_failed) {
             cp.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
             cp.flags = UCP_EP_CLOSE_FLAG_FORCE;
         }
@@ -719,7 +751,6 @@ static void ucx_disconnect(struct kvn_xport_peer *p)
         if (req && !UCS_PTR_IS_ERR(req)) {
             struct ucx_grave *g = malloc(sizeof(*g));
             if (g) {
-                /* our context in the request: a close has no op */
                 g->req = req;
                 g->next = d->graves;
                 d->graves = g;
@@ -728,7 +759,10 @@ static void ucx_disconnect(struct kvn_xport_peer *p)
             }
         }
     }
-    hand_back_owned(d, up);
+    if (presumed_dead)
+        hand_back_owned(d, up);
+    else
+        drop_queued_notifies(d, up);
 }
 
 static void ucx_peer_free(struct kvn_xport_peer *p)
