@@ -19,8 +19,9 @@
  *     | --- SIZE {bytes, seed} ---------->  |   write: zero [0,bytes)
  *     | <-- READY ----------------------   |   read:  fill pattern(seed)
  *     |  ... WRITE/READ x (warmup+iters)   |   (polls its domain meanwhile)
- *     | --- DONE ----------------------->  |   write+verify: check pattern
- *     | <-- RESULT {ok, bad offset} -----  |
+ *     |  ~~~ notify(run number) ~~~~~~~~>  |   transport message, ordered after
+ *     | --- DONE {verify, run number} -->  |   the writes: waits for it, then
+ *     | <-- RESULT {ok, bad offset} -----  |   write+verify: check pattern
  *     | --- BYE ------------------------>  |
  *
  * Every frame is {u32 magic, u16 type, u16 zero, u32 payload length} in network
@@ -28,10 +29,14 @@
  * Every socket wait is bounded (--timeout), so both sides end by themselves.
  *
  * Figures (GB = 10^9 bytes, us = 10^-6 s), over the measured iterations only:
- *   BW average  bytes * iters / (last completion - first measured post)
+ *   BW average  bytes * iters / (end of run - first measured post); the run
+ *               ends when the end-of-run notification, ordered after the
+ *               writes, has completed: the bytes are at the target (as
+ *               ucx_perftest stops its clock after the receiver's ack)
  *   BW peak     best rate over any window of W consecutive completions,
- *               W = max(2 * depth, 16) capped to iters (perftest's burst peak,
- *               computed in O(n) instead of O(n^2))
+ *               W = max(4 * depth, iters / 16, 16) capped to iters (perftest's
+ *               burst peak, computed in O(n) instead of O(n^2)); over UCX a
+ *               WRITE completes locally, so bursts can exceed the link
  *   MsgRate     iters / elapsed, in millions per second
  *   lat p50/p99 post-to-completion time of each operation: with -q > 1 this is
  *               the loaded latency; -q 1 gives the unloaded one
@@ -78,7 +83,7 @@
 #define XB_STALL_NS        (30ull * 1000000000ull)
 
 #define XB_MAGIC       0x4b564258u /* "KVBX" */
-#define XB_VERSION     1u
+#define XB_VERSION     2u
 #define XB_MAX_PAYLOAD 65536u
 
 enum xb_frame {
@@ -285,19 +290,30 @@ struct xb_conn {
     int fd;
     struct kvn_xport *x;
     int timeout_ms;
+    uint64_t mark; /* server: the last end-of-run notification received */
 };
 
-static int progress_domain(struct kvn_xport *x, struct kvn_err *err)
+/*
+ * Polls the domain of the side that posts nothing itself (the server, or the
+ * client between runs).  The only completions expected are the client's
+ * end-of-run notifications (RECV, 8-byte run number, recorded in c->mark);
+ * an op error here is the peer going away.
+ */
+static int progress_domain(struct xb_conn *c, struct kvn_err *err)
 {
     struct kvn_xport_cqe cqe[XB_CQ_BATCH];
-    if (!x)
+    if (!c->x)
         return 0;
-    int n = kvn_xport_poll(x, cqe, XB_CQ_BATCH);
+    int n = kvn_xport_poll(c->x, cqe, XB_CQ_BATCH);
     if (n < 0)
         return kvn_err_set(err, n, "poll: %s", kvn_err_name(n));
     for (int i = 0; i < n; i++) {
-        /* The server posts nothing: an error here is the peer going away. */
-        if (cqe[i].status < 0 && cqe[i].kind != KVN_XPORT_RECV)
+        if (cqe[i].kind == KVN_XPORT_RECV) {
+            if (cqe[i].status == 0 && cqe[i].len == 8)
+                c->mark = get_u64(cqe[i].data);
+            continue;
+        }
+        if (cqe[i].status < 0)
             return kvn_err_set(err, cqe[i].status, "unexpected completion error: %s", cqe[i].msg);
     }
     return n;
@@ -317,7 +333,7 @@ static int conn_wait(struct xb_conn *c, short events, struct kvn_err *err)
         /* The socket is checked once per 64 progress calls: a poll() per
          * progress call cost the server ~20% of its CPU (perf, ofi+tcp). */
         for (int i = 0; c->x && i < 64; i++) {
-            int rc = progress_domain(c->x, err);
+            int rc = progress_domain(c, err);
             if (rc < 0)
                 return rc;
         }
@@ -519,6 +535,7 @@ struct xb_session {
     unsigned char *buf;
     uint64_t buf_len;
     struct xb_conn conn;
+    uint64_t runs; /* client: sizes run so far (the end-of-run number) */
 };
 
 static void session_close(struct xb_session *s)
@@ -603,18 +620,29 @@ static int server_size(struct xb_session *s, const unsigned char *p, uint32_t le
     return 0;
 }
 
-/* After a write run: the client's completions may precede delivery on some
- * backends, so keep progressing and re-checking for a bounded time. */
-static uint64_t server_check(struct xb_session *s, uint64_t bytes, uint64_t seed)
+/*
+ * Waits (progressing) for the client's end-of-run notification number run:
+ * kvn_xport_notify orders it after the run's WRITEs on every backend that
+ * completes writes before delivery (UCX flushes first; ofi uses delivery
+ * completion; verbs RC is in order), so once it is here every byte has
+ * landed and the buffer may be checked, reused or unregistered.  Without
+ * this barrier a server could unmap its buffer while UCX-over-TCP puts were
+ * still arriving (seen: ucp_put_handler abort on a BYE right after the run).
+ */
+static int server_barrier(struct xb_session *s, uint64_t run, struct kvn_err *err)
 {
-    uint64_t deadline = now_ns() + 5000000000ull, bad;
-    for (;;) {
-        bad = pattern_check(s->buf, bytes, seed);
-        if (bad == bytes || now_ns() > deadline)
-            return bad;
-        for (int i = 0; i < 1000; i++)
-            progress_domain(s->x, NULL);
+    uint64_t deadline = now_ns() + (uint64_t)s->conn.timeout_ms * 1000000ull;
+    while (s->conn.mark < run) {
+        int rc = progress_domain(&s->conn, err);
+        if (rc < 0)
+            return rc;
+        if (now_ns() > deadline)
+            return kvn_err_set(err, -ETIMEDOUT,
+                               "no end-of-run notification from the client "
+                               "within %d ms",
+                               s->conn.timeout_ms);
     }
+    return 0;
 }
 
 static int run_server(struct xb_opts *o, struct kvn_err *err)
@@ -716,11 +744,16 @@ static int run_server(struct xb_opts *o, struct kvn_err *err)
         rc = frame_recv(&s.conn, XB_DONE, pay, sizeof(pay), &plen, err);
         if (rc < 0)
             goto out;
+        if (plen != 9) {
+            rc = kvn_err_set(err, -EPROTO, "DONE of %u bytes, expected 9", plen);
+            goto refuse;
+        }
+        if ((rc = server_barrier(&s, get_u64(pay + 1), err)) < 0)
+            goto refuse;
         unsigned char res[16];
         uint64_t bad = bytes;
-        bool check = plen == 1 && pay[0] && o->op == XB_OP_WRITE;
-        if (check)
-            bad = server_check(&s, bytes, seed);
+        if (pay[0] && o->op == XB_OP_WRITE)
+            bad = pattern_check(s.buf, bytes, seed);
         put_u64(res, bad == bytes ? 1 : 0);
         put_u64(res + 8, bad);
         if ((rc = frame_send(&s.conn, XB_RESULT, res, sizeof(res), err)) < 0)
@@ -759,17 +792,20 @@ static double percentile_us(uint64_t *sorted, uint32_t n, double p)
 
 /* Turns raw timestamps into figures; sorts lat_ns in place. */
 static void compute_figures(struct xb_run *r, const struct xb_opts *o, uint64_t bytes, uint64_t t0,
-                            struct xb_result *res)
+                            uint64_t t_end, struct xb_result *res)
 {
     uint32_t n = o->iters;
-    uint64_t t_end = r->done_ns[n - 1];
     double elapsed = (double)(t_end > t0 ? t_end - t0 : 1);
     res->bytes = bytes;
     res->iters = n;
     res->bw_avg_gbps = (double)bytes * n / elapsed;
     res->msg_rate_mpps = (double)n * 1000.0 / elapsed;
 
-    uint32_t w = 2 * o->depth > 16 ? 2 * o->depth : 16;
+    uint32_t w = 4 * o->depth;
+    if (w < n / 16)
+        w = n / 16;
+    if (w < 16)
+        w = 16;
     if (w > n)
         w = n;
     double peak = res->bw_avg_gbps;
@@ -868,8 +904,38 @@ static int run_transfers(struct xb_session *s, struct xb_run *r, uint64_t bytes,
     }
     if (show && next_show > 0)
         fprintf(stderr, "\r%60s\r", "");
-    compute_figures(r, o, bytes, r->post_ns[o->warmup], res);
     return 0;
+}
+
+/*
+ * After a run: one notification carrying the run number, and its SEND
+ * completion awaited.  The server waits for it before checking or releasing
+ * its buffer (see server_barrier).  Not part of the measured time.
+ */
+static int client_barrier(struct xb_session *s, uint64_t run, struct kvn_err *err)
+{
+    unsigned char msg[8];
+    put_u64(msg, run);
+    int rc = kvn_xport_notify(s->peer, msg, sizeof(msg), UINT64_MAX, err);
+    if (rc < 0)
+        return rc;
+    uint64_t deadline = now_ns() + XB_STALL_NS;
+    for (;;) {
+        struct kvn_xport_cqe cqe[XB_CQ_BATCH];
+        int n = kvn_xport_poll(s->x, cqe, XB_CQ_BATCH);
+        if (n < 0)
+            return kvn_err_set(err, n, "poll: %s", kvn_err_name(n));
+        for (int i = 0; i < n; i++) {
+            if (cqe[i].kind != KVN_XPORT_SEND || cqe[i].cookie != UINT64_MAX)
+                continue;
+            if (cqe[i].status < 0)
+                return kvn_err_set(err, cqe[i].status, "end-of-run notification failed: %s",
+                                   cqe[i].msg);
+            return 0;
+        }
+        if (now_ns() > deadline)
+            return kvn_err_set(err, -ETIMEDOUT, "end-of-run notification not sent in 30 s");
+    }
 }
 
 static int client_size(struct xb_session *s, struct xb_run *r, uint64_t bytes, uint64_t seed,
@@ -890,10 +956,20 @@ static int client_size(struct xb_session *s, struct xb_run *r, uint64_t bytes, u
         rc = frame_recv(&s->conn, XB_READY, pay, sizeof(pay), &len, err);
     if (rc == 0)
         rc = run_transfers(s, r, bytes, res, err);
+    if (rc == 0)
+        rc = client_barrier(s, ++s->runs, err);
     if (rc < 0)
         return rc;
-    unsigned char v = o->verify;
-    rc = frame_send(&s->conn, XB_DONE, &v, 1, err);
+    /* The run ends when its bytes are at the target: the barrier's completion
+     * (as ucx_perftest, whose put_bw clock stops after the receiver's ack and
+     * a flush).  Over backends whose WRITE completion is local (UCX) the last
+     * op completion alone would overstate the bandwidth. */
+    uint64_t t_end = now_ns();
+    compute_figures(r, o, bytes, r->post_ns[o->warmup], t_end, res);
+    unsigned char done[9];
+    done[0] = o->verify;
+    put_u64(done + 1, s->runs);
+    rc = frame_send(&s->conn, XB_DONE, done, sizeof(done), err);
     if (rc == 0)
         rc = frame_recv(&s->conn, XB_RESULT, pay, sizeof(pay), &len, err);
     if (rc < 0)
@@ -1107,7 +1183,7 @@ static int run_memcpy(struct xb_opts *o, struct kvn_err *err)
         }
         struct xb_result res;
         memset(&res, 0, sizeof(res));
-        compute_figures(&r, o, bytes, r.post_ns[o->warmup], &res);
+        compute_figures(&r, o, bytes, r.post_ns[o->warmup], r.done_ns[o->iters - 1], &res);
         res.verified = -1;
         if (o->verify) {
             res.verified = pattern_check(dst, bytes, bytes) == bytes;
