@@ -594,6 +594,104 @@ static void write_back_without_room_deletes(void **state)
     fx_free(f);
 }
 
+/* thousands of nodes in many namespaces: every table and heap grows and rehashes */
+static void big_tree_grows_every_table(void **state)
+{
+    (void)state;
+    enum { NS = 40, PER_NS = 120, LEN = 6 };
+    struct fixture *f = fx_new(1, NS * PER_NS * LEN, 0, KVN_WRITE_THROUGH, false);
+    f->cfg.sink.emit = NULL;
+    kvn_radix_destroy(f->t);
+    assert_int_equal(kvn_radix_create(&f->cfg, &f->t, NULL), 0);
+    int32_t t[LEN];
+    struct kvn_radix_insert_result r;
+    for (uint64_t ns = 0; ns < NS; ns++)
+        for (int i = 0; i < PER_NS; i++) {
+            /* i's base-5 digits: sequences share prefixes, every one branches */
+            int v = i;
+            for (int k = 0; k < LEN; k++) {
+                t[k] = v % 5;
+                v /= 5;
+            }
+            assert_int_equal(kvn_radix_insert(f->t, ns, t, LEN, NULL, ns * PER_NS + i, &r, NULL),
+                             0);
+        }
+    struct kvn_radix_stats st = fx_stats(f);
+    assert_int_equal(st.namespaces, NS);
+    assert_true(st.nodes > 2000); /* several slab chunks, child map and heaps rehashed */
+    fx_check(f);
+    for (uint64_t ns = 0; ns < NS; ns += 7)
+        for (int i = 0; i < PER_NS; i += 11) {
+            int v = i;
+            for (int k = 0; k < LEN; k++) {
+                t[k] = v % 5;
+                v /= 5;
+            }
+            assert_int_equal(fx_match(f, ns, t, LEN, 1u << 20).device_tokens, LEN);
+        }
+    struct kvn_radix_evict_result er;
+    assert_int_equal(kvn_radix_evict_l1(f->t, UINT32_MAX, &er, NULL), 0);
+    st = fx_stats(f);
+    assert_int_equal(st.nodes, 0);
+    assert_int_equal(st.l1_used, 0);
+    fx_check(f);
+    assert_int_equal(kvn_radix_reset(f->t, NULL), 0);
+    fx_free(f);
+}
+
+static void empty_insert_and_load_back(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(2, 4, 8, KVN_WRITE_THROUGH, false);
+    int32_t t[2] = {1, 2};
+    struct kvn_radix_insert_result r;
+    struct kvn_radix_stats st0 = fx_stats(f);
+    assert_int_equal(kvn_radix_insert(f->t, 0, t, 0, NULL, 1, &r, NULL), 0);
+    assert_int_equal(r.inserted_tokens, 0);
+    assert_int_equal(r.last_node, 0);
+    assert_int_equal(kvn_radix_insert(f->t, 0, NULL, 0, NULL, 1, &r, NULL), 0);
+    struct kvn_radix_job_result jr;
+    assert_int_equal(kvn_radix_load_back(f->t, 0, t, 2, NULL, 0, 1, &jr, NULL), 0); /* no ns */
+    assert_int_equal(jr.ack_id, 0);
+    struct kvn_radix_stats st1 = fx_stats(f);
+    assert_stats_equal(&st0, &st1);
+    fx_free(f);
+}
+
+static void load_back_submit_refused(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(2, 2, 8, KVN_WRITE_THROUGH, false);
+    int32_t t[4] = {1, 2, 3, 4};
+    struct kvn_radix_insert_result r;
+    backed(f, t, 4, 1, &r);
+    struct kvn_radix_evict_result er;
+    assert_int_equal(kvn_radix_evict_l1(f->t, 2, &er, NULL), 0);
+    assert_int_equal(fx_match(f, 0, t, 4, 3).host_tokens, 4);
+    /* the copy submitter refuses the load: rolled back, its code returned */
+    f->jobs.fail_next = -EAGAIN;
+    struct kvn_radix_job_result jr;
+    struct kvn_radix_stats st0 = fx_stats(f);
+    uint32_t ev0 = f->rec.n;
+    struct kvn_err err;
+    assert_int_equal(kvn_radix_load_back(f->t, 0, t, 4, NULL, 0, 4, &jr, &err), -EAGAIN);
+    assert_int_equal(err.code, -EAGAIN);
+    struct kvn_radix_stats st1 = fx_stats(f);
+    assert_int_equal(st1.copy_submit_failures, st0.copy_submit_failures + 1);
+    assert_int_equal(st1.l1_used, st0.l1_used);
+    assert_int_equal(st1.pending_jobs, 0);
+    assert_int_equal(st1.locked_nodes, 0);
+    assert_int_equal(f->rec.n, ev0);
+    assert_int_equal(fx_match(f, 0, t, 4, 5).host_tokens, 4);
+    fx_check(f);
+    /* and then it works */
+    assert_int_equal(kvn_radix_load_back(f->t, 0, t, 4, NULL, 0, 6, &jr, NULL), 0);
+    assert_int_equal(jr.n_pages, 2);
+    assert_int_equal(kvn_radix_ack(f->t, jr.ack_id, true, NULL), 0);
+    assert_int_equal(fx_match(f, 0, t, 4, 7).device_tokens, 4);
+    fx_free(f);
+}
+
 /* ---------------------------------------------------------------- refusals */
 
 #define REFUSED(f, call, want_)                                                                    \
@@ -803,6 +901,9 @@ int main(void)
         cmocka_unit_test(storage_failure_and_disk_removal),
         cmocka_unit_test(protected_node_is_never_deleted),
         cmocka_unit_test(write_back_without_room_deletes),
+        cmocka_unit_test(big_tree_grows_every_table),
+        cmocka_unit_test(empty_insert_and_load_back),
+        cmocka_unit_test(load_back_submit_refused),
         cmocka_unit_test(refusals_create),
         cmocka_unit_test(refusals_match_insert),
         cmocka_unit_test(refusals_ids_and_acks),
