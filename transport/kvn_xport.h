@@ -190,9 +190,12 @@ int kvn_xport_connect(struct kvn_xport *x, const void *blob, size_t len,
 
 /*
  * Disconnects: the peer's outstanding ops complete with -ECANCELED (on the
- * next polls), later notifications from it carry peer == NULL.  rmrs
- * unpacked for it stay valid objects (posts on them fail with -ENOTCONN)
- * until kvn_xport_rmr_free().  NULL is ignored.
+ * next polls; their cqes carry peer == NULL), later notifications from it
+ * carry peer == NULL.  p must not be used afterwards, except that while
+ * rmrs unpacked for it are alive the handle stays valid and calls taking
+ * it (post, notify, rmr_unpack) fail with -ENOTCONN; it goes away with the
+ * last kvn_xport_rmr_free().  NULL and a second call are ignored while the
+ * handle is valid.
  */
 void kvn_xport_disconnect(struct kvn_xport_peer *p);
 

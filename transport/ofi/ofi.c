@@ -24,6 +24,12 @@
  * (the provider must not need FI_CONTEXT: we ask for mode 0).  -FI_EAGAIN
  * on post progresses the CQ and retries, bounded by op_timeout_ms.
  *
+ * Completion semantics: writes are posted with FI_DELIVERY_COMPLETE (the
+ * provider's default op flag once requested), so a WRITE completion means
+ * the bytes are at the target.  Without it, rxm/tcp completes a write once
+ * it is sent, and shm completes small (<= 4 KiB, inline/inject) writes
+ * before the target has copied them.
+ *
  * Notifications: a ring of pre-posted receive buffers (hdr + max_msg_size
  * each) and a pool of send buffers; fi_send with a completion.
  *
