@@ -773,6 +773,8 @@ static void refusals_match_insert(void **state)
     REFUSED(f, kvn_radix_insert(f->t, 0, NULL, 4, s, 1, &ir, &err), -EINVAL);
     REFUSED(f, kvn_radix_insert(f->t, 0, t, 5, ok2, 1, &ir, &err), -EINVAL); /* unaligned */
     REFUSED(f, kvn_radix_insert(f->t, KVN_RADIX_NS_INVALID, t, 4, ok2, 1, &ir, &err), -EINVAL);
+    /* huge lengths are refused before any token is read */
+    REFUSED(f, kvn_radix_insert(f->t, 0, t, (size_t)UINT32_MAX + 1, NULL, 1, &ir, &err), -EINVAL);
     uint32_t far[] = {0, 0, 8};
     REFUSED(f, kvn_radix_insert(f->t, 0, t, 6, far, 1, &ir, &err), -EINVAL); /* slot range */
     uint32_t far_prefix[] = {8, 0, 2}; /* even a not-adopted entry must be a slot */
@@ -866,6 +868,8 @@ static void refusals_load_back(void **state)
     REFUSED(f, kvn_radix_load_back(f->t, 0, NULL, 4, NULL, 0, 1, &jr, &err), -EINVAL);
     REFUSED(f, kvn_radix_load_back(f->t, 0, t, 3, NULL, 0, 1, &jr, &err), -EINVAL);
     REFUSED(f, kvn_radix_load_back(f->t, KVN_RADIX_NS_INVALID, t, 4, NULL, 0, 1, &jr, &err),
+            -EINVAL);
+    REFUSED(f, kvn_radix_load_back(f->t, 0, t, (size_t)UINT32_MAX + 1, NULL, 0, 1, &jr, &err),
             -EINVAL);
     uint32_t far[] = {3, 8};
     REFUSED(f, kvn_radix_load_back(f->t, 0, t, 4, far, 2, 1, &jr, &err), -EINVAL);
