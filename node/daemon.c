@@ -597,6 +597,8 @@ static int h_stats(struct kvn_node *n, struct kvn_err *err)
     r_u64(r, "batches_published", es.batches_published);
     r_u64(r, "events_dropped", es.events_dropped);
     r_u64(r, "batches_dropped", es.batches_dropped);
+    r_u64(r, "event_encode_errors", es.encode_errors);
+    r_u64(r, "events_next_seq", es.next_seq);
     r_u64(r, "replay_requests", es.replay_requests);
     r_u64(r, "replay_bad", es.replay_bad);
     r_u64(r, "rpc_requests", n->rpc_requests);

@@ -16,9 +16,9 @@
  * request with the wrong frame count or a start_seq that is not 8 bytes is
  * dropped and counted (replay_bad).
  *
- * This is the node's adapter over the events room's codec; when the events
- * room's publisher (node/events/) lands, this file becomes a thin wrapper so
- * that the loop keeps calling add() per event and flush() per tick.
+ * This is the node's adapter over the events room's publisher
+ * (node/events/event_pub.h): the loop calls add() per event (the tree's sink)
+ * and flush() once per tick, and reads the counters for stats.
  *
  * Thread rules: one thread (the event loop) owns an evout.
  */
