@@ -26,10 +26,14 @@
 #include "node/events/event_pub.h"
 
 static void *zctx;
+static bool test_done; /* set by each test's last line; see teardown */
 
+/* One ZMQ context per test.  A failed test leaves sockets open, and zmq_ctx_term would
+ * then wait for them forever: such a context is only shut down (and leaked). */
 static int setup(void **state)
 {
     (void)state;
+    test_done = false;
     zctx = zmq_ctx_new();
     return zctx ? 0 : -1;
 }
@@ -37,9 +41,15 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    zmq_ctx_term(zctx);
+    if (test_done)
+        zmq_ctx_term(zctx);
+    else
+        zmq_ctx_shutdown(zctx);
+    zctx = NULL;
     return 0;
 }
+
+#define DONE() (test_done = true)
 
 /* Batch b of the workload: a 3-page sequence on GPU, its first 2 pages on CPU_PINNED, and
  * every third batch the GPU copies of pages 1..2 removed again. */
@@ -85,6 +95,8 @@ static unsigned removed_in(uint32_t from, uint32_t count)
 
 struct consumer {
     pid_t pid;
+    bool replay;
+    uint64_t served_before;
     char out[64], ready[64];
 };
 
@@ -96,6 +108,10 @@ static void start_consumer(struct consumer *c, struct kvn_events_pub *pub, const
     snprintf(c->out, sizeof(c->out), "/tmp/kvn_evtest_out.%d", (int)getpid());
     snprintf(c->ready, sizeof(c->ready), "/tmp/kvn_evtest_ready.%d", (int)getpid());
     unlink(c->ready);
+    c->replay = replay;
+    struct kvn_events_pub_stats st;
+    kvn_events_pub_get_stats(pub, &st);
+    c->served_before = st.replay_served + st.replay_truncated;
     c->pid = fork();
     assert_true(c->pid >= 0);
     if (c->pid == 0) {
@@ -146,7 +162,12 @@ static int run_consumer(struct consumer *c, struct kvn_events_pub *pub, uint32_t
         } else {
             usleep(50 * 1000);
         }
-        if (!published && access(c->ready, F_OK) == 0) {
+        /* Live batches go out once the consumer is subscribed and, when it replays, once its
+         * replay was served, so that what it sees live and by replay is deterministic. */
+        struct kvn_events_pub_stats st;
+        kvn_events_pub_get_stats(pub, &st);
+        bool replayed = !c->replay || st.replay_served + st.replay_truncated > c->served_before;
+        if (!published && replayed && access(c->ready, F_OK) == 0) {
             publish(pub, from, live);
             published = true;
         }
@@ -227,6 +248,7 @@ static void test_consumer_replay_and_live(void **state)
     assert_int_equal(st.dropped, 0);
     assert_int_equal(st.history, 42);
     kvn_events_pub_destroy(pub);
+    DONE();
 }
 
 /* History of 8: a late joiner replays only the 8 newest of 20, then follows live. */
@@ -255,6 +277,7 @@ static void test_consumer_history_bound(void **state)
     assert_int_equal(st.replay_batches, 8);
     assert_int_equal(st.history, 8);
     kvn_events_pub_destroy(pub);
+    DONE();
 }
 
 /* vLLM flavour: map form, a topic, topic frame in replay replies. */
@@ -273,6 +296,7 @@ static void test_consumer_map_topic(void **state)
     expect_in(summary, "\"last_seq\": 9");
     expect_in(summary, "\"errors\": []");
     kvn_events_pub_destroy(pub);
+    DONE();
 }
 
 /* Live only (no replay endpoint): the consumer sees exactly the live batches. */
@@ -296,6 +320,7 @@ static void test_consumer_live_only(void **state)
     expect_in(summary, "\"batches\": 7");
     expect_in(summary, "\"last_seq\": 9");
     kvn_events_pub_destroy(pub);
+    DONE();
 }
 
 /* Receives one reply message on a DEALER: frames after the empty delimiter. */
@@ -413,6 +438,7 @@ static void test_replay_protocol(void **state)
     assert_int_equal(st.replay_truncated, 0);
     zmq_close(d);
     kvn_events_pub_destroy(pub);
+    DONE();
 }
 
 /* A subscriber that never reads: the publisher never blocks and counts what it drops; the
@@ -457,6 +483,7 @@ static void test_overflow_counted(void **state)
     assert_true(got <= 8); /* bounded by the two high-water marks */
     zmq_close(sub);
     kvn_events_pub_destroy(pub);
+    DONE();
 }
 
 static int sink_count;
@@ -531,18 +558,19 @@ static void test_sink_and_errors(void **state)
     (void)sink_count;
     kvn_events_pub_destroy(pub);
     kvn_events_pub_destroy(NULL);
+    DONE();
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_consumer_replay_and_live),
-        cmocka_unit_test(test_consumer_history_bound),
-        cmocka_unit_test(test_consumer_map_topic),
-        cmocka_unit_test(test_consumer_live_only),
-        cmocka_unit_test(test_replay_protocol),
-        cmocka_unit_test(test_overflow_counted),
-        cmocka_unit_test(test_sink_and_errors),
+        cmocka_unit_test_setup_teardown(test_consumer_replay_and_live, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_consumer_history_bound, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_consumer_map_topic, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_consumer_live_only, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_replay_protocol, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_overflow_counted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sink_and_errors, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, NULL, NULL);
 }
