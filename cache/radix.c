@@ -351,7 +351,7 @@ static struct rnode *node_new(struct kvn_radix *t)
     memset(n, 0, sizeof(*n));
     n->gen = gen;
     n->slot = slot;
-    n->id = ((uint64_t)gen << 32) | ((uint64_t)slot + 1);
+    n->id = ((uint64_t)(gen ^ t->cfg.id_salt) << 32) | ((uint64_t)slot + 1);
     n->hpos[0] = n->hpos[1] = -1;
     return n;
 }
@@ -981,7 +981,7 @@ static struct rjob *job_alloc(struct kvn_radix *t, uint32_t n_pages)
     uint32_t slot = (uint32_t)(j - t->jobs);
     t->job_free_head = j->free_next;
     j->free_next = 0;
-    j->ack_id = ((uint64_t)j->gen << 32) | ((uint64_t)slot + 1);
+    j->ack_id = ((uint64_t)(j->gen ^ t->cfg.id_salt) << 32) | ((uint64_t)slot + 1);
     j->head = j->tail = NULL;
     j->n_pages = 0;
     j->orphan = false;

@@ -273,6 +273,14 @@ struct kvn_radix_config {
     struct kvn_kv_event_sink sink;
     struct kvn_copy_ops copy;
     struct kvn_storage_ops storage;
+    /*
+     * Mixed into the high half of every node id and ack id. Ids are unique
+     * within one tree; a caller that replaces a tree while copies of the old
+     * one may still complete (node/ re-attaching L1) gives each instance a
+     * different salt, so a late ack or a stale node id of the old tree is
+     * refused with -ENOENT by the new one instead of hitting its own jobs.
+     */
+    uint32_t id_salt;
 };
 
 struct kvn_radix;

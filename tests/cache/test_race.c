@@ -432,14 +432,38 @@ static void race_split_keeps_locks(void **state)
     fx_free(f);
 }
 
+/* a replaced tree: the old tree's late acks and ids mean nothing to the new one */
+static void race_salted_ids_across_trees(void **state)
+{
+    (void)state;
+    struct fixture *a = fx_new(2, 16, 16, KVN_WRITE_THROUGH, false);
+    struct fixture *b = fx_new(2, 16, 16, KVN_WRITE_THROUGH, false);
+    b->cfg.id_salt = 0x5a17u;
+    kvn_radix_destroy(b->t);
+    assert_int_equal(kvn_radix_create(&b->cfg, &b->t, NULL), 0);
+    uint32_t s01[] = {0, 1};
+    struct kvn_radix_insert_result ra, rb;
+    fx_insert(a, 0, T1234, 4, s01, 1, &ra);
+    fx_insert(b, 0, T1234, 4, s01, 1, &rb);
+    assert_int_not_equal(ra.backup_ack_id, rb.backup_ack_id);
+    assert_int_not_equal(ra.last_node, rb.last_node);
+    assert_int_equal(kvn_radix_ack(b->t, ra.backup_ack_id, true, NULL), -ENOENT);
+    assert_int_equal(kvn_radix_lock(b->t, ra.last_node, NULL), -ENOENT);
+    assert_int_equal(kvn_radix_ack(b->t, rb.backup_ack_id, true, NULL), 0);
+    assert_int_equal(kvn_radix_ack(a->t, ra.backup_ack_id, true, NULL), 0);
+    fx_free(a);
+    fx_free(b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(race_a_split_while_pending), cmocka_unit_test(race_b_storage_fragments),
-        cmocka_unit_test(race_c_nested_split),        cmocka_unit_test(race_d_reverse_acks),
-        cmocka_unit_test(race_e_evict_while_pending), cmocka_unit_test(race_f_write_back),
-        cmocka_unit_test(race_g_reset_while_pending), cmocka_unit_test(race_h_failed_ack),
-        cmocka_unit_test(race_submit_refused),        cmocka_unit_test(race_split_keeps_locks),
+        cmocka_unit_test(race_a_split_while_pending),   cmocka_unit_test(race_b_storage_fragments),
+        cmocka_unit_test(race_c_nested_split),          cmocka_unit_test(race_d_reverse_acks),
+        cmocka_unit_test(race_e_evict_while_pending),   cmocka_unit_test(race_f_write_back),
+        cmocka_unit_test(race_g_reset_while_pending),   cmocka_unit_test(race_h_failed_ack),
+        cmocka_unit_test(race_submit_refused),          cmocka_unit_test(race_split_keeps_locks),
+        cmocka_unit_test(race_salted_ids_across_trees),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
