@@ -158,6 +158,7 @@ struct vpage { /* one page of the tree snapshot */
     bool in_l1, in_l2, in_l3, loading, pending_write, anc_pending_write;
     uint32_t l1, l2;
     uint64_t pending_ack;
+    uint64_t ns;
 };
 
 struct vnode {
@@ -176,6 +177,7 @@ struct logged_event {
 struct model {
     uint64_t seed, rng, cb_rng;
     uint32_t ps, alphabet;
+    uint32_t n_ns; /* namespaces in use: NS_IDS[0..n_ns) */
     struct kvn_radix_config cfg;
     struct kvn_radix *tree;
     uint64_t step, tick;
@@ -224,7 +226,7 @@ struct model {
     char failure[512];
     bool failed;
     bool storage_ok_frag; /* set by the storage hook when a fragment was checked */
-    uint64_t counts[16];
+    uint64_t counts[20];
 };
 
 static void model_fail(struct model *m, const char *fmt, ...)
@@ -571,6 +573,7 @@ static void snapshot(struct model *m)
             vp->pending_write = pw;
             vp->anc_pending_write = anc_pw;
             vp->pending_ack = vn->info.pending_ack;
+            vp->ns = vn->info.ns;
             vp->l1 = vn->info.l1_slots ? vn->info.l1_slots[p] : UINT32_MAX;
             vp->l2 = vn->info.l2_pages ? vn->info.l2_pages[p] : UINT32_MAX;
         }
@@ -771,18 +774,25 @@ struct ref_match {
     int64_t hashes[MAX_PAGES];
 };
 
-static void ref_match(struct model *m, const int32_t *tok, uint32_t n, struct ref_match *r)
+static void ref_match(struct model *m, uint64_t ns, const int32_t *tok, uint32_t n,
+                      struct ref_match *r)
 {
     r->pages = chain(tok, n, m->ps, r->hashes);
     r->device = r->host = 0;
     r->first_loading = -1;
+    /* a page of another namespace never matches: alphabets are disjoint per
+     * namespace, so a hash names one namespace's page */
     uint32_t p = 0;
-    while (p < r->pages && announced(m, r->hashes[p], KVN_MEDIUM_GPU))
+    while (p < r->pages && announced(m, r->hashes[p], KVN_MEDIUM_GPU)) {
+        struct vpage *vp = view_find(m, r->hashes[p]);
+        if (!vp || vp->ns != ns)
+            break;
         p++;
+    }
     r->device = p;
     while (p < r->pages) {
         struct vpage *vp = view_find(m, r->hashes[p]);
-        if (vp && vp->loading)
+        if (!vp || vp->ns != ns || vp->loading)
             break;
         if (!announced(m, r->hashes[p], KVN_MEDIUM_CPU_PINNED))
             break;
@@ -791,7 +801,7 @@ static void ref_match(struct model *m, const int32_t *tok, uint32_t n, struct re
     r->host = p - r->device;
     for (uint32_t q = 0; q < r->pages; q++) {
         struct vpage *vp = view_find(m, r->hashes[q]);
-        if (vp && vp->loading) {
+        if (vp && vp->ns == ns && vp->loading) {
             r->first_loading = (int32_t)q;
             break;
         }
@@ -800,21 +810,38 @@ static void ref_match(struct model *m, const int32_t *tok, uint32_t n, struct re
 
 /* ------------------------------------------------------- the operations */
 
-static uint32_t gen_seq(struct model *m, int32_t *tok)
+/*
+ * Namespaces: the default one, a LoRA-like 42 and a third one that some seeds
+ * use beyond max_namespaces. Each has its own token alphabet (offset by 10),
+ * because event hashes do not carry the namespace (SGLang's convention): equal
+ * tokens in two namespaces would be the same block to a consumer.
+ */
+static const uint64_t NS_IDS[3] = {KVN_RADIX_NS_DEFAULT, 42, 99};
+
+/* A sequence from the pool in a random namespace; *ns is where to use it. With
+ * cross, sometimes the namespace of the call differs from the tokens' one. */
+static uint32_t gen_seq(struct model *m, int32_t *tok, uint64_t *ns, bool cross)
 {
+    uint32_t r0 = rng_below(&m->rng, 100);
+    uint32_t nsi = r0 < 65 ? 0 : (r0 < 95 || m->n_ns < 3) ? 1 : 2;
+    int32_t off = 10 * (int32_t)nsi;
     uint32_t b = rng_below(&m->rng, POOL);
     uint32_t pages = rng_below(&m->rng, m->pool_len[b] / m->ps + 1);
     uint32_t n = pages * m->ps;
-    memcpy(tok, m->pool[b], n * sizeof(*tok));
+    for (uint32_t i = 0; i < n; i++)
+        tok[i] = m->pool[b][i] + off;
     uint32_t r = rng_below(&m->rng, 10);
     if (r < 3 && n) { /* mutate one token: a divergence inside a node */
-        tok[rng_below(&m->rng, n)] = 1 + (int32_t)rng_below(&m->rng, m->alphabet);
+        tok[rng_below(&m->rng, n)] = off + 1 + (int32_t)rng_below(&m->rng, m->alphabet);
     } else if (r < 5) { /* extend with random pages */
         uint32_t extra = 1 + rng_below(&m->rng, 2);
         while (extra-- && n + m->ps <= MAX_TOK)
             for (uint32_t i = 0; i < m->ps; i++)
-                tok[n++] = 1 + (int32_t)rng_below(&m->rng, m->alphabet);
+                tok[n++] = off + 1 + (int32_t)rng_below(&m->rng, m->alphabet);
     }
+    *ns = NS_IDS[nsi];
+    if (cross && rng_below(&m->rng, 10) == 0)
+        *ns = NS_IDS[(nsi + 1) % m->n_ns];
     return n;
 }
 
@@ -885,9 +912,10 @@ static uint32_t free_l1_slots(struct model *m, uint32_t *out, uint32_t cap)
 static void op_insert(struct model *m, bool explicit_slots)
 {
     int32_t tok[MAX_TOK];
-    uint32_t n = gen_seq(m, tok);
+    uint64_t ns;
+    uint32_t n = gen_seq(m, tok, &ns, false);
     struct ref_match ref;
-    ref_match(m, tok, n, &ref);
+    ref_match(m, ns, tok, n, &ref);
     char ts[128];
     fmt_tokens(ts, sizeof(ts), tok, n);
     uint32_t slots[MAX_PAGES];
@@ -908,12 +936,25 @@ static void op_insert(struct model *m, bool explicit_slots)
             }
         }
     }
-    hist(m, "insert [%s] %s", ts, explicit_slots ? "explicit" : "auto");
+    hist(m, "insert ns %llu [%s] %s", (unsigned long long)ns, ts,
+         explicit_slots ? "explicit" : "auto");
     struct kvn_radix_stats before = stats_of(m);
     struct kvn_radix_insert_result res;
     struct kvn_err err;
-    int rc = kvn_radix_insert(m->tree, KVN_RADIX_NS_DEFAULT, tok, n,
+    int rc = kvn_radix_insert(m->tree, ns, tok, n,
                               explicit_slots ? slots : NULL, ++m->tick, &res, &err);
+    /* a new namespace beyond max_namespaces may be refused (-ENOSPC): one whose
+     * pages are all gone may have lost its root, the default namespace too */
+    bool ns_limited = false;
+    if (m->cfg.max_namespaces && before.namespaces >= m->cfg.max_namespaces) {
+        ns_limited = true;
+        for (uint32_t i = 0; i < m->n_view; i++)
+            ns_limited &= m->view[i].ns != ns;
+    }
+    if (rc == -ENOSPC && ns_limited) {
+        m->counts[16]++;
+        REFUSE("insert in a namespace beyond the limit", rc, -ENOSPC, &before, &err);
+    }
     if (bad_slot)
         REFUSE("insert with a slot >= l1_pages", rc, -EINVAL, &before, &err);
     if (rc == -ENOSPC && !explicit_slots) {
@@ -988,22 +1029,23 @@ static void op_insert(struct model *m, bool explicit_slots)
 static void op_match(struct model *m)
 {
     int32_t tok[MAX_TOK];
-    uint32_t n = gen_seq(m, tok);
+    uint64_t ns;
+    uint32_t n = gen_seq(m, tok, &ns, true);
     /* a partial tail is ignored */
     uint32_t extra = rng_below(&m->rng, m->ps);
     for (uint32_t i = 0; i < extra && n < MAX_TOK; i++)
         tok[n++] = 1 + (int32_t)rng_below(&m->rng, m->alphabet);
     struct ref_match ref;
-    ref_match(m, tok, n, &ref);
+    ref_match(m, ns, tok, n, &ref);
     char ts[128];
     fmt_tokens(ts, sizeof(ts), tok, n);
-    hist(m, "match [%s]", ts);
+    hist(m, "match ns %llu [%s]", (unsigned long long)ns, ts);
     struct kvn_radix_match r;
     uint32_t slots[MAX_PAGES + 1];
     uint32_t cap = rng_below(&m->rng, MAX_PAGES + 1);
     struct kvn_err err;
     struct kvn_radix_stats before = stats_of(m);
-    int rc = kvn_radix_match_prefix(m->tree, KVN_RADIX_NS_DEFAULT, tok, n, ++m->tick, slots, cap,
+    int rc = kvn_radix_match_prefix(m->tree, ns, tok, n, ++m->tick, slots, cap,
                                     &r, &err);
     if (rc < 0)
         FAIL("match failed: %s", err.msg);
@@ -1291,20 +1333,22 @@ static void op_evict(struct model *m, bool l2)
 static void op_load_back(struct model *m)
 {
     int32_t tok[MAX_TOK];
-    uint32_t n = gen_seq(m, tok);
+    uint64_t ns;
+    uint32_t n = gen_seq(m, tok, &ns, true);
     struct ref_match ref;
-    ref_match(m, tok, n, &ref);
+    ref_match(m, ns, tok, n, &ref);
     char ts[128];
     fmt_tokens(ts, sizeof(ts), tok, n);
     bool explicit_slots = rng_below(&m->rng, 3) == 0;
     uint32_t slots[256], n_slots = 0;
     if (explicit_slots)
         n_slots = free_l1_slots(m, slots, 1 + rng_below(&m->rng, MAX_PAGES));
-    hist(m, "load_back [%s] %s %u", ts, explicit_slots ? "explicit" : "auto", n_slots);
+    hist(m, "load_back ns %llu [%s] %s %u", (unsigned long long)ns, ts,
+         explicit_slots ? "explicit" : "auto", n_slots);
     struct kvn_radix_stats before = stats_of(m);
     struct kvn_radix_job_result res;
     struct kvn_err err;
-    int rc = kvn_radix_load_back(m->tree, KVN_RADIX_NS_DEFAULT, tok, n,
+    int rc = kvn_radix_load_back(m->tree, ns, tok, n,
                                  explicit_slots ? slots : NULL, n_slots, ++m->tick, &res, &err);
     if (rc == -ENOSPC && !explicit_slots) {
         m->counts[12]++;
@@ -1470,6 +1514,9 @@ static void model_init(struct model *m, uint64_t seed)
     c->write_policy = (enum kvn_write_policy)(seed % 3);
     c->evict_policy = (enum kvn_evict_policy)(seed / 3 % 2);
     c->storage_enabled = seed % 2 == 1;
+    /* every fourth seed uses a third namespace beyond a limit of two */
+    m->n_ns = seed % 4 == 0 ? 3 : 2;
+    c->max_namespaces = seed % 4 == 0 ? 2 : 0;
     c->sink.emit = consume;
     c->sink.ctx = m;
     c->copy.submit = submit;
@@ -1572,7 +1619,7 @@ static void run_seed(uint64_t seed, uint64_t n_ops)
     printf("seed %llu ps %u l1 %u l2 %u wp %d ep %d storage %d: %llu ops; inserts %llu (revive "
            "%llu, enospc %llu), matches %llu (host hits %llu), locks %llu, backups %llu, acks "
            "ok %llu fail %llu, evicted L1 %llu L2 %llu pages, loads %llu, resets %llu, storage "
-           "%llu\n",
+           "%llu, namespace refusals %llu\n",
            (unsigned long long)seed, m->ps, m->cfg.l1_pages, m->cfg.l2_pages,
            (int)m->cfg.write_policy, (int)m->cfg.evict_policy, (int)m->cfg.storage_enabled,
            (unsigned long long)n_ops, (unsigned long long)m->counts[1],
@@ -1582,7 +1629,7 @@ static void run_seed(uint64_t seed, uint64_t n_ops)
            (unsigned long long)m->counts[8], (unsigned long long)m->counts[9],
            (unsigned long long)m->counts[10], (unsigned long long)m->counts[11],
            (unsigned long long)m->counts[13], (unsigned long long)m->counts[14],
-           (unsigned long long)m->counts[15]);
+           (unsigned long long)m->counts[15], (unsigned long long)m->counts[16]);
     model_fini(m);
     free(m);
 }
