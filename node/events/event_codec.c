@@ -14,15 +14,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define BATCH_MAX_BYTES  ((size_t)1 << 30)
+#define BATCH_MAX_BYTES   ((size_t)1 << 30)
 #define BATCH_DEFAULT_CAP 4096
-#define RANK_RESERVE     9 /* dp_rank written after the events by finish() */
+#define RANK_RESERVE      9 /* dp_rank written after the events by finish() */
 
 const char *kvn_events_format_name(enum kvn_events_format f)
 {
     switch (f) {
-    case KVN_EVENTS_FORMAT_ARRAY: return "array";
-    case KVN_EVENTS_FORMAT_MAP: return "map";
+    case KVN_EVENTS_FORMAT_ARRAY:
+        return "array";
+    case KVN_EVENTS_FORMAT_MAP:
+        return "map";
     }
     return "?";
 }
@@ -129,27 +131,58 @@ static inline uint8_t *put_raw(uint8_t *w, const void *s, size_t n)
 #define PUT_LIT(w, lit) put_raw((w), (lit), sizeof(lit) - 1)
 
 /* Constant strings, already in msgpack fixstr form. */
-#define S_BLOCK_STORED   "\xab" "BlockStored"
-#define S_BLOCK_REMOVED  "\xac" "BlockRemoved"
-#define S_ALL_CLEARED    "\xb0" "AllBlocksCleared"
-#define S_GPU            "\xa3" "GPU"
-#define S_CPU_PINNED     "\xaa" "CPU_PINNED"
-#define S_DISK           "\xa4" "DISK"
-#define K_TYPE           "\xa4" "type"
-#define K_BLOCK_HASHES   "\xac" "block_hashes"
-#define K_PARENT         "\xb1" "parent_block_hash"
-#define K_TOKEN_IDS      "\xa9" "token_ids"
-#define K_BLOCK_SIZE     "\xaa" "block_size"
-#define K_LORA_ID        "\xa7" "lora_id"
-#define K_MEDIUM         "\xa6" "medium"
-#define K_LORA_NAME      "\xa9" "lora_name"
+#define S_BLOCK_STORED                                                                             \
+    "\xab"                                                                                         \
+    "BlockStored"
+#define S_BLOCK_REMOVED                                                                            \
+    "\xac"                                                                                         \
+    "BlockRemoved"
+#define S_ALL_CLEARED                                                                              \
+    "\xb0"                                                                                         \
+    "AllBlocksCleared"
+#define S_GPU                                                                                      \
+    "\xa3"                                                                                         \
+    "GPU"
+#define S_CPU_PINNED                                                                               \
+    "\xaa"                                                                                         \
+    "CPU_PINNED"
+#define S_DISK                                                                                     \
+    "\xa4"                                                                                         \
+    "DISK"
+#define K_TYPE                                                                                     \
+    "\xa4"                                                                                         \
+    "type"
+#define K_BLOCK_HASHES                                                                             \
+    "\xac"                                                                                         \
+    "block_hashes"
+#define K_PARENT                                                                                   \
+    "\xb1"                                                                                         \
+    "parent_block_hash"
+#define K_TOKEN_IDS                                                                                \
+    "\xa9"                                                                                         \
+    "token_ids"
+#define K_BLOCK_SIZE                                                                               \
+    "\xaa"                                                                                         \
+    "block_size"
+#define K_LORA_ID                                                                                  \
+    "\xa7"                                                                                         \
+    "lora_id"
+#define K_MEDIUM                                                                                   \
+    "\xa6"                                                                                         \
+    "medium"
+#define K_LORA_NAME                                                                                \
+    "\xa9"                                                                                         \
+    "lora_name"
 
 static inline uint8_t *put_medium(uint8_t *w, enum kvn_medium m)
 {
     switch (m) {
-    case KVN_MEDIUM_GPU: return PUT_LIT(w, S_GPU);
-    case KVN_MEDIUM_CPU_PINNED: return PUT_LIT(w, S_CPU_PINNED);
-    case KVN_MEDIUM_DISK: return PUT_LIT(w, S_DISK);
+    case KVN_MEDIUM_GPU:
+        return PUT_LIT(w, S_GPU);
+    case KVN_MEDIUM_CPU_PINNED:
+        return PUT_LIT(w, S_CPU_PINNED);
+    case KVN_MEDIUM_DISK:
+        return PUT_LIT(w, S_DISK);
     }
     return w; /* unreachable: add() validated the medium */
 }
@@ -383,8 +416,7 @@ struct rd {
 
 static int bad(struct rd *r, const char *what)
 {
-    return kvn_err_set(r->err, -EBADMSG, "malformed event batch at byte %zu: %s", RD_OFF(r),
-                       what);
+    return kvn_err_set(r->err, -EBADMSG, "malformed event batch at byte %zu: %s", RD_OFF(r), what);
 }
 
 static inline size_t left(const struct rd *r)
@@ -456,15 +488,32 @@ static int rd_int(struct rd *r, int64_t *v, bool *big, const char *what)
     int n;
     bool sgn;
     switch (c) {
-    case 0xcc: n = 1, sgn = false; break;
-    case 0xcd: n = 2, sgn = false; break;
-    case 0xce: n = 4, sgn = false; break;
-    case 0xcf: n = 8, sgn = false; break;
-    case 0xd0: n = 1, sgn = true; break;
-    case 0xd1: n = 2, sgn = true; break;
-    case 0xd2: n = 4, sgn = true; break;
-    case 0xd3: n = 8, sgn = true; break;
-    default: return bad(r, what);
+    case 0xcc:
+        n = 1, sgn = false;
+        break;
+    case 0xcd:
+        n = 2, sgn = false;
+        break;
+    case 0xce:
+        n = 4, sgn = false;
+        break;
+    case 0xcf:
+        n = 8, sgn = false;
+        break;
+    case 0xd0:
+        n = 1, sgn = true;
+        break;
+    case 0xd1:
+        n = 2, sgn = true;
+        break;
+    case 0xd2:
+        n = 4, sgn = true;
+        break;
+    case 0xd3:
+        n = 8, sgn = true;
+        break;
+    default:
+        return bad(r, what);
     }
     if (left(r) < 1 + (size_t)n)
         return bad(r, "truncated integer");
@@ -550,7 +599,10 @@ static int rd_skip(struct rd *r)
             continue;
         } else {
             switch (c) {
-            case 0xdc: case 0xdd: case 0xde: case 0xdf: {
+            case 0xdc:
+            case 0xdd:
+            case 0xde:
+            case 0xdf: {
                 uint32_t k;
                 bool m = c == 0xde || c == 0xdf;
                 int rc = rd_container(r, m ? 'm' : 'a', &k, "container");
@@ -559,19 +611,51 @@ static int rd_skip(struct rd *r)
                 pending += m ? 2 * (uint64_t)k : k;
                 continue;
             }
-            case 0xcc: case 0xd0: n = 1; break;
-            case 0xcd: case 0xd1: n = 2; break;
-            case 0xce: case 0xd2: case 0xca: n = 4; break;
-            case 0xcf: case 0xd3: case 0xcb: n = 8; break;
-            case 0xd4: n = 2; break; /* fixext 1: type + 1 */
-            case 0xd5: n = 3; break;
-            case 0xd6: n = 5; break;
-            case 0xd7: n = 9; break;
-            case 0xd8: n = 17; break;
-            case 0xd9: case 0xc4: case 0xda: case 0xc5: case 0xdb: case 0xc6:
-            case 0xc7: case 0xc8: case 0xc9: {
-                int lb = (c == 0xd9 || c == 0xc4 || c == 0xc7) ? 1
-                         : (c == 0xda || c == 0xc5 || c == 0xc8) ? 2 : 4;
+            case 0xcc:
+            case 0xd0:
+                n = 1;
+                break;
+            case 0xcd:
+            case 0xd1:
+                n = 2;
+                break;
+            case 0xce:
+            case 0xd2:
+            case 0xca:
+                n = 4;
+                break;
+            case 0xcf:
+            case 0xd3:
+            case 0xcb:
+                n = 8;
+                break;
+            case 0xd4:
+                n = 2;
+                break; /* fixext 1: type + 1 */
+            case 0xd5:
+                n = 3;
+                break;
+            case 0xd6:
+                n = 5;
+                break;
+            case 0xd7:
+                n = 9;
+                break;
+            case 0xd8:
+                n = 17;
+                break;
+            case 0xd9:
+            case 0xc4:
+            case 0xda:
+            case 0xc5:
+            case 0xdb:
+            case 0xc6:
+            case 0xc7:
+            case 0xc8:
+            case 0xc9: {
+                int lb = (c == 0xd9 || c == 0xc4 || c == 0xc7)   ? 1
+                         : (c == 0xda || c == 0xc5 || c == 0xc8) ? 2
+                                                                 : 4;
                 if (left(r) < 1 + (size_t)lb)
                     return bad(r, "truncated header");
                 n = (size_t)get_be(r->p + 1, lb);
@@ -580,7 +664,8 @@ static int rd_skip(struct rd *r)
                     n += 1; /* ext type byte */
                 break;
             }
-            default: return bad(r, "invalid msgpack type byte");
+            default:
+                return bad(r, "invalid msgpack type byte");
             }
         }
         if (left(r) < (size_t)hdr || n > left(r) - (size_t)hdr)
@@ -615,8 +700,9 @@ enum {
  */
 static int rd_int_array(struct rd *r, char kind, uint32_t *n, const uint8_t **at, void *out)
 {
-    int rc = rd_container(r, 'a', n, kind == 'h' ? "block_hashes: expected an array"
-                                                 : "token_ids: expected an array");
+    int rc = rd_container(r, 'a', n,
+                          kind == 'h' ? "block_hashes: expected an array"
+                                      : "token_ids: expected an array");
     if (rc < 0)
         return rc;
     if (*n > KVN_EVENTS_MAX_ELEMS)
@@ -625,8 +711,9 @@ static int rd_int_array(struct rd *r, char kind, uint32_t *n, const uint8_t **at
     for (uint32_t i = 0; i < *n; i++) {
         int64_t v;
         bool big;
-        rc = rd_int(r, &v, &big, kind == 'h' ? "block hash: expected an integer"
-                                             : "token id: expected an integer");
+        rc = rd_int(r, &v, &big,
+                    kind == 'h' ? "block hash: expected an integer"
+                                : "token id: expected an integer");
         if (rc < 0)
             return rc;
         if (kind == 't') {
@@ -744,8 +831,8 @@ static int rd_tag(struct rd *r, enum kvn_kv_event_type *t)
 static int rd_event_array(struct rd *r, uint32_t n, struct ev_fields *f,
                           struct kvn_events_decoder *d, bool store)
 {
-    static const uint32_t stored[] = {F_HASHES,     F_PARENT,  F_TOKENS,   F_BLOCK_SIZE,
-                                      F_LORA_ID,    F_MEDIUM,  F_LORA_NAME};
+    static const uint32_t stored[] = {F_HASHES,  F_PARENT, F_TOKENS,   F_BLOCK_SIZE,
+                                      F_LORA_ID, F_MEDIUM, F_LORA_NAME};
     static const uint32_t removed[] = {F_HASHES, F_MEDIUM};
     if (n == 0)
         return bad(r, "empty event array");
@@ -797,8 +884,8 @@ static uint32_t key_bit(const uint8_t *s, uint32_t n)
     return 0;
 }
 
-static int rd_event_map(struct rd *r, uint32_t n, struct ev_fields *f,
-                        struct kvn_events_decoder *d, bool store)
+static int rd_event_map(struct rd *r, uint32_t n, struct ev_fields *f, struct kvn_events_decoder *d,
+                        bool store)
 {
     bool have_type = false;
     for (uint32_t i = 0; i < n; i++) {

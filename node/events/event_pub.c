@@ -104,8 +104,7 @@ int kvn_events_pub_create(void *zctx, const struct kvn_events_pub_config *cfg,
     if (!cfg->endpoint || !*cfg->endpoint)
         return kvn_err_set(err, -EINVAL, "events publisher: no PUB endpoint");
     if (cfg->format != KVN_EVENTS_FORMAT_ARRAY && cfg->format != KVN_EVENTS_FORMAT_MAP)
-        return kvn_err_set(err, -EINVAL, "events publisher: unknown format %d",
-                           (int)cfg->format);
+        return kvn_err_set(err, -EINVAL, "events publisher: unknown format %d", (int)cfg->format);
     if (cfg->buffer_steps > KVN_EVENTS_MAX_BUFFER_STEPS)
         return kvn_err_set(err, -EINVAL, "events publisher: buffer_steps %u > %u",
                            cfg->buffer_steps, KVN_EVENTS_MAX_BUFFER_STEPS);
@@ -144,8 +143,8 @@ int kvn_events_pub_create(void *zctx, const struct kvn_events_pub_config *cfg,
     if ((rc = set_int(pub->pub, ZMQ_SNDHWM, hwm, err, "ZMQ_SNDHWM")) < 0 ||
         (rc = set_int(pub->pub, ZMQ_XPUB_NODROP, 1, err, "ZMQ_XPUB_NODROP")) < 0 ||
         (rc = set_int(pub->pub, ZMQ_LINGER, linger, err, "ZMQ_LINGER")) < 0 ||
-        (rc = bind_and_name(pub->pub, cfg->endpoint, pub->endpoint, sizeof(pub->endpoint),
-                            err)) < 0)
+        (rc = bind_and_name(pub->pub, cfg->endpoint, pub->endpoint, sizeof(pub->endpoint), err)) <
+            0)
         goto fail;
     if (cfg->replay_endpoint) {
         pub->replay = zmq_socket(zctx, ZMQ_ROUTER);
@@ -155,8 +154,7 @@ int kvn_events_pub_create(void *zctx, const struct kvn_events_pub_config *cfg,
         }
         int rhwm = pub->steps > INT32_MAX - 16 ? INT32_MAX : (int)pub->steps + 16;
         if ((rc = set_int(pub->replay, ZMQ_SNDHWM, rhwm, err, "ZMQ_SNDHWM")) < 0 ||
-            (rc = set_int(pub->replay, ZMQ_ROUTER_MANDATORY, 1, err, "ZMQ_ROUTER_MANDATORY")) <
-                0 ||
+            (rc = set_int(pub->replay, ZMQ_ROUTER_MANDATORY, 1, err, "ZMQ_ROUTER_MANDATORY")) < 0 ||
             (rc = set_int(pub->replay, ZMQ_LINGER, 0, err, "ZMQ_LINGER")) < 0 ||
             (rc = bind_and_name(pub->replay, cfg->replay_endpoint, pub->replay_endpoint,
                                 sizeof(pub->replay_endpoint), err)) < 0)
@@ -177,8 +175,7 @@ void kvn_events_pub_destroy(struct kvn_events_pub *pub)
     pub_free(pub);
 }
 
-int kvn_events_add(struct kvn_events_pub *pub, const struct kvn_kv_event *ev,
-                   struct kvn_err *err)
+int kvn_events_add(struct kvn_events_pub *pub, const struct kvn_kv_event *ev, struct kvn_err *err)
 {
     if (!pub)
         return kvn_err_set(err, -EINVAL, "events add: NULL publisher");
@@ -208,8 +205,8 @@ static void drain_subscriptions(struct kvn_events_pub *pub)
 }
 
 /* Sends [topic][seq][payload] on s, optionally prefixed by frames already sent by caller. */
-static int send_frames(void *s, const char *topic, size_t topic_len, bool with_topic,
-                       uint64_t seq, const uint8_t *payload, size_t len)
+static int send_frames(void *s, const char *topic, size_t topic_len, bool with_topic, uint64_t seq,
+                       const uint8_t *payload, size_t len)
 {
     uint8_t seqb[8];
     put_be64(seqb, seq);
@@ -284,8 +281,8 @@ static bool serve_replay(struct kvn_events_pub *pub, zmq_msg_t *id, uint64_t sta
     for (uint64_t s = start; s <= next; s++) {
         bool end = s == next;
         const struct slot *sl = end ? NULL : &pub->ring[s % pub->steps];
-        if (zmq_send(pub->replay, zmq_msg_data(id), zmq_msg_size(id),
-                     ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        if (zmq_send(pub->replay, zmq_msg_data(id), zmq_msg_size(id), ZMQ_SNDMORE | ZMQ_DONTWAIT) <
+                0 ||
             zmq_send(pub->replay, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
             return false;
         int rc = end ? send_frames(pub->replay, pub->topic, pub->topic_len, pub->replay_topic,

@@ -93,8 +93,7 @@ void kvn_events_pub_destroy(struct kvn_events_pub *pub);
  * Encodes ev into the current batch (ev's arrays may die after the call).
  * Errors: as kvn_events_batch_add (-EINVAL for a bad event: nothing added), -EINVAL for NULL.
  */
-int kvn_events_add(struct kvn_events_pub *pub, const struct kvn_kv_event *ev,
-                   struct kvn_err *err);
+int kvn_events_add(struct kvn_events_pub *pub, const struct kvn_kv_event *ev, struct kvn_err *err);
 
 /*
  * Ends the tick: when the current batch has events, finishes it with timestamp ts (seconds,

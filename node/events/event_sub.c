@@ -30,8 +30,8 @@ struct kvn_events_sub {
     uint32_t peer;
     char *endpoint, *replay_endpoint, *topic;
     void *sub, *dealer;
-    bool have_pos;               /* next_seq is meaningful */
-    uint64_t next_at_request;    /* next_seq when the outstanding replay was requested */
+    bool have_pos;            /* next_seq is meaningful */
+    uint64_t next_at_request; /* next_seq when the outstanding replay was requested */
     struct held *held;
     uint32_t held_cap, held_head, held_count;
     struct kvn_events_decoder dec;
@@ -58,8 +58,8 @@ static void close_sockets(struct kvn_events_sub *s)
 static int zfail(struct kvn_err *err, const char *what, const char *arg)
 {
     int e = zmq_errno();
-    return kvn_err_set(err, -(e ? e : EIO), "events subscriber: %s %s: %s", what,
-                       arg ? arg : "", zmq_strerror(e));
+    return kvn_err_set(err, -(e ? e : EIO), "events subscriber: %s %s: %s", what, arg ? arg : "",
+                       zmq_strerror(e));
 }
 
 static int open_sockets(struct kvn_events_sub *s, struct kvn_err *err)
@@ -141,8 +141,8 @@ int kvn_events_sub_create(void *zctx, struct kvn_gindex *g, const struct kvn_eve
     if (cfg->replay_endpoint && !*cfg->replay_endpoint)
         return kvn_err_set(err, -EINVAL, "events subscriber: empty replay endpoint");
     if (cfg->max_pending > KVN_EVENTS_SUB_MAX_PENDING)
-        return kvn_err_set(err, -EINVAL, "events subscriber: max_pending %u > %u",
-                           cfg->max_pending, KVN_EVENTS_SUB_MAX_PENDING);
+        return kvn_err_set(err, -EINVAL, "events subscriber: max_pending %u > %u", cfg->max_pending,
+                           KVN_EVENTS_SUB_MAX_PENDING);
     struct kvn_gindex_peer_stats ps;
     int rc = kvn_gindex_peer_stats(g, cfg->peer, &ps, err);
     if (rc < 0)

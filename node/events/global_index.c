@@ -175,8 +175,7 @@ int kvn_gindex_create(const struct kvn_gindex_config *cfg, struct kvn_gindex **o
             free(g->active);
         }
         free(g);
-        return kvn_err_set(err, -ENOMEM, "gindex create: out of memory for %u peers",
-                           c.max_peers);
+        return kvn_err_set(err, -ENOMEM, "gindex create: out of memory for %u peers", c.max_peers);
     }
     g->max_peers = c.max_peers;
     g->max_blocks = c.max_blocks_per_peer;
@@ -269,8 +268,7 @@ int kvn_gindex_apply(struct kvn_gindex *g, uint32_t peer, const struct kvn_kv_ev
         return kvn_err_set(err, -EINVAL, "gindex apply: unknown event type %d", (int)ev->type);
     if (ev->type != KVN_EV_ALL_BLOCKS_CLEARED) {
         if (!medium_ok(ev->medium))
-            return kvn_err_set(err, -EINVAL, "gindex apply: unknown medium %d",
-                               (int)ev->medium);
+            return kvn_err_set(err, -EINVAL, "gindex apply: unknown medium %d", (int)ev->medium);
         if (ev->n_hashes && !ev->hashes)
             return kvn_err_set(err, -EINVAL, "gindex apply: hashes NULL with n_hashes %u",
                                ev->n_hashes);
@@ -285,10 +283,9 @@ int kvn_gindex_apply(struct kvn_gindex *g, uint32_t peer, const struct kvn_kv_ev
             fresh += !hset_contains(s, (uint64_t)ev->hashes[i], g->seed);
         if (s->count + fresh > g->max_blocks) {
             p->st.refused++;
-            return kvn_err_set(err, -ENOSPC,
-                               "gindex: peer %u %s would hold %llu > %u blocks", peer,
-                               kvn_medium_name(ev->medium),
-                               (unsigned long long)(s->count + fresh), g->max_blocks);
+            return kvn_err_set(err, -ENOSPC, "gindex: peer %u %s would hold %llu > %u blocks", peer,
+                               kvn_medium_name(ev->medium), (unsigned long long)(s->count + fresh),
+                               g->max_blocks);
         }
         if (hset_reserve(s, fresh, g->seed) < 0)
             return kvn_err_set(err, -ENOMEM, "gindex: cannot grow peer %u %s set", peer,
@@ -327,8 +324,8 @@ bool kvn_gindex_contains(const struct kvn_gindex *g, uint32_t peer, enum kvn_med
     return hset_contains(&g->peers[peer].set[medium], (uint64_t)hash, g->seed);
 }
 
-static uint32_t run_length(const struct kvn_gindex *g, const struct peer *p,
-                           const int64_t *hashes, uint32_t n, uint32_t mask)
+static uint32_t run_length(const struct kvn_gindex *g, const struct peer *p, const int64_t *hashes,
+                           uint32_t n, uint32_t mask)
 {
     uint32_t i = 0;
     for (; i < n; i++) {
@@ -352,8 +349,7 @@ static int check_query(const int64_t *hashes, uint32_t n, uint32_t mask, struct 
 }
 
 int kvn_gindex_peer_prefix(const struct kvn_gindex *g, uint32_t peer, const int64_t *hashes,
-                           uint32_t n, uint32_t medium_mask, uint32_t *pages,
-                           struct kvn_err *err)
+                           uint32_t n, uint32_t medium_mask, uint32_t *pages, struct kvn_err *err)
 {
     int rc = check_peer(g, peer, err);
     if (rc < 0)

@@ -43,12 +43,12 @@
 #include "cache/kv_event.h"
 #include "util/kvn_err.h"
 
-#define KVN_GINDEX_MEDIA 3
+#define KVN_GINDEX_MEDIA         3
 #define KVN_GINDEX_MEDIUM_BIT(m) (1u << (m))
-#define KVN_GINDEX_ANY_MEDIUM 0x7u
+#define KVN_GINDEX_ANY_MEDIUM    0x7u
 
-#define KVN_GINDEX_DEFAULT_MAX_PEERS 64u
-#define KVN_GINDEX_LIMIT_MAX_PEERS   4096u
+#define KVN_GINDEX_DEFAULT_MAX_PEERS  64u
+#define KVN_GINDEX_LIMIT_MAX_PEERS    4096u
 #define KVN_GINDEX_DEFAULT_MAX_BLOCKS (1u << 24)
 
 struct kvn_gindex;
@@ -118,8 +118,7 @@ bool kvn_gindex_contains(const struct kvn_gindex *g, uint32_t peer, enum kvn_med
  * mask 0 or with unknown bits).
  */
 int kvn_gindex_peer_prefix(const struct kvn_gindex *g, uint32_t peer, const int64_t *hashes,
-                           uint32_t n, uint32_t medium_mask, uint32_t *pages,
-                           struct kvn_err *err);
+                           uint32_t n, uint32_t medium_mask, uint32_t *pages, struct kvn_err *err);
 
 /*
  * The active peer holding the longest leading run of the query, skipping exclude_peer

@@ -61,13 +61,16 @@ static inline void evh_make_seq(struct evh_seq *s, uint32_t seed, uint32_t pages
 }
 
 /* The BlockStored event of page p of s on medium m. */
-static inline struct kvn_kv_event evh_stored(const struct evh_seq *s, uint32_t p,
-                                             enum kvn_medium m)
+static inline struct kvn_kv_event evh_stored(const struct evh_seq *s, uint32_t p, enum kvn_medium m)
 {
-    struct kvn_kv_event ev = {.type = KVN_EV_BLOCK_STORED, .medium = m, .hashes = &s->hash[p],
-                              .n_hashes = 1, .has_parent = p > 0,
+    struct kvn_kv_event ev = {.type = KVN_EV_BLOCK_STORED,
+                              .medium = m,
+                              .hashes = &s->hash[p],
+                              .n_hashes = 1,
+                              .has_parent = p > 0,
                               .parent_hash = p ? s->hash[p - 1] : 0,
-                              .tokens = &s->tok[p * EVH_PAGE], .n_tokens = EVH_PAGE,
+                              .tokens = &s->tok[p * EVH_PAGE],
+                              .n_tokens = EVH_PAGE,
                               .block_size = EVH_PAGE};
     return ev;
 }
@@ -75,8 +78,10 @@ static inline struct kvn_kv_event evh_stored(const struct evh_seq *s, uint32_t p
 static inline struct kvn_kv_event evh_removed(const struct evh_seq *s, uint32_t from,
                                               enum kvn_medium m)
 {
-    struct kvn_kv_event ev = {.type = KVN_EV_BLOCK_REMOVED, .medium = m,
-                              .hashes = &s->hash[from], .n_hashes = s->pages - from};
+    struct kvn_kv_event ev = {.type = KVN_EV_BLOCK_REMOVED,
+                              .medium = m,
+                              .hashes = &s->hash[from],
+                              .n_hashes = s->pages - from};
     return ev;
 }
 

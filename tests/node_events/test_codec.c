@@ -196,8 +196,8 @@ static size_t encode_hashes(const int64_t *h, uint32_t n, uint8_t *out, size_t c
 {
     struct kvn_events_batch b;
     assert_int_equal(kvn_events_batch_init(&b, KVN_EVENTS_FORMAT_ARRAY, 0, NULL), 0);
-    struct kvn_kv_event ev = {.type = KVN_EV_BLOCK_REMOVED, .medium = KVN_MEDIUM_DISK,
-                              .hashes = h, .n_hashes = n};
+    struct kvn_kv_event ev = {
+        .type = KVN_EV_BLOCK_REMOVED, .medium = KVN_MEDIUM_DISK, .hashes = h, .n_hashes = n};
     assert_int_equal(kvn_events_batch_add(&b, &ev, NULL), 0);
     const uint8_t *p;
     size_t len;
@@ -478,6 +478,7 @@ static int decode_hex(const char *hex, struct seen *s)
 }
 
 /* Pieces in hex. */
+// clang-format off
 #define HEAD1   "93cb41d954fc40100000" "91"           /* [ts, [1 event] */
 #define TAIL    "00"                                   /* dp_rank 0 ] */
 #define STORED  "ab426c6f636b53746f726564"            /* "BlockStored" */
@@ -506,7 +507,7 @@ static void test_malformed(void **state)
         HEAD1 "97" STORED "9101c0920102" "02" "c0" "01" TAIL,      /* medium int */
         HEAD1 "97" STORED "91a161c0920102" "02" "c0" GPU TAIL,     /* hash str */
         HEAD1 "97" STORED "9101c092cf0000000100000000" "01" "01" "c0" GPU TAIL, /* tok 2^32 */
-        HEAD1 "97" STORED "9101c09201" "d2ffffffff" "01" "c0" GPU TAIL, /* -1 ok? no: */
+        HEAD1 "97" STORED "9101c09201" "d2ffffffff" "01" "c0" GPU TAIL, /* 2 tokens, bs 1 */
         HEAD1 "97" STORED "9101c0920102" "02" "cfffffffffffffffff" GPU TAIL, /* lora big */
         HEAD1 "97" STORED "9101" "a0" "920102" "02" "c0" GPU TAIL,  /* parent str */
         HEAD1 "94" REMOVED "9101" GPU "c0" TAIL,                   /* removed 4 elems */
@@ -526,8 +527,8 @@ static void test_malformed(void **state)
         HEAD1 "81" "01" "01" TAIL,                                 /* int key */
         HEAD1 "82" "a474797065" "b0416c6c426c6f636b73436c6561726564" "a3616263" "c1" TAIL,
     };
-    /* The "-1 ok? no" case above: d2ffffffff is token -1, which *is* valid (int32 range);
-     * with bs 1 and 2 tokens the count is what is wrong. */
+    /* ("2 tokens, bs 1": token d2ffffffff = -1 is itself valid; the count is wrong.) */
+    // clang-format on
     for (size_t i = 0; i < sizeof(bad_cases) / sizeof(bad_cases[0]); i++) {
         int rc = decode_hex(bad_cases[i], &s);
         if (rc != -EBADMSG)
@@ -540,6 +541,7 @@ static void test_accepted_variations(void **state)
 {
     (void)state;
     struct seen s;
+    // clang-format off
     /* hash as uint64 above INT64_MAX -> reinterpreted; medium nil -> GPU; token -1. */
     assert_int_equal(decode_hex(HEAD1 "97" STORED "91cfffffffffffffffff" "c0" "91d2ffffffff"
                                       "01" "c0" "c0" TAIL, &s), 0);
@@ -572,8 +574,13 @@ static void test_accepted_variations(void **state)
     assert_int_equal(s.ev[0].n_hashes, 2);
     assert_int_equal(s.ev[0].n_tokens, 4);
     assert_int_equal(s.t[0][3], 4);
+    // clang-format on
     /* Empty batch. */
-    assert_int_equal(decode_hex("93cb41d954fc40100000" "90" "00", &s), 0);
+    assert_int_equal(decode_hex("93cb41d954fc40100000"
+                                "90"
+                                "00",
+                                &s),
+                     0);
     assert_int_equal(s.n, 0);
 }
 
@@ -623,8 +630,12 @@ static void test_encoder_errors(void **state)
 
     int64_t h = 5;
     int32_t tok[2] = {1, 2};
-    struct kvn_kv_event good = {.type = KVN_EV_BLOCK_STORED, .medium = KVN_MEDIUM_GPU,
-                                .hashes = &h, .n_hashes = 1, .tokens = tok, .n_tokens = 2,
+    struct kvn_kv_event good = {.type = KVN_EV_BLOCK_STORED,
+                                .medium = KVN_MEDIUM_GPU,
+                                .hashes = &h,
+                                .n_hashes = 1,
+                                .tokens = tok,
+                                .n_tokens = 2,
                                 .block_size = 2};
     struct kvn_kv_event e;
     assert_int_equal(kvn_events_batch_add(NULL, &good, &err), -EINVAL);
@@ -701,12 +712,18 @@ static void test_format_names(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_golden_array),     cmocka_unit_test(test_golden_map),
-        cmocka_unit_test(test_decode_golden),    cmocka_unit_test(test_smallest_int_forms),
-        cmocka_unit_test(test_roundtrip),        cmocka_unit_test(test_truncations),
-        cmocka_unit_test(test_garbage),          cmocka_unit_test(test_malformed),
-        cmocka_unit_test(test_accepted_variations), cmocka_unit_test(test_visitor_stops),
-        cmocka_unit_test(test_encoder_errors),   cmocka_unit_test(test_format_names),
+        cmocka_unit_test(test_golden_array),
+        cmocka_unit_test(test_golden_map),
+        cmocka_unit_test(test_decode_golden),
+        cmocka_unit_test(test_smallest_int_forms),
+        cmocka_unit_test(test_roundtrip),
+        cmocka_unit_test(test_truncations),
+        cmocka_unit_test(test_garbage),
+        cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_accepted_variations),
+        cmocka_unit_test(test_visitor_stops),
+        cmocka_unit_test(test_encoder_errors),
+        cmocka_unit_test(test_format_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -16,15 +16,15 @@
 
 static struct kvn_kv_event stored(const int64_t *h, uint32_t n, enum kvn_medium m)
 {
-    struct kvn_kv_event ev = {.type = KVN_EV_BLOCK_STORED, .medium = m, .hashes = h,
-                              .n_hashes = n, .block_size = 1};
+    struct kvn_kv_event ev = {
+        .type = KVN_EV_BLOCK_STORED, .medium = m, .hashes = h, .n_hashes = n, .block_size = 1};
     return ev;
 }
 
 static struct kvn_kv_event removed(const int64_t *h, uint32_t n, enum kvn_medium m)
 {
-    struct kvn_kv_event ev = {.type = KVN_EV_BLOCK_REMOVED, .medium = m, .hashes = h,
-                              .n_hashes = n};
+    struct kvn_kv_event ev = {
+        .type = KVN_EV_BLOCK_REMOVED, .medium = m, .hashes = h, .n_hashes = n};
     return ev;
 }
 
@@ -120,8 +120,9 @@ static void test_prefix_queries(void **state)
     assert_int_equal(pages, 3);
     assert_int_equal(kvn_gindex_peer_prefix(g, 6, q, 10, KVN_GINDEX_ANY_MEDIUM, &pages, NULL), 0);
     assert_int_equal(pages, 6);
-    assert_int_equal(kvn_gindex_peer_prefix(g, 6, q, 10, KVN_GINDEX_MEDIUM_BIT(KVN_MEDIUM_GPU),
-                                            &pages, NULL), 0);
+    assert_int_equal(
+        kvn_gindex_peer_prefix(g, 6, q, 10, KVN_GINDEX_MEDIUM_BIT(KVN_MEDIUM_GPU), &pages, NULL),
+        0);
     assert_int_equal(pages, 2);
     assert_int_equal(kvn_gindex_peer_prefix(g, 0, q, 10, KVN_GINDEX_ANY_MEDIUM, &pages, NULL), 0);
     assert_int_equal(pages, 0); /* inactive */
@@ -140,21 +141,22 @@ static void test_prefix_queries(void **state)
     assert_int_equal(m.peer, 4);
     assert_int_equal(m.pages, 6);
     /* Host pool only (what a cross-node RDMA fetch can read). */
-    assert_int_equal(kvn_gindex_best_prefix(g, q, 10, KVN_GINDEX_MEDIUM_BIT(KVN_MEDIUM_CPU_PINNED),
-                                            7, &m, NULL), 0);
+    assert_int_equal(
+        kvn_gindex_best_prefix(g, q, 10, KVN_GINDEX_MEDIUM_BIT(KVN_MEDIUM_CPU_PINNED), 7, &m, NULL),
+        0);
     assert_int_equal(m.peer, 4);
     assert_int_equal(m.pages, 6);
     /* A query that diverges at page 0 matches nobody. */
     int64_t other[4];
     chain(99, other, 4);
-    assert_int_equal(kvn_gindex_best_prefix(g, other, 4, KVN_GINDEX_ANY_MEDIUM, UINT32_MAX, &m,
-                                            NULL), 0);
+    assert_int_equal(
+        kvn_gindex_best_prefix(g, other, 4, KVN_GINDEX_ANY_MEDIUM, UINT32_MAX, &m, NULL), 0);
     assert_false(m.found);
     assert_int_equal(m.pages, 0);
     /* Divergence in the middle: the query's own later pages are not counted. */
     int64_t mixq[5] = {q[0], q[1], other[2], q[3], q[4]};
-    assert_int_equal(kvn_gindex_best_prefix(g, mixq, 5, KVN_GINDEX_ANY_MEDIUM, UINT32_MAX, &m,
-                                            NULL), 0);
+    assert_int_equal(
+        kvn_gindex_best_prefix(g, mixq, 5, KVN_GINDEX_ANY_MEDIUM, UINT32_MAX, &m, NULL), 0);
     assert_int_equal(m.pages, 2);
     assert_int_equal(m.peer, 1);
 
@@ -174,14 +176,14 @@ static void test_prefix_queries(void **state)
     assert_int_equal(kvn_gindex_drop_peer(g, 7, NULL), 0);
     assert_int_equal(kvn_gindex_drop_peer(g, 6, NULL), 0);
     assert_int_equal(kvn_gindex_active_peers(g), 0);
-    assert_int_equal(kvn_gindex_best_prefix(g, q, 10, KVN_GINDEX_ANY_MEDIUM, UINT32_MAX, &m,
-                                            NULL), 0);
+    assert_int_equal(kvn_gindex_best_prefix(g, q, 10, KVN_GINDEX_ANY_MEDIUM, UINT32_MAX, &m, NULL),
+                     0);
     assert_false(m.found);
     /* A dropped peer relearns from scratch. */
     ev = stored(q, 4, KVN_MEDIUM_GPU);
     assert_int_equal(kvn_gindex_apply(g, 4, &ev, NULL), 0);
-    assert_int_equal(kvn_gindex_best_prefix(g, q, 10, KVN_GINDEX_ANY_MEDIUM, UINT32_MAX, &m,
-                                            NULL), 0);
+    assert_int_equal(kvn_gindex_best_prefix(g, q, 10, KVN_GINDEX_ANY_MEDIUM, UINT32_MAX, &m, NULL),
+                     0);
     assert_int_equal(m.peer, 4);
     assert_int_equal(m.pages, 4);
     kvn_gindex_destroy(g);

@@ -448,8 +448,8 @@ static void test_overflow_counted(void **state)
     (void)state;
     char ep[64];
     snprintf(ep, sizeof(ep), "inproc://kvn-events-overflow-%d", (int)getpid());
-    struct kvn_events_pub_config cfg = {.endpoint = ep, .sndhwm = 2, .buffer_steps = 64,
-                                        .linger_ms = 0};
+    struct kvn_events_pub_config cfg = {
+        .endpoint = ep, .sndhwm = 2, .buffer_steps = 64, .linger_ms = 0};
     struct kvn_events_pub *pub;
     assert_int_equal(kvn_events_pub_create(zctx, &cfg, &pub, NULL), 0);
     void *sub = zmq_socket(zctx, ZMQ_SUB);

@@ -75,8 +75,7 @@ static void workload(uint32_t b, struct wl *w)
         w->ev[w->n++] = evh_removed(&w->seq[1], 0, KVN_MEDIUM_CPU_PINNED);
 }
 
-static void publish(struct kvn_events_pub *pub, struct kvn_gindex *ref, uint32_t from,
-                    uint32_t to)
+static void publish(struct kvn_events_pub *pub, struct kvn_gindex *ref, uint32_t from, uint32_t to)
 {
     for (uint32_t b = from; b < to; b++) {
         struct wl w;
@@ -195,8 +194,8 @@ static void pump_until(struct kvn_events_pub *pub, struct kvn_events_sub **subs,
 static struct kvn_events_sub *make_sub(struct kvn_gindex *g, uint32_t peer, const char *ep,
                                        const char *replay, uint32_t max_pending)
 {
-    struct kvn_events_sub_config cfg = {.endpoint = ep, .replay_endpoint = replay,
-                                        .peer = peer, .max_pending = max_pending};
+    struct kvn_events_sub_config cfg = {
+        .endpoint = ep, .replay_endpoint = replay, .peer = peer, .max_pending = max_pending};
     struct kvn_events_sub *s = NULL;
     struct kvn_err err;
     if (kvn_events_sub_create(zctx, g, &cfg, &s, &err) < 0)
@@ -243,8 +242,9 @@ static void test_live_and_late_join_converge(void **state)
     struct wl w;
     workload(69, &w);
     struct kvn_gindex_match m;
-    assert_int_equal(kvn_gindex_best_prefix(g2, w.seq[0].hash, 3, KVN_GINDEX_ANY_MEDIUM,
-                                            UINT32_MAX, &m, NULL), 0);
+    assert_int_equal(
+        kvn_gindex_best_prefix(g2, w.seq[0].hash, 3, KVN_GINDEX_ANY_MEDIUM, UINT32_MAX, &m, NULL),
+        0);
     assert_true(m.found);
     assert_int_equal(m.peer, 3);
     assert_int_equal(m.pages, 3);
