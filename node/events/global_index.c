@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cache/page_hash.h"
+
 #define HSET_MIN_CAP 16u
 
 struct hset {
@@ -389,6 +391,40 @@ int kvn_gindex_best_prefix(const struct kvn_gindex *g, const int64_t *hashes, ui
     }
     *out = best;
     return 0;
+}
+
+int kvn_gindex_best_prefix_tokens(const struct kvn_gindex *g, const int32_t *tokens,
+                                  size_t n_tokens, uint32_t page_size, int64_t *hash_buf,
+                                  uint32_t hash_cap, uint32_t medium_mask, uint32_t exclude_peer,
+                                  struct kvn_gindex_match *out, uint32_t *n_pages,
+                                  struct kvn_err *err)
+{
+    if (!g || !out)
+        return kvn_err_set(err, -EINVAL, "gindex best_prefix_tokens: NULL argument");
+    if (page_size == 0)
+        return kvn_err_set(err, -EINVAL, "gindex best_prefix_tokens: page_size 0");
+    if (n_tokens && !tokens)
+        return kvn_err_set(err, -EINVAL, "gindex best_prefix_tokens: tokens NULL with n %zu",
+                           n_tokens);
+    size_t pages = n_tokens / page_size;
+    if (pages > hash_cap)
+        return kvn_err_set(err, -ENOSPC, "gindex best_prefix_tokens: %zu pages, hash_buf holds %u",
+                           pages, hash_cap);
+    if (pages && !hash_buf)
+        return kvn_err_set(err, -EINVAL, "gindex best_prefix_tokens: NULL hash_buf");
+    int rc = check_query(hash_buf, (uint32_t)pages, medium_mask, err);
+    if (rc < 0)
+        return rc;
+    if (pages) {
+        long got =
+            kvn_page_hash_chain(NULL, tokens, pages * page_size, page_size, NULL, hash_buf, err);
+        if (got < 0)
+            return (int)got;
+    }
+    if (n_pages)
+        *n_pages = (uint32_t)pages;
+    return kvn_gindex_best_prefix(g, hash_buf, (uint32_t)pages, medium_mask, exclude_peer, out,
+                                  err);
 }
 
 int kvn_gindex_peer_stats(const struct kvn_gindex *g, uint32_t peer,

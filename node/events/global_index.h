@@ -15,7 +15,7 @@
  * query does peer p hold" is answered by looking the query's page hashes up one by one until
  * the first miss: no tree is needed.  The caller computes the query's page hashes with the
  * cache's page-hash function (cache/page_hash.h) over the query tokens and the cluster's page
- * size; this module never sees tokens.
+ * size (kvn_gindex_best_prefix_tokens does exactly that for callers without hashes).
  *
  * Sets are open-addressing tables (linear probing, backward-shift deletion, keys mixed with
  * a seed, load factor <= 1/2): insert, remove and lookup are O(1) expected; a table doubles
@@ -128,6 +128,21 @@ int kvn_gindex_peer_prefix(const struct kvn_gindex *g, uint32_t peer, const int6
 int kvn_gindex_best_prefix(const struct kvn_gindex *g, const int64_t *hashes, uint32_t n,
                            uint32_t medium_mask, uint32_t exclude_peer,
                            struct kvn_gindex_match *out, struct kvn_err *err);
+
+/*
+ * best_prefix for a token query: hashes the whole pages of tokens[0..n_tokens) with the
+ * cache's page-hash chain (cache/page_hash.h, SHA-256, page_size tokens per page, a partial
+ * tail ignored) into the caller's hash_buf (no allocation), then answers as best_prefix.
+ * *n_pages (may be NULL) receives the number of whole pages hashed.  Prefer best_prefix when
+ * the hashes are at hand (the local radix match computes them anyway).
+ * Errors: those of best_prefix, -EINVAL (page_size 0, tokens or hash_buf NULL when needed),
+ * -ENOSPC (hash_cap smaller than the page count; nothing written to out).
+ */
+int kvn_gindex_best_prefix_tokens(const struct kvn_gindex *g, const int32_t *tokens,
+                                  size_t n_tokens, uint32_t page_size, int64_t *hash_buf,
+                                  uint32_t hash_cap, uint32_t medium_mask, uint32_t exclude_peer,
+                                  struct kvn_gindex_match *out, uint32_t *n_pages,
+                                  struct kvn_err *err);
 
 /*
  * Counters of one peer (all zero and active == false for an unknown or dropped peer).

@@ -12,6 +12,7 @@
 
 #include <cmocka.h>
 
+#include "ev_helpers.h"
 #include "node/events/global_index.h"
 
 static struct kvn_kv_event stored(const int64_t *h, uint32_t n, enum kvn_medium m)
@@ -378,12 +379,98 @@ static void test_errors(void **state)
     kvn_gindex_destroy(NULL);
 }
 
+/* Token queries hash with cache/page_hash.h; the stored hashes come from the tests' own
+ * SHA-256 chain (ev_helpers.h), so this also cross-checks the two implementations. */
+static void test_prefix_by_tokens(void **state)
+{
+    (void)state;
+    struct kvn_gindex *g;
+    assert_int_equal(kvn_gindex_create(NULL, &g, NULL), 0);
+    struct evh_seq s;
+    evh_make_seq(&s, 77, 5);
+    for (uint32_t p = 0; p < 3; p++) {
+        struct kvn_kv_event ev = evh_stored(&s, p, KVN_MEDIUM_CPU_PINNED);
+        assert_int_equal(kvn_gindex_apply(g, 1, &ev, NULL), 0);
+    }
+    for (uint32_t p = 0; p < 5; p++) {
+        struct kvn_kv_event ev = evh_stored(&s, p, KVN_MEDIUM_GPU);
+        assert_int_equal(kvn_gindex_apply(g, 2, &ev, NULL), 0);
+    }
+    int64_t buf[8];
+    uint32_t pages = 0;
+    struct kvn_gindex_match m;
+    /* 4 whole pages + 2 tokens of a fifth: the tail is not hashed. */
+    assert_int_equal(kvn_gindex_best_prefix_tokens(g, s.tok, 4 * EVH_PAGE + 2, EVH_PAGE, buf, 8,
+                                                   KVN_GINDEX_ANY_MEDIUM, UINT32_MAX, &m, &pages,
+                                                   NULL),
+                     0);
+    assert_int_equal(pages, 4);
+    for (uint32_t p = 0; p < 4; p++)
+        assert_int_equal(buf[p], s.hash[p]);
+    assert_true(m.found);
+    assert_int_equal(m.peer, 2);
+    assert_int_equal(m.pages, 4);
+    assert_int_equal(kvn_gindex_best_prefix_tokens(g, s.tok, 5 * EVH_PAGE, EVH_PAGE, buf, 8,
+                                                   KVN_GINDEX_MEDIUM_BIT(KVN_MEDIUM_CPU_PINNED),
+                                                   UINT32_MAX, &m, NULL, NULL),
+                     0);
+    assert_int_equal(m.peer, 1);
+    assert_int_equal(m.pages, 3);
+    /* A token changed in page 2: the chain diverges there for every later page too. */
+    int32_t tok[5 * EVH_PAGE];
+    memcpy(tok, s.tok, sizeof(tok));
+    tok[2 * EVH_PAGE + 1] ^= 1;
+    assert_int_equal(kvn_gindex_best_prefix_tokens(g, tok, 5 * EVH_PAGE, EVH_PAGE, buf, 8,
+                                                   KVN_GINDEX_ANY_MEDIUM, UINT32_MAX, &m, NULL,
+                                                   NULL),
+                     0);
+    assert_int_equal(m.pages, 2);
+    /* Fewer tokens than a page: no pages, no match. */
+    assert_int_equal(kvn_gindex_best_prefix_tokens(g, tok, 3, EVH_PAGE, NULL, 0,
+                                                   KVN_GINDEX_ANY_MEDIUM, UINT32_MAX, &m, &pages,
+                                                   NULL),
+                     0);
+    assert_int_equal(pages, 0);
+    assert_false(m.found);
+
+    struct kvn_err err;
+    m.pages = 99;
+    assert_int_equal(kvn_gindex_best_prefix_tokens(g, s.tok, 20, EVH_PAGE, buf, 4,
+                                                   KVN_GINDEX_ANY_MEDIUM, UINT32_MAX, &m, NULL,
+                                                   &err),
+                     -ENOSPC);
+    assert_int_equal(m.pages, 99);
+    assert_int_equal(kvn_gindex_best_prefix_tokens(g, s.tok, 20, 0, buf, 8, KVN_GINDEX_ANY_MEDIUM,
+                                                   UINT32_MAX, &m, NULL, &err),
+                     -EINVAL);
+    assert_int_equal(kvn_gindex_best_prefix_tokens(g, NULL, 20, EVH_PAGE, buf, 8,
+                                                   KVN_GINDEX_ANY_MEDIUM, UINT32_MAX, &m, NULL,
+                                                   &err),
+                     -EINVAL);
+    assert_int_equal(kvn_gindex_best_prefix_tokens(g, s.tok, 20, EVH_PAGE, NULL, 8,
+                                                   KVN_GINDEX_ANY_MEDIUM, UINT32_MAX, &m, NULL,
+                                                   &err),
+                     -EINVAL);
+    assert_int_equal(kvn_gindex_best_prefix_tokens(NULL, s.tok, 20, EVH_PAGE, buf, 8,
+                                                   KVN_GINDEX_ANY_MEDIUM, UINT32_MAX, &m, NULL,
+                                                   &err),
+                     -EINVAL);
+    assert_int_equal(kvn_gindex_best_prefix_tokens(g, s.tok, 20, EVH_PAGE, buf, 8, 0, UINT32_MAX,
+                                                   &m, NULL, &err),
+                     -EINVAL);
+    assert_int_equal(kvn_gindex_best_prefix_tokens(g, s.tok, 20, EVH_PAGE, buf, 8,
+                                                   KVN_GINDEX_ANY_MEDIUM, UINT32_MAX, NULL, NULL,
+                                                   &err),
+                     -EINVAL);
+    kvn_gindex_destroy(g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_apply_semantics), cmocka_unit_test(test_prefix_queries),
         cmocka_unit_test(test_capacity),        cmocka_unit_test(test_churn_vs_model),
-        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_errors),          cmocka_unit_test(test_prefix_by_tokens),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
