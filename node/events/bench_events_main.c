@@ -12,6 +12,9 @@
  *   publish    kvn_events_add + kvn_events_flush per batch on an XPUB bound to 127.0.0.1
  *              (history ring and replay included); with --subscriber a SUB thread on the
  *              other core receives and counts the batches (the publisher never waits for it).
+ *   apply      replication in: kvn_events_decode (strict) of pre-encoded batches of the
+ *              same events + kvn_gindex_apply of every event (re-stores after the first
+ *              round: hash-set lookups, the steady state of a converged peer)
  * Rates use the publishing thread's CPU time (CLOCK_THREAD_CPUTIME_ID: "one core", robust
  * on a shared machine) and wall time; both are printed.
  */
@@ -26,6 +29,7 @@
 
 #include "node/events/event_codec.h"
 #include "node/events/event_pub.h"
+#include "node/events/global_index.h"
 
 #define N_DISTINCT 4096
 
@@ -165,6 +169,52 @@ static void run_encode(const struct opts *o, const struct kvn_kv_event *ev, stru
     }
     t_stop(t);
     kvn_events_batch_fini(&b);
+}
+
+static int apply_one(void *ctx, const struct kvn_kv_event *ev)
+{
+    return kvn_gindex_apply(ctx, 0, ev, NULL);
+}
+
+static int run_apply(const struct opts *o, const struct kvn_kv_event *ev, struct timing *t)
+{
+    uint32_t per = o->batch < N_DISTINCT ? o->batch : N_DISTINCT;
+    uint32_t nb = N_DISTINCT / per;
+    struct kvn_events_batch *b = calloc(nb, sizeof(*b));
+    const uint8_t **pl = calloc(nb, sizeof(*pl));
+    size_t *len = calloc(nb, sizeof(*len));
+    struct kvn_gindex *g;
+    struct kvn_events_decoder d;
+    if (!b || !pl || !len || kvn_gindex_create(NULL, &g, NULL) < 0)
+        return 1;
+    kvn_events_decoder_init(&d, NULL);
+    for (uint32_t i = 0; i < nb; i++) {
+        if (kvn_events_batch_init(&b[i], o->fmt, 0, NULL) < 0)
+            return 1;
+        for (uint32_t k = 0; k < per; k++)
+            kvn_events_batch_add(&b[i], &ev[i * per + k], NULL);
+        kvn_events_batch_finish(&b[i], 1.0, 0, &pl[i], &len[i], NULL);
+    }
+    t_start(t);
+    uint64_t done = 0;
+    for (uint32_t i = 0; done < o->events; i = (i + 1) % nb, done += per) {
+        struct kvn_err err;
+        if (kvn_events_decode(&d, pl[i], len[i], apply_one, g, NULL, &err) < 0) {
+            fprintf(stderr, "kvbench-events: decode: %s\n", err.msg);
+            return 1;
+        }
+    }
+    t_stop(t);
+    t->cpu = t->cpu * (double)o->events / (double)done; /* per requested event count */
+    t->wall = t->wall * (double)o->events / (double)done;
+    for (uint32_t i = 0; i < nb; i++)
+        kvn_events_batch_fini(&b[i]);
+    kvn_events_decoder_fini(&d);
+    kvn_gindex_destroy(g);
+    free(b);
+    free(pl);
+    free(len);
+    return 0;
 }
 
 struct sub_thread {
@@ -307,11 +357,13 @@ int main(int argc, char **argv)
     int64_t *hashes;
     int32_t *tokens;
     struct kvn_kv_event *ev = make_events(o.page, &hashes, &tokens);
-    struct timing tm, te, tp;
+    struct timing tm, te, tp, ta;
     struct kvn_events_pub_stats ps;
     uint64_t received;
     run_msgpack(&o, ev, &tm);
     run_encode(&o, ev, &te);
+    if (run_apply(&o, ev, &ta) != 0)
+        return 1;
     if (run_publish(&o, ev, &tp, &ps, &received) != 0)
         return 1;
     double ev_n = (double)o.events;
@@ -319,11 +371,12 @@ int main(int argc, char **argv)
         printf("{\"events\": %llu, \"batch\": %u, \"page_size\": %u, \"format\": \"%s\", "
                "\"msgpack_c_eps_cpu\": %.0f, \"encode_eps_cpu\": %.0f, "
                "\"publish_eps_cpu\": %.0f, \"publish_eps_wall\": %.0f, "
+               "\"decode_apply_eps_cpu\": %.0f, "
                "\"encode_vs_msgpack_c\": %.2f, \"batches\": %llu, \"bytes\": %llu, "
                "\"dropped\": %llu, \"subscriber\": %s, \"received_batches\": %llu}\n",
                (unsigned long long)o.events, o.batch, o.page, kvn_events_format_name(o.fmt),
-               ev_n / tm.cpu, ev_n / te.cpu, ev_n / tp.cpu, ev_n / tp.wall, tm.cpu / te.cpu,
-               (unsigned long long)ps.batches, (unsigned long long)ps.bytes,
+               ev_n / tm.cpu, ev_n / te.cpu, ev_n / tp.cpu, ev_n / tp.wall, ev_n / ta.cpu,
+               tm.cpu / te.cpu, (unsigned long long)ps.batches, (unsigned long long)ps.bytes,
                (unsigned long long)ps.dropped, o.subscriber ? "true" : "false",
                (unsigned long long)received);
     } else {
@@ -335,6 +388,9 @@ int main(int argc, char **argv)
                tm.cpu / te.cpu);
         printf("  encode + publish     %12.0f events/s (cpu)   %12.0f events/s (wall)\n",
                ev_n / tp.cpu, ev_n / tp.wall);
+        printf("  decode + apply       %12.0f events/s (cpu)   (strict decode into the global "
+               "index)\n",
+               ev_n / ta.cpu);
         printf("  batches %llu, payload bytes %llu (%.1f B/event), dropped %llu",
                (unsigned long long)ps.batches, (unsigned long long)ps.bytes,
                (double)ps.bytes / ev_n, (unsigned long long)ps.dropped);
