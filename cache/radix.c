@@ -1173,16 +1173,17 @@ static void job_ok(struct kvn_radix *t, struct rjob *j)
     }
 }
 
-/*
- * Queues one L1 -> L2 job over nodes[0..cnt) (in L1, no L2, not pending; the
- * order is the job's fragment order). demote_mask: nodes with F_MARK set are
- * flagged F_DEMOTE. Frees L2 leaves first when short. Returns 0 (ack in
- * *ack, pages in *pages), -ENOSPC or -ENOMEM with nothing changed, or the
- * submit error after rolling the job back.
- */
 static int evict_l2_internal(struct kvn_radix *t, uint32_t need,
                              struct kvn_radix_evict_result *res);
 
+/*
+ * Queues one L1 -> L2 job over nodes[0..cnt) (in L1, no L2, not pending; the
+ * order is the job's fragment order). demote_marked: nodes with F_MARK set are
+ * flagged F_DEMOTE. Frees L2 leaves first when short. Returns 0 (ack in
+ * *ack, pages in *pages), -ENOSPC or -ENOMEM with nothing changed, or the
+ * submit error after rolling the job back (L2 leaves evicted to make room
+ * stay evicted).
+ */
 static int queue_write(struct kvn_radix *t, struct rnode **nodes, uint32_t cnt, bool demote_marked,
                        uint64_t *ack, uint32_t *pages, struct kvn_err *err)
 {

@@ -441,8 +441,9 @@ struct kvn_radix_job_result {
  * evicted as needed). The last node is split at the page boundary so exactly
  * those pages are loaded. Queues one L2 -> L1 job; GPU BlockStored follows its
  * ack. Errors: as insert (-EINVAL, -EBUSY, -ENOSPC, -ENOMEM), and the negative
- * code of a copy submit that refused the job (rolled back: nothing changed but
- * stats.copy_submit_failures).
+ * code of a copy submit that refused the job: rolled back (slots freed, locks
+ * released, no event, stats.copy_submit_failures counted); what was done to
+ * make room (auto-mode eviction) and the split (an invisible change) stay.
  */
 int kvn_radix_load_back(struct kvn_radix *tree, uint64_t ns, const int32_t *tokens, size_t n_tokens,
                         const uint32_t *l1_slots, uint32_t n_slots, uint64_t now_tick,
@@ -454,8 +455,9 @@ int kvn_radix_load_back(struct kvn_radix *tree, uint64_t ns, const int32_t *toke
  * Nothing to do (already backed or pending) is success with ack_id 0.
  * Errors: -EINVAL (tree/res NULL, node_id 0, no host tier), -ENOENT (unknown
  * id), -ENOSPC (not enough free + evictable L2 pages), -ENOMEM, and the
- * negative code of a copy submit that refused the job (rolled back: nothing
- * changed but stats.copy_submit_failures). An insert whose write-through
+ * negative code of a copy submit that refused the job: rolled back (pages
+ * freed, locks released, no event, stats.copy_submit_failures counted); L2
+ * leaves evicted to make room stay evicted. An insert whose write-through
  * submit is refused still succeeds (backup_ack_id 0).
  */
 int kvn_radix_write_backup(struct kvn_radix *tree, uint64_t node_id,
