@@ -17,7 +17,8 @@ struct kvn_client {
 };
 
 struct kvn_client_reply {
-    msgpack_unpacked up;
+    msgpack_unpacked up; /* strings and blobs point into buf */
+    char *buf;
     uint64_t id;
     bool ok;
     int code;
@@ -177,10 +178,18 @@ static const msgpack_object *map_get(const msgpack_object *m, const char *key)
 static int decode(const void *buf, size_t len, struct kvn_client_reply *r, struct kvn_err *err)
 {
     size_t off = 0;
+    /* msgpack objects reference the bytes they were parsed from: keep our own copy,
+     * the ZeroMQ message dies right after this call */
+    r->buf = malloc(len ? len : 1);
+    if (!r->buf)
+        return kvn_err_set(err, -ENOMEM, "no memory for a %zu-byte reply", len);
+    memcpy(r->buf, buf, len);
     msgpack_unpacked_init(&r->up);
-    if (msgpack_unpack_next(&r->up, buf, len, &off) != MSGPACK_UNPACK_SUCCESS ||
+    if (msgpack_unpack_next(&r->up, r->buf, len, &off) != MSGPACK_UNPACK_SUCCESS ||
         r->up.data.type != MSGPACK_OBJECT_MAP) {
         msgpack_unpacked_destroy(&r->up);
+        free(r->buf);
+        r->buf = NULL;
         return kvn_err_set(err, -EPROTO, "reply is not a msgpack map");
     }
     const msgpack_object *ok = map_get(&r->up.data, "ok");
@@ -188,6 +197,8 @@ static int decode(const void *buf, size_t len, struct kvn_client_reply *r, struc
     if (!ok || ok->type != MSGPACK_OBJECT_BOOLEAN || !id ||
         id->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
         msgpack_unpacked_destroy(&r->up);
+        free(r->buf);
+        r->buf = NULL;
         return kvn_err_set(err, -EPROTO, "reply lacks \"ok\" or \"id\"");
     }
     r->ok = ok->via.boolean;
@@ -498,5 +509,6 @@ void kvn_client_reply_free(struct kvn_client_reply *r)
     if (!r)
         return;
     msgpack_unpacked_destroy(&r->up);
+    free(r->buf);
     free(r);
 }

@@ -278,11 +278,12 @@ int kvn_xfer_l1_attach(struct kvn_xfer *x, const void *desc, size_t desc_len, co
         kvn_xport_disconnect(p);
         return kvn_err_set(err, rc, "the L1 descriptor: %s", e.msg);
     }
-    if (kvn_xport_rmr_len(rmr) / page_bytes < n_slots) {
+    size_t rlen = kvn_xport_rmr_len(rmr);
+    if (rlen / page_bytes < n_slots) {
         kvn_xport_rmr_free(rmr);
         kvn_xport_disconnect(p);
         return kvn_err_set(err, -EINVAL, "L1 region of %zu bytes holds fewer than %" PRIu64
-                           " slots", kvn_xport_rmr_len(rmr), n_slots);
+                           " slots", rlen, n_slots);
     }
     l1_detach(x);
     x->l1_peer = p;
