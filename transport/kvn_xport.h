@@ -144,7 +144,17 @@ struct kvn_xport_attr {
     const char *bind_host;    /* TCP-based backends: IP/host to listen on;
                                  NULL = "127.0.0.1"; "any" = all interfaces */
     uint16_t port;            /* 0 = ephemeral */
+    unsigned flags;           /* KVN_XPORT_F_*; 0 = none (added later:
+                                 zero it, e.g. with kvn_xport_attr_init) */
 };
+
+/*
+ * The caller busy-polls and does not sleep on the wait fd while transfers
+ * run (benchmarks, a dedicated transfer thread): backends skip their
+ * completion wait objects, which saves a wakeup signal per completion.
+ * kvn_xport_wait_fd() still works but ticks every millisecond.
+ */
+#define KVN_XPORT_F_BUSY_POLL 0x1u
 
 /* Fills *attr with the defaults above (bind_host NULL, port 0). */
 void kvn_xport_attr_init(struct kvn_xport_attr *attr);

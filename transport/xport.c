@@ -256,7 +256,10 @@ static int attr_resolve(const struct kvn_xport_attr *in, struct kvn_xport_attr *
     if (in->op_timeout_ms)
         out->op_timeout_ms = in->op_timeout_ms;
     out->bind_host = in->bind_host;
+    if (in->flags & ~KVN_XPORT_F_BUSY_POLL)
+        return kvn_err_set(err, -EINVAL, "unknown attr flags 0x%x", in->flags);
     out->port = in->port;
+    out->flags = in->flags;
     return 0;
 }
 

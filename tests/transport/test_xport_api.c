@@ -197,6 +197,10 @@ static void test_open_bad_args(void **state)
     a.bind_host = "";
     assert_int_equal(kvn_xport_open("ofi+tcp", &a, &x, &err), -EINVAL);
     kvn_xport_attr_init(&a);
+    a.flags = 0x80;
+    assert_int_equal(kvn_xport_open("ofi+tcp", &a, &x, &err), -EINVAL);
+    assert_non_null(strstr(err.msg, "flags"));
+    kvn_xport_attr_init(&a);
     a.op_timeout_ms = 4000u * 1000u;
     assert_int_equal(kvn_xport_open("ofi+tcp", &a, &x, &err), -EINVAL);
     assert_ptr_equal(x, (struct kvn_xport *)0x1);
@@ -1180,11 +1184,14 @@ static void test_silent_peer_shm(void **state)
     dead_peer("ofi+shm", false);
 }
 
-static void wait_fd_loop(const char *uri)
+static void wait_fd_loop(const char *uri, unsigned flags)
 {
     struct kvn_err err;
     struct pair pr;
-    assert_int_equal(open_pair(uri, NULL, &pr), 0);
+    struct kvn_xport_attr at;
+    kvn_xport_attr_init(&at);
+    at.flags = flags;
+    assert_int_equal(open_pair(uri, &at, &pr), 0);
     int fda = kvn_xport_wait_fd(pr.a), fdb = kvn_xport_wait_fd(pr.b);
     assert_true(fda >= 0 && fdb >= 0);
     assert_int_equal(kvn_xport_wait_fd(pr.a), fda);
@@ -1233,13 +1240,20 @@ static void wait_fd_loop(const char *uri)
 static void test_wait_fd_tcp(void **state)
 {
     (void)state;
-    wait_fd_loop("ofi+tcp");
+    wait_fd_loop("ofi+tcp", 0);
+}
+
+/* busy-poll mode: no provider wait object, the wait fd ticks */
+static void test_wait_fd_busy_poll_tcp(void **state)
+{
+    (void)state;
+    wait_fd_loop("ofi+tcp", KVN_XPORT_F_BUSY_POLL);
 }
 
 static void test_wait_fd_shm(void **state)
 {
     (void)state;
-    wait_fd_loop("ofi+shm");
+    wait_fd_loop("ofi+shm", 0);
 }
 
 int main(void)
@@ -1268,6 +1282,7 @@ int main(void)
         cmocka_unit_test(test_silent_peer_shm),
         cmocka_unit_test(test_wait_fd_tcp),
         cmocka_unit_test(test_wait_fd_shm),
+        cmocka_unit_test(test_wait_fd_busy_poll_tcp),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -376,14 +376,15 @@ static int ofi_open(const struct xport_uri *uri, const struct kvn_xport_attr *at
         struct fi_cq_attr cq = {
             .size = attr->max_outstanding + OFI_N_RX + 64,
             .format = FI_CQ_FORMAT_DATA,
-            .wait_obj = FI_WAIT_FD,
+            .wait_obj = (attr->flags & KVN_XPORT_F_BUSY_POLL) ? FI_WAIT_NONE : FI_WAIT_FD,
         };
         step = "fi_cq_open";
         rc = fi_cq_open(d->domain, &cq, &d->cq, NULL);
-        if (rc) {
+        if (rc && cq.wait_obj != FI_WAIT_NONE) {
             cq.wait_obj = FI_WAIT_NONE;
             rc = fi_cq_open(d->domain, &cq, &d->cq, NULL);
-        } else if (fi_control(&d->cq->fid, FI_GETWAIT, &d->wait_fd) != 0) {
+        } else if (cq.wait_obj == FI_WAIT_FD &&
+                   fi_control(&d->cq->fid, FI_GETWAIT, &d->wait_fd) != 0) {
             d->wait_fd = -1;
         }
     }
