@@ -141,7 +141,7 @@ int kvn_events_pub_create(void *zctx, const struct kvn_events_pub_config *cfg,
         goto fail;
     }
     if ((rc = set_int(pub->pub, ZMQ_SNDHWM, hwm, err, "ZMQ_SNDHWM")) < 0 ||
-        (rc = set_int(pub->pub, ZMQ_XPUB_NODROP, 1, err, "ZMQ_XPUB_NODROP")) < 0 ||
+        (rc = set_int(pub->pub, ZMQ_XPUB_NODROP, cfg->lossy ? 0 : 1, err, "ZMQ_XPUB_NODROP")) < 0 ||
         (rc = set_int(pub->pub, ZMQ_LINGER, linger, err, "ZMQ_LINGER")) < 0 ||
         (rc = bind_and_name(pub->pub, cfg->endpoint, pub->endpoint, sizeof(pub->endpoint), err)) <
             0)

@@ -17,7 +17,11 @@
  *
  * Never blocking: the PUB side is an XPUB socket with ZMQ_XPUB_NODROP and ZMQ_DONTWAIT, so a
  * full subscriber queue (sndhwm) makes the send fail at once; the batch is counted in
- * `dropped` (a plain PUB would drop silently and uncounted).  Replay replies use
+ * `dropped` (a plain PUB would drop silently and uncounted).  The price of counting: ZMQ
+ * refuses such a batch for every subscriber, not only the full one, so a stuck subscriber
+ * makes the others repair by replay until it is gone.  `lossy = true` selects plain PUB
+ * behaviour instead (only the full subscriber loses the batch; drops cannot be counted,
+ * `dropped` stays 0); subscribers detect their gaps by sequence either way.  Replay replies use
  * ZMQ_ROUTER_MANDATORY and ZMQ_DONTWAIT with a per-client sndhwm of buffer_steps + 16, so a
  * full history fits; a client whose queue is full anyway, or that vanished, gets a truncated
  * reply without end marker (counted in `replay_truncated`: it times out and asks again).
@@ -60,6 +64,7 @@ struct kvn_events_pub_config {
     int64_t dp_rank;       /* third element of every batch */
     int sndhwm;            /* PUB high-water mark (messages per subscriber); 0 = 10000 */
     int linger_ms;         /* ZMQ_LINGER on close; 0 = drop at once, <0 = default (1000) */
+    bool lossy;            /* plain PUB drop semantics, uncounted (see above); default off */
 };
 
 struct kvn_events_pub_stats {
