@@ -606,6 +606,10 @@ static void ucx_close(struct kvn_xport *x)
 {
     struct ucx_domain *d = dom(x);
     x->in_close = true;
+    /* rkeys use the worker: destroy them while it exists (requests that
+     * UCX purges below do not touch their rkey any more) */
+    for (uint32_t i = 0; i < d->n_dead_rkey; i++)
+        ucp_rkey_destroy(d->dead_rkey[i]);
     if (d->worker) {
         graves_reap(d, true);
         if (d->addr)
@@ -613,8 +617,6 @@ static void ucx_close(struct kvn_xport *x)
         ucp_worker_destroy(d->worker); /* cancels stale requests */
     }
     if (d->ctx) {
-        for (uint32_t i = 0; i < d->n_dead_rkey; i++)
-            ucp_rkey_destroy(d->dead_rkey[i]);
         for (uint32_t i = 0; i < d->n_dead_memh; i++)
             ucp_mem_unmap(d->ctx, d->dead_memh[i]);
         ucp_cleanup(d->ctx);
