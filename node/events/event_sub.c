@@ -36,6 +36,7 @@ struct kvn_events_sub {
     uint32_t held_cap, held_head, held_count;
     struct kvn_events_decoder dec;
     struct kvn_events_sub_stats st;
+    struct kvn_err last; /* why the last message was refused */
 };
 
 static uint64_t get_be64(const uint8_t *p)
@@ -196,7 +197,7 @@ void *kvn_events_sub_replay_socket(const struct kvn_events_sub *sub)
 static int apply_event(void *ctx, const struct kvn_kv_event *ev)
 {
     struct kvn_events_sub *s = ctx;
-    if (kvn_gindex_apply(s->g, s->peer, ev, NULL) < 0)
+    if (kvn_gindex_apply(s->g, s->peer, ev, &s->last) < 0)
         s->st.apply_errors++;
     else
         s->st.events_applied++;
@@ -206,7 +207,7 @@ static int apply_event(void *ctx, const struct kvn_kv_event *ev)
 /* Applies the batch that is next in sequence, whatever its content. */
 static void apply_next(struct kvn_events_sub *s, const uint8_t *p, size_t len)
 {
-    int rc = kvn_events_decode(&s->dec, p, len, apply_event, s, NULL, NULL);
+    int rc = kvn_events_decode(&s->dec, p, len, apply_event, s, NULL, &s->last);
     if (rc == -EBADMSG)
         s->st.malformed++;
     else if (rc < 0)
@@ -361,6 +362,9 @@ static int handle_live(struct kvn_events_sub *s, int *consumed, struct kvn_err *
         int rc = 0;
         if (total != 3 || zmq_msg_size(&parts[1]) != 8) {
             s->st.bad_frames++;
+            kvn_err_set(&s->last, -EBADMSG,
+                        "live message from %s: %d frames, want [topic][seq 8 bytes][payload]",
+                        s->endpoint, total);
         } else {
             s->st.live_batches++;
             rc = deliver(s, get_be64(zmq_msg_data(&parts[1])), zmq_msg_data(&parts[2]),
@@ -386,6 +390,10 @@ static int handle_replay(struct kvn_events_sub *s, int *consumed, struct kvn_err
         int at = total == 3 ? 1 : total == 4 ? 2 : -1;
         if (at < 0 || zmq_msg_size(&parts[0]) != 0 || zmq_msg_size(&parts[at]) != 8) {
             s->st.bad_frames++;
+            kvn_err_set(
+                &s->last, -EBADMSG,
+                "replay reply from %s: %d frames, want [\"\"][topic]?[seq 8 bytes][payload]",
+                s->replay_endpoint, total);
         } else {
             uint64_t seq = get_be64(zmq_msg_data(&parts[at]));
             size_t len = zmq_msg_size(&parts[at + 1]);
@@ -393,6 +401,8 @@ static int handle_replay(struct kvn_events_sub *s, int *consumed, struct kvn_err
                 rc = on_replay_end(s, err);
             } else if (seq == END_SEQ) {
                 s->st.bad_frames++;
+                kvn_err_set(&s->last, -EBADMSG, "replay end marker from %s with a %zu-byte payload",
+                            s->replay_endpoint, len);
             } else {
                 s->st.replay_batches++;
                 rc = deliver(s, seq, zmq_msg_data(&parts[at + 1]), len, true, err);
@@ -452,6 +462,11 @@ int kvn_events_sub_rejoin(struct kvn_events_sub *sub, struct kvn_err *err)
         return request_replay(sub, err);
     }
     return 0;
+}
+
+const char *kvn_events_sub_last_error(const struct kvn_events_sub *sub)
+{
+    return sub ? sub->last.msg : "";
 }
 
 void kvn_events_sub_get_stats(const struct kvn_events_sub *sub, struct kvn_events_sub_stats *st)

@@ -116,6 +116,11 @@ int kvn_events_sub_retry_replay(struct kvn_events_sub *sub, struct kvn_err *err)
  */
 int kvn_events_sub_rejoin(struct kvn_events_sub *sub, struct kvn_err *err);
 
+/* Why the most recent refused message (bad_frames, malformed, apply error) was refused, for
+ * logs and `stats` ("" when nothing was refused; "" for NULL).  Valid until the next call
+ * on sub. */
+const char *kvn_events_sub_last_error(const struct kvn_events_sub *sub);
+
 /* Counters and state; zeroes for NULL sub. */
 void kvn_events_sub_get_stats(const struct kvn_events_sub *sub, struct kvn_events_sub_stats *st);
 

@@ -451,6 +451,8 @@ static void test_malformed_input_counted(void **state)
     kvn_events_sub_get_stats(s, &st);
     assert_int_equal(st.bad_frames, 2);
     assert_int_equal(st.malformed, 1);
+    /* The last refusal was the end marker carrying a payload. */
+    assert_non_null(strstr(kvn_events_sub_last_error(s), "end marker"));
     assert_int_equal(st.lost, 2); /* history began at 2 */
     assert_int_equal(st.batches_applied, 1);
     struct kvn_gindex_peer_stats ps;
@@ -475,6 +477,7 @@ static void test_malformed_input_counted(void **state)
     kvn_events_sub_get_stats(s, &st);
     assert_int_equal(st.bad_frames, 4);
     assert_int_equal(st.malformed, 2);
+    assert_non_null(strstr(kvn_events_sub_last_error(s), "malformed event batch at byte"));
     assert_int_equal(st.batches_applied, 2);
     assert_int_equal(st.gaps, 0);
     zmq_close(x);
@@ -668,6 +671,8 @@ static void test_errors(void **state)
     kvn_events_sub_get_stats(NULL, &st);
     assert_int_equal(st.next_seq, 0);
     kvn_events_sub_get_stats(s, NULL);
+    assert_string_equal(kvn_events_sub_last_error(s), "");
+    assert_string_equal(kvn_events_sub_last_error(NULL), "");
     kvn_events_sub_destroy(s);
     kvn_events_sub_destroy(NULL);
     kvn_gindex_destroy(g);
