@@ -165,6 +165,7 @@ struct vnode {
     struct kvn_radix_node_info info;
     uint32_t parent_idx; /* index in the node array, or UINT32_MAX at the root */
     uint32_t sub_locks, sub_protects;
+    int64_t hash0; /* info.hashes is valid only until the next mutation */
 };
 
 struct logged_event {
@@ -260,16 +261,25 @@ static void dump_and_fail(struct model *m)
     uint32_t first = m->n_hist > HISTORY ? m->n_hist - HISTORY : 0;
     for (uint32_t i = first; i < m->n_hist; i++)
         fprintf(stderr, "  %s\n", m->history[i % HISTORY]);
-    fprintf(stderr, "  tree now (%u nodes reachable):\n", m->n_nodes);
+    fprintf(stderr, "  events of this step:\n");
+    for (size_t i = 0; i < m->n_log; i++)
+        fprintf(stderr, "    %s %s %u hashes, first %lld\n",
+                m->log[i].type == KVN_EV_BLOCK_STORED    ? "BlockStored"
+                : m->log[i].type == KVN_EV_BLOCK_REMOVED ? "BlockRemoved"
+                                                         : "AllBlocksCleared",
+                kvn_medium_name(m->log[i].medium), m->log[i].n_hashes,
+                (long long)m->log[i].hash0);
+    fprintf(stderr, "  tree before this step (%u nodes reachable):\n", m->n_nodes);
     for (uint32_t i = 0; i < m->n_nodes; i++) {
         const struct kvn_radix_node_info *in = &m->nodes[i].info;
         fprintf(stderr,
                 "    node %llu parent %llu pages %u l1 %d l2 %d l3 %d loading %d pending %llu "
-                "lock %u (own %u) protect %u (own %u) hits %u\n",
+                "lock %u (own %u) protect %u (own %u) hits %u tick %llu hash0 %lld\n",
                 (unsigned long long)in->id, (unsigned long long)in->parent_id, in->n_pages,
                 (int)in->in_l1, (int)in->in_l2, (int)in->in_l3, (int)in->loading,
                 (unsigned long long)in->pending_ack, in->lock_count, in->own_locks,
-                in->protect_count, in->own_protects, in->hit_count);
+                in->protect_count, in->own_protects, in->hit_count,
+                (unsigned long long)in->last_access_tick, (long long)m->nodes[i].hash0);
     }
     fail_msg("seed %llu step %llu: %s", (unsigned long long)m->seed,
              (unsigned long long)m->step, m->failure);
@@ -532,6 +542,7 @@ static void snapshot(struct model *m)
             return;
         }
         vn->sub_locks = vn->sub_protects = 0;
+        vn->hash0 = vn->info.n_pages ? vn->info.hashes[0] : 0;
     }
     for (uint32_t i = 0; i < m->n_nodes; i++) {
         struct vnode *vn = &m->nodes[i];
@@ -810,6 +821,15 @@ static void ref_match(struct model *m, uint64_t ns, const int32_t *tok, uint32_t
 
 /* ------------------------------------------------------- the operations */
 
+/* Time stands still for a few operations at a time, so ties in the eviction
+ * keys (and the id tie-break) are frequent. */
+static uint64_t next_tick(struct model *m)
+{
+    if (rng_below(&m->cb_rng, 3) == 0)
+        m->tick++;
+    return m->tick;
+}
+
 /*
  * Namespaces: the default one, a LoRA-like 42 and a third one that some seeds
  * use beyond max_namespaces. Each has its own token alphabet (offset by 10),
@@ -942,7 +962,7 @@ static void op_insert(struct model *m, bool explicit_slots)
     struct kvn_radix_insert_result res;
     struct kvn_err err;
     int rc = kvn_radix_insert(m->tree, ns, tok, n,
-                              explicit_slots ? slots : NULL, ++m->tick, &res, &err);
+                              explicit_slots ? slots : NULL, next_tick(m), &res, &err);
     /* a new namespace beyond max_namespaces may be refused (-ENOSPC): one whose
      * pages are all gone may have lost its root, the default namespace too */
     bool ns_limited = false;
@@ -1045,7 +1065,7 @@ static void op_match(struct model *m)
     uint32_t cap = rng_below(&m->rng, MAX_PAGES + 1);
     struct kvn_err err;
     struct kvn_radix_stats before = stats_of(m);
-    int rc = kvn_radix_match_prefix(m->tree, ns, tok, n, ++m->tick, slots, cap,
+    int rc = kvn_radix_match_prefix(m->tree, ns, tok, n, next_tick(m), slots, cap,
                                     &r, &err);
     if (rc < 0)
         FAIL("match failed: %s", err.msg);
@@ -1297,12 +1317,84 @@ static void op_ack(struct model *m, bool ok)
     m->counts[ok ? 8 : 9]++;
 }
 
+/* An eviction candidate of tier L1 (or L2) in the snapshot (radix.h EVICTION). */
+static bool is_candidate(struct model *m, uint32_t i, bool l2)
+{
+    const struct kvn_radix_node_info *in = &m->nodes[i].info;
+    if (in->lock_count || in->pending_ack || in->loading)
+        return false;
+    if (l2)
+        return !in->in_l1 && in->in_l2 && !in->n_children && !in->protect_count;
+    if (!in->in_l1)
+        return false;
+    for (uint32_t k = 0; k < m->n_nodes; k++)
+        if (m->nodes[k].info.parent_id == in->id && m->nodes[k].info.in_l1)
+            return false; /* an L1 child */
+    for (uint32_t p = 0; p < in->n_pages && in->in_l2; p++)
+        if (!announced(m, in->hashes[p], KVN_MEDIUM_CPU_PINNED))
+            return false; /* an L2 copy not announced yet */
+    return true;
+}
+
+/* Freed at once (demoted or deleted) rather than scheduled behind a backup. */
+static bool freed_at_once(struct model *m, uint32_t i, bool l2)
+{
+    const struct kvn_radix_node_info *in = &m->nodes[i].info;
+    return l2 || in->in_l2 ||
+           (in->n_children == 0 && in->protect_count == 0 &&
+            (m->cfg.write_policy != KVN_WRITE_BACK || m->cfg.l2_pages == 0));
+}
+
+/*
+ * The nodes an eviction may pick first, from the snapshot before the call: the
+ * candidates with the smallest key, last_access_tick under LRU, (hit_count,
+ * last_access_tick) under LFU. radix.h breaks the remaining ties by node id,
+ * radix.c (81c726c) by slab slot, which is not the id order: any of the tied
+ * nodes is accepted. Writes their first page hashes to ties[]; returns their
+ * number, or 0 when some of them would be scheduled behind a backup instead of
+ * freed at once (then the first removal says nothing about the order).
+ */
+static uint32_t first_victims(struct model *m, bool l2, int64_t *ties)
+{
+    bool lfu = m->cfg.evict_policy == KVN_EVICT_LFU;
+    int best = -1;
+    for (uint32_t i = 0; i < m->n_nodes; i++) {
+        if (!is_candidate(m, i, l2))
+            continue;
+        if (best >= 0) {
+            const struct kvn_radix_node_info *in = &m->nodes[i].info, *b = &m->nodes[best].info;
+            bool less = lfu && in->hit_count != b->hit_count
+                            ? in->hit_count < b->hit_count
+                            : in->last_access_tick < b->last_access_tick;
+            if (!less)
+                continue;
+        }
+        best = (int)i;
+    }
+    if (best < 0)
+        return 0;
+    const struct kvn_radix_node_info *b = &m->nodes[best].info;
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < m->n_nodes; i++) {
+        const struct kvn_radix_node_info *in = &m->nodes[i].info;
+        if (!is_candidate(m, i, l2) || in->last_access_tick != b->last_access_tick ||
+            (lfu && in->hit_count != b->hit_count))
+            continue;
+        if (!freed_at_once(m, i, l2))
+            return 0;
+        ties[n++] = m->nodes[i].hash0;
+    }
+    return n;
+}
+
 static void op_evict(struct model *m, bool l2)
 {
     struct kvn_err err;
     uint32_t n = 1 + rng_below(&m->rng, 4);
     hist(m, "evict_%s %u", l2 ? "l2" : "l1", n);
     struct kvn_radix_stats before = stats_of(m);
+    int64_t ties[MAX_NODES];
+    uint32_t n_ties = first_victims(m, l2, ties);
     struct kvn_radix_evict_result res;
     int rc = l2 ? kvn_radix_evict_l2(m->tree, n, &res, &err)
                 : kvn_radix_evict_l1(m->tree, n, &res, &err);
@@ -1327,6 +1419,22 @@ static void op_evict(struct model *m, bool l2)
     if (removed != res.freed_pages)
         FAIL("evict freed %u pages, %s BlockRemoved %u", res.freed_pages,
                           kvn_medium_name(med), removed);
+    /* policy order: a node with the smallest key goes first */
+    if (n_ties) {
+        const struct logged_event *first = NULL;
+        for (size_t i = 0; i < m->n_log && !first; i++)
+            if (m->log[i].type == KVN_EV_BLOCK_REMOVED && m->log[i].medium == med)
+                first = &m->log[i];
+        bool ok = false;
+        for (uint32_t i = 0; first && i < n_ties; i++)
+            ok |= first->hash0 == ties[i];
+        if (!ok)
+            FAIL("evict_%s: the first %s BlockRemoved (%lld) is none of the %u candidates "
+                 "with the smallest %s key",
+                 l2 ? "l2" : "l1", kvn_medium_name(med), first ? (long long)first->hash0 : 0LL,
+                 n_ties, m->cfg.evict_policy == KVN_EVICT_LFU ? "LFU" : "LRU");
+        m->counts[17]++;
+    }
     m->counts[l2 ? 11 : 10] += res.freed_pages;
 }
 
@@ -1349,7 +1457,7 @@ static void op_load_back(struct model *m)
     struct kvn_radix_job_result res;
     struct kvn_err err;
     int rc = kvn_radix_load_back(m->tree, ns, tok, n,
-                                 explicit_slots ? slots : NULL, n_slots, ++m->tick, &res, &err);
+                                 explicit_slots ? slots : NULL, n_slots, next_tick(m), &res, &err);
     if (rc == -ENOSPC && !explicit_slots) {
         m->counts[12]++;
         REFUSE("load_back (no L1 room)", rc, -ENOSPC, &before, &err);
@@ -1619,7 +1727,7 @@ static void run_seed(uint64_t seed, uint64_t n_ops)
     printf("seed %llu ps %u l1 %u l2 %u wp %d ep %d storage %d: %llu ops; inserts %llu (revive "
            "%llu, enospc %llu), matches %llu (host hits %llu), locks %llu, backups %llu, acks "
            "ok %llu fail %llu, evicted L1 %llu L2 %llu pages, loads %llu, resets %llu, storage "
-           "%llu, namespace refusals %llu\n",
+           "%llu, namespace refusals %llu, victim order checks %llu\n",
            (unsigned long long)seed, m->ps, m->cfg.l1_pages, m->cfg.l2_pages,
            (int)m->cfg.write_policy, (int)m->cfg.evict_policy, (int)m->cfg.storage_enabled,
            (unsigned long long)n_ops, (unsigned long long)m->counts[1],
@@ -1629,7 +1737,8 @@ static void run_seed(uint64_t seed, uint64_t n_ops)
            (unsigned long long)m->counts[8], (unsigned long long)m->counts[9],
            (unsigned long long)m->counts[10], (unsigned long long)m->counts[11],
            (unsigned long long)m->counts[13], (unsigned long long)m->counts[14],
-           (unsigned long long)m->counts[15], (unsigned long long)m->counts[16]);
+           (unsigned long long)m->counts[15], (unsigned long long)m->counts[16],
+           (unsigned long long)m->counts[17]);
     model_fini(m);
     free(m);
 }
