@@ -17,8 +17,12 @@
 #include <cjson/cJSON.h>
 #include <dirent.h>
 
+#include <pthread.h>
+#include <stdatomic.h>
+
 #include "node/kvn_rpc.h"
 #include "node_harness.h"
+#include "transport/kvn_xport.h"
 
 static int teardown(void **state)
 {
@@ -429,6 +433,103 @@ static void test_storage_tier(void **state)
     assert_int_equal(h_node_stop(&n), 0);
 }
 
+/* An engine of our own: its L1 region in its own transport domain, progressed
+ * by a thread as a separate engine process would. */
+struct engine {
+    struct kvn_xport *x;
+    atomic_int stop;
+    pthread_t th;
+};
+
+static void *engine_main(void *arg)
+{
+    struct engine *g = arg;
+    struct kvn_xport_cqe c[8];
+    while (!atomic_load(&g->stop)) {
+        struct kvn_err e;
+        kvn_xport_wait(g->x, 10, &e);
+        kvn_xport_poll(g->x, c, 8);
+    }
+    return NULL;
+}
+
+static void register_l1(const char *transport)
+{
+    struct h_node n;
+    const char *flags[] = {"--transport", transport, "--page-size", "2", "--page-bytes", "8K",
+                           "--host-pool", "4M", NULL};
+    int rc = h_node_start(&n, flags);
+    if (rc == -ENOTSUP) {
+        skip();
+        return;
+    }
+    assert_int_equal(rc, 0);
+    struct kvn_err e;
+    enum { SLOTS = 32, PB = 8192 };
+    struct engine g = {0};
+    assert_int_equal(kvn_xport_open(transport, NULL, &g.x, &e), 0);
+    uint8_t *l1 = calloc(SLOTS, PB);
+    assert_non_null(l1);
+    for (uint32_t s = 0; s < SLOTS; s++)
+        kvn_rpc_fill_pattern(l1 + (size_t)s * PB, PB, 5, s);
+    struct kvn_xport_mr *mr;
+    assert_int_equal(kvn_xport_mr_reg(g.x, l1, (size_t)SLOTS * PB, KVN_XPORT_ACCESS_ALL, &mr, &e), 0);
+    uint8_t desc[KVN_XPORT_DESC_MAX], addr[KVN_XPORT_ADDR_MAX];
+    size_t dl = sizeof(desc), al = sizeof(addr);
+    assert_int_equal(kvn_xport_mr_pack(mr, desc, &dl, &e), 0);
+    assert_int_equal(kvn_xport_address(g.x, addr, &al, &e), 0);
+    /* connect back to the node's address from hello, as both sides should */
+    struct kvn_client_reply *r;
+    assert_int_equal(kvn_client_hello(n.c, &r, &e), 0);
+    kvn_client_reply_free(r);
+    assert_int_equal(pthread_create(&g.th, NULL, engine_main, &g), 0);
+
+    struct kvn_client_req q = {.op = KVN_RPC_REGISTER_L1, .desc = desc, .desc_len = (uint32_t)dl,
+                               .addr = addr, .addr_len = (uint32_t)al, .page_bytes = PB,
+                               .l1_slots = SLOTS};
+    /* refusals first: wrong page bytes, more slots than the region holds */
+    q.page_bytes = 4096;
+    assert_int_equal(kvn_client_call(n.c, &q, NULL, &e), -EINVAL);
+    q.page_bytes = PB;
+    q.l1_slots = SLOTS + 1;
+    assert_int_equal(kvn_client_call(n.c, &q, NULL, &e), -EINVAL);
+    q.l1_slots = SLOTS;
+    assert_int_equal(kvn_client_call(n.c, &q, &r, &e), 0);
+    uint64_t got_slots;
+    assert_int_equal(kvn_client_reply_u64(r, "l1_slots", &got_slots), 0);
+    assert_int_equal(got_slots, SLOTS);
+    kvn_client_reply_free(r);
+    /* write through from the engine's L1, evict, load back into other slots */
+    int32_t toks[] = {1, 2, 3, 4, 5, 6};
+    uint32_t sl[] = {3, 4, 5};
+    assert_int_equal(kvn_client_insert(n.c, toks, 6, sl, 3, NULL, &e), 0);
+    assert_true(h_quiesce(&n));
+    assert_int_equal(h_stat(&n, "jobs_failed"), 0);
+    assert_int_equal(h_stat(&n, "l2_used"), 3);
+    struct kvn_client_req ev = {.op = KVN_RPC_EVICT, .tier = KVN_RPC_TIER_L1, .pages = 3};
+    assert_int_equal(kvn_client_call(n.c, &ev, NULL, &e), 0);
+    memset(l1, 0, (size_t)SLOTS * PB); /* the engine reuses its memory */
+    uint32_t back[] = {10, 11, 12};
+    struct kvn_client_req lb = {.op = KVN_RPC_LOAD_BACK, .tokens = toks, .n_tokens = 6,
+                                .slots = back, .n_slots = 3};
+    assert_int_equal(kvn_client_call(n.c, &lb, NULL, &e), 0);
+    assert_true(h_quiesce(&n));
+    assert_int_equal(h_stat(&n, "jobs_failed"), 0);
+    uint8_t want[PB];
+    for (int i = 0; i < 3; i++) {
+        kvn_rpc_fill_pattern(want, PB, 5, sl[i]);
+        assert_memory_equal(l1 + (size_t)back[i] * PB, want, PB);
+    }
+    atomic_store(&g.stop, 1);
+    pthread_join(g.th, NULL);
+    assert_int_equal(h_node_stop(&n), 0);
+    kvn_xport_close(g.x);
+    free(l1);
+}
+
+static void test_register_l1_ofi_tcp(void **s) { (void)s; register_l1("ofi+tcp"); }
+static void test_register_l1_ucx_tcp(void **s) { (void)s; register_l1("ucx+tcp"); }
+
 static void test_bad_flags_exit_2(void **state)
 {
     (void)state;
@@ -477,6 +578,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_locks_and_leases, teardown),
         cmocka_unit_test_teardown(test_kvctl_cli, teardown),
         cmocka_unit_test_teardown(test_storage_tier, teardown),
+        cmocka_unit_test_teardown(test_register_l1_ofi_tcp, teardown),
+        cmocka_unit_test_teardown(test_register_l1_ucx_tcp, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     h_kill_all();
