@@ -1205,9 +1205,28 @@ static int queue_write(struct kvn_radix *t, struct rnode **nodes, uint32_t cnt, 
     kvn_page_alloc_get(&t->l2a, (uint32_t)total, j->l2, NULL);
     uint32_t off = 0;
     for (uint32_t i = 0; i < cnt; i++) {
+        memcpy(j->l1 + off, n_l1(nodes[i]), (size_t)nodes[i]->n_pages * 4);
+        off += nodes[i]->n_pages;
+    }
+    uint64_t id = j->ack_id;
+    if (t->cfg.copy.submit) { /* before the tree changes: a refusal undoes the pages only */
+        struct kvn_copy_job cj = {.ack_id = id,
+                                  .dir = j->dir,
+                                  .n_pages = (uint32_t)total,
+                                  .l1_slots = j->l1,
+                                  .l2_pages = j->l2};
+        int rc = t->cfg.copy.submit(t->cfg.copy.ctx, &cj);
+        if (rc < 0) {
+            t->copy_submit_failures++;
+            kvn_page_alloc_put(&t->l2a, j->l2, (uint32_t)total, NULL);
+            job_release(t, j);
+            return kvn_err_set(err, rc, "backup: copy submit refused job (%d)", rc);
+        }
+    }
+    off = 0;
+    for (uint32_t i = 0; i < cnt; i++) {
         struct rnode *n = nodes[i];
         memcpy(n_l2(n), j->l2 + off, (size_t)n->n_pages * 4);
-        memcpy(j->l1 + off, n_l1(n), (size_t)n->n_pages * 4);
         off += n->n_pages;
         n->flags |= F_L2;
         t->l2_node_pages += n->n_pages;
@@ -1217,20 +1236,6 @@ static int queue_write(struct kvn_radix *t, struct rnode **nodes, uint32_t cnt, 
     }
     j->n_pages = (uint32_t)total;
     t->pending_pages += total;
-    uint64_t id = j->ack_id;
-    if (t->cfg.copy.submit) {
-        struct kvn_copy_job cj = {.ack_id = id,
-                                  .dir = j->dir,
-                                  .n_pages = j->n_pages,
-                                  .l1_slots = j->l1,
-                                  .l2_pages = j->l2};
-        int rc = t->cfg.copy.submit(t->cfg.copy.ctx, &cj);
-        if (rc < 0) {
-            t->copy_submit_failures++;
-            job_fail(t, j);
-            return kvn_err_set(err, rc, "backup: copy submit refused job (%d)", rc);
-        }
-    }
     t->jobs_submitted++;
     *ack = id;
     *pages = (uint32_t)total;
@@ -2043,32 +2048,16 @@ int kvn_radix_load_back(struct kvn_radix *t, uint64_t ns, const int32_t *tokens,
         job_release(t, j);
         return rc;
     }
-    /* ---- no failure below this line ---- */
-    if (w.split) {
-        struct rnode *p = split_node(t, w.split, w.split_at, blks[0], blks[1]);
-        if (n_rev > 0 && t->scratch2[n_rev - 1] == w.split)
-            t->scratch2[n_rev - 1] = p;
-        w.end = p;
-    }
+    /* the job's pairs, then submit, before the tree changes: a refusal undoes
+     * only the slots */
     j->dir = KVN_COPY_L2_TO_L1;
     uint32_t off = 0;
     for (uint32_t i = 0; i < n_rev; i++) {
         struct rnode *c = t->scratch2[i];
-        memcpy(n_l1(c), j->l1 + off, (size_t)c->n_pages * 4);
-        memcpy(j->l2 + off, n_l2(c), (size_t)c->n_pages * 4);
-        off += c->n_pages;
-        c->flags |= F_L1 | F_LOADING;
-        t->l1_node_pages += c->n_pages;
-        c->parent->n_l1_children++;
-        c->last_access = now;
-        job_append(t, j, c);
-        refresh(t, c->parent);
+        uint32_t k = c == w.split ? w.split_at : c->n_pages;
+        memcpy(j->l2 + off, n_l2(c), (size_t)k * 4);
+        off += k;
     }
-    j->n_pages = want;
-    t->pending_pages += want;
-    res->ack_id = j->ack_id;
-    res->n_pages = want;
-    res->last_node = w.end ? w.end->id : 0;
     if (t->cfg.copy.submit) {
         struct kvn_copy_job cj = {.ack_id = j->ack_id,
                                   .dir = j->dir,
@@ -2078,10 +2067,37 @@ int kvn_radix_load_back(struct kvn_radix *t, uint64_t ns, const int32_t *tokens,
         rc = t->cfg.copy.submit(t->cfg.copy.ctx, &cj);
         if (rc < 0) {
             t->copy_submit_failures++;
-            job_fail(t, j);
+            kvn_page_alloc_put(&t->l1a, j->l1, want, NULL);
+            free(blks[0]);
+            free(blks[1]);
+            job_release(t, j);
             return kvn_err_set(err, rc, "load_back: copy submit refused job (%d)", rc);
         }
     }
+    /* ---- no failure below this line ---- */
+    if (w.split) {
+        struct rnode *p = split_node(t, w.split, w.split_at, blks[0], blks[1]);
+        if (n_rev > 0 && t->scratch2[n_rev - 1] == w.split)
+            t->scratch2[n_rev - 1] = p;
+        w.end = p;
+    }
+    off = 0;
+    for (uint32_t i = 0; i < n_rev; i++) {
+        struct rnode *c = t->scratch2[i];
+        memcpy(n_l1(c), j->l1 + off, (size_t)c->n_pages * 4);
+        off += c->n_pages;
+        c->flags |= F_L1 | F_LOADING;
+        t->l1_node_pages += c->n_pages;
+        c->parent->n_l1_children++;
+        touch(t, c, now);
+        job_append(t, j, c);
+        refresh(t, c->parent);
+    }
+    j->n_pages = want;
+    t->pending_pages += want;
+    res->ack_id = j->ack_id;
+    res->n_pages = want;
+    res->last_node = w.end ? w.end->id : 0;
     t->jobs_submitted++;
     *out = resv;
     return 0;

@@ -219,11 +219,12 @@ struct kvn_copy_job {
 };
 
 /*
- * Where copy jobs go. submit() returns 0 when it accepted the job (the ack will
- * come through kvn_radix_ack), or a negative code when it could not: the tree
- * then rolls the job back at once as a failed ack (nothing published, pages
- * freed, locks released; stats.copy_submit_failures counts it). submit NULL:
- * jobs are only recorded; the caller learns ack ids from the results below.
+ * Where copy jobs go. submit() is called before the tree commits the job; it
+ * returns 0 when it accepted the job (the ack will come through
+ * kvn_radix_ack), or a negative code when it could not: the tree then drops
+ * the job (destination pages given back, nothing locked or published;
+ * stats.copy_submit_failures counts it). submit NULL: jobs are only recorded;
+ * the caller learns ack ids from the results below.
  */
 struct kvn_copy_ops {
     int (*submit)(void *ctx, const struct kvn_copy_job *job);
@@ -441,9 +442,9 @@ struct kvn_radix_job_result {
  * evicted as needed). The last node is split at the page boundary so exactly
  * those pages are loaded. Queues one L2 -> L1 job; GPU BlockStored follows its
  * ack. Errors: as insert (-EINVAL, -EBUSY, -ENOSPC, -ENOMEM), and the negative
- * code of a copy submit that refused the job: rolled back (slots freed, locks
- * released, no event, stats.copy_submit_failures counted); what was done to
- * make room (auto-mode eviction) and the split (an invisible change) stay.
+ * code of a copy submit that refused the job: the submit happens before the
+ * tree changes, so only the slots are given back (stats.copy_submit_failures
+ * counts it); auto-mode eviction done to make room stays.
  */
 int kvn_radix_load_back(struct kvn_radix *tree, uint64_t ns, const int32_t *tokens, size_t n_tokens,
                         const uint32_t *l1_slots, uint32_t n_slots, uint64_t now_tick,
@@ -455,10 +456,11 @@ int kvn_radix_load_back(struct kvn_radix *tree, uint64_t ns, const int32_t *toke
  * Nothing to do (already backed or pending) is success with ack_id 0.
  * Errors: -EINVAL (tree/res NULL, node_id 0, no host tier), -ENOENT (unknown
  * id), -ENOSPC (not enough free + evictable L2 pages), -ENOMEM, and the
- * negative code of a copy submit that refused the job: rolled back (pages
- * freed, locks released, no event, stats.copy_submit_failures counted); L2
- * leaves evicted to make room stay evicted. An insert whose write-through
- * submit is refused still succeeds (backup_ack_id 0).
+ * negative code of a copy submit that refused the job: the submit happens
+ * before the tree changes, so only the L2 pages are given back
+ * (stats.copy_submit_failures counts it); L2 leaves evicted to make room stay
+ * evicted. An insert whose write-through submit is refused still succeeds
+ * (backup_ack_id 0).
  */
 int kvn_radix_write_backup(struct kvn_radix *tree, uint64_t node_id,
                            struct kvn_radix_job_result *res, struct kvn_err *err);
