@@ -32,6 +32,7 @@ struct kvn_events_pub {
     uint32_t steps;
     uint32_t held; /* batches in the ring: the newest `held` sequences before next_seq */
     char endpoint[256], replay_endpoint[256];
+    uint64_t subscriptions; /* subscribe minus unsubscribe notices seen */
     struct kvn_events_pub_stats st;
 };
 
@@ -142,6 +143,7 @@ int kvn_events_pub_create(void *zctx, const struct kvn_events_pub_config *cfg,
     }
     if ((rc = set_int(pub->pub, ZMQ_SNDHWM, hwm, err, "ZMQ_SNDHWM")) < 0 ||
         (rc = set_int(pub->pub, ZMQ_XPUB_NODROP, cfg->lossy ? 0 : 1, err, "ZMQ_XPUB_NODROP")) < 0 ||
+        (rc = set_int(pub->pub, ZMQ_XPUB_VERBOSER, 1, err, "ZMQ_XPUB_VERBOSER")) < 0 ||
         (rc = set_int(pub->pub, ZMQ_LINGER, linger, err, "ZMQ_LINGER")) < 0 ||
         (rc = bind_and_name(pub->pub, cfg->endpoint, pub->endpoint, sizeof(pub->endpoint), err)) <
             0)
@@ -195,13 +197,31 @@ struct kvn_kv_event_sink kvn_events_sink(struct kvn_events_pub *pub)
     return s;
 }
 
-/* Subscription notices arrive on the XPUB; nobody needs them, so keep the queue empty. */
-static void drain_subscriptions(struct kvn_events_pub *pub)
+/*
+ * Subscription notices arrive on the XPUB (every one, ZMQ_XPUB_VERBOSER): 1 = subscribe,
+ * 0 = unsubscribe (also sent when a subscriber disconnects).  Counting them gives the number
+ * of live subscriptions; reading them keeps the queue empty.
+ */
+static void drain_subscriptions(struct kvn_events_pub *pub, int max)
 {
-    char buf[64];
-    for (int i = 0; i < SUB_DRAIN_PER_FLUSH; i++)
-        if (zmq_recv(pub->pub, buf, sizeof(buf), ZMQ_DONTWAIT) < 0)
+    uint8_t buf[64];
+    for (int i = 0; i < max; i++) {
+        int n = zmq_recv(pub->pub, buf, sizeof(buf), ZMQ_DONTWAIT);
+        if (n < 0)
             break;
+        if (n >= 1 && buf[0] == 1)
+            pub->subscriptions++;
+        else if (n >= 1 && buf[0] == 0 && pub->subscriptions > 0)
+            pub->subscriptions--;
+    }
+}
+
+int kvn_events_pub_subscriptions(struct kvn_events_pub *pub)
+{
+    if (!pub)
+        return 0;
+    drain_subscriptions(pub, 1 << 20);
+    return pub->subscriptions > INT32_MAX ? INT32_MAX : (int)pub->subscriptions;
 }
 
 /* Sends [topic][seq][payload] on s, optionally prefixed by frames already sent by caller. */
@@ -253,7 +273,7 @@ int kvn_events_flush(struct kvn_events_pub *pub, double ts, struct kvn_err *err)
     pub->st.bytes += len;
     kvn_events_batch_reset(&pub->batch);
 
-    drain_subscriptions(pub);
+    drain_subscriptions(pub, SUB_DRAIN_PER_FLUSH);
     if (send_frames(pub->pub, pub->topic, pub->topic_len, true, seq, sl->data, len) < 0) {
         int e = zmq_errno();
         pub->st.dropped++;

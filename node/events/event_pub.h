@@ -121,6 +121,13 @@ void *kvn_events_replay_socket(const struct kvn_events_pub *pub);
  */
 int kvn_events_handle_replay(struct kvn_events_pub *pub, struct kvn_err *err);
 
+/*
+ * Live subscriptions on the PUB side (subscribe notices minus unsubscribe ones, a
+ * disconnect counting as unsubscribe), after reading every pending notice.  For stats, and
+ * for tests that must not publish before a subscriber is attached.  0 for NULL.
+ */
+int kvn_events_pub_subscriptions(struct kvn_events_pub *pub);
+
 /* Counters and state; zeroes for NULL pub. */
 void kvn_events_pub_get_stats(const struct kvn_events_pub *pub, struct kvn_events_pub_stats *st);
 

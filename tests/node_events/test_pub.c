@@ -167,7 +167,8 @@ static int run_consumer(struct consumer *c, struct kvn_events_pub *pub, uint32_t
         struct kvn_events_pub_stats st;
         kvn_events_pub_get_stats(pub, &st);
         bool replayed = !c->replay || st.replay_served + st.replay_truncated > c->served_before;
-        if (!published && replayed && access(c->ready, F_OK) == 0) {
+        if (!published && replayed && access(c->ready, F_OK) == 0 &&
+            kvn_events_pub_subscriptions(pub) >= 1) {
             publish(pub, from, live);
             published = true;
         }
@@ -458,6 +459,9 @@ static void test_overflow_counted(void **state)
     zmq_setsockopt(sub, ZMQ_LINGER, &zero, sizeof(zero));
     zmq_setsockopt(sub, ZMQ_SUBSCRIBE, "", 0);
     assert_int_equal(zmq_connect(sub, ep), 0);
+    for (int i = 0; i < 500 && kvn_events_pub_subscriptions(pub) < 1; i++)
+        usleep(10 * 1000);
+    assert_int_equal(kvn_events_pub_subscriptions(pub), 1);
     struct kvn_events_pub_stats st;
     uint32_t b = 0;
     for (; b < 2000; b++) {
@@ -481,9 +485,14 @@ static void test_overflow_counted(void **state)
     }
     assert_true((uint64_t)got + st.dropped <= st.batches);
     assert_true(got <= 8); /* bounded by the two high-water marks */
+    /* Closing the subscriber is an unsubscription. */
+    zmq_close(sub);
+    for (int i = 0; i < 500 && kvn_events_pub_subscriptions(pub) > 0; i++)
+        usleep(10 * 1000);
+    assert_int_equal(kvn_events_pub_subscriptions(pub), 0);
+    sub = NULL;
     /* The dropped batches are in the history: replay could still supply them. */
     assert_int_equal(st.history, b + 1 < 64 ? b + 1 : 64);
-    zmq_close(sub);
     kvn_events_pub_destroy(pub);
 
     /* lossy: the same stuck subscriber, sends always "succeed", nothing counted. */
@@ -564,6 +573,7 @@ static void test_sink_and_errors(void **state)
     assert_int_equal(kvn_events_handle_replay(NULL, &err), -EINVAL);
     assert_null(kvn_events_replay_socket(NULL));
     assert_null(kvn_events_pub_endpoint(NULL));
+    assert_int_equal(kvn_events_pub_subscriptions(NULL), 0);
     struct kvn_events_pub_stats st;
     kvn_events_pub_get_stats(NULL, &st);
     assert_int_equal(st.batches, 0);
