@@ -318,7 +318,8 @@ int kvn_radix_reset(struct kvn_radix *tree, struct kvn_err *err);
  * device_tokens == 0); it may extend beyond the match (a match never splits):
  * locking it protects the whole device prefix. last_host_node: the node holding
  * the last host-extension page (0 when host_tokens == 0). backed_tokens: length
- * of the longest matched prefix whose every page has an L2 copy (in L1 or not).
+ * of the longest matched prefix whose every page has a valid L2 copy (its write
+ * acked; in L1 or not).
  */
 struct kvn_radix_match {
     uint32_t device_tokens;
