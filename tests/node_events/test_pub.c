@@ -104,7 +104,14 @@ static void start_consumer(struct consumer *c, struct kvn_events_pub *pub, const
                            bool replay)
 {
     const char *py = getenv("KVN_CONSUMER");
-    assert_non_null(py);
+    if (!py || access(py, R_OK) != 0 || access("/usr/bin/python3", X_OK) != 0) {
+        print_message(
+            "skipping: reference consumer or /usr/bin/python3 missing (KVN_CONSUMER=%s)\n",
+            py ? py : "unset");
+        kvn_events_pub_destroy(pub);
+        DONE();
+        skip();
+    }
     snprintf(c->out, sizeof(c->out), "/tmp/kvn_evtest_out.%d", (int)getpid());
     snprintf(c->ready, sizeof(c->ready), "/tmp/kvn_evtest_ready.%d", (int)getpid());
     unlink(c->ready);
