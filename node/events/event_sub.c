@@ -37,6 +37,8 @@ struct kvn_events_sub {
     struct kvn_events_decoder dec;
     struct kvn_events_sub_stats st;
     struct kvn_err last; /* why the last message was refused */
+    void (*on_batch)(void *ctx, uint64_t seq, double ts, uint32_t n_events);
+    void *on_batch_ctx;
 };
 
 static uint64_t get_be64(const uint8_t *p)
@@ -156,6 +158,8 @@ int kvn_events_sub_create(void *zctx, struct kvn_gindex *g, const struct kvn_eve
     s->zctx = zctx;
     s->g = g;
     s->peer = cfg->peer;
+    s->on_batch = cfg->on_batch;
+    s->on_batch_ctx = cfg->on_batch_ctx;
     s->held_cap = cfg->max_pending ? cfg->max_pending : KVN_EVENTS_SUB_DEFAULT_PENDING;
     s->held = calloc(s->held_cap, sizeof(*s->held));
     s->endpoint = strdup(cfg->endpoint);
@@ -207,14 +211,19 @@ static int apply_event(void *ctx, const struct kvn_kv_event *ev)
 /* Applies the batch that is next in sequence, whatever its content. */
 static void apply_next(struct kvn_events_sub *s, const uint8_t *p, size_t len)
 {
-    int rc = kvn_events_decode(&s->dec, p, len, apply_event, s, NULL, &s->last);
-    if (rc == -EBADMSG)
+    struct kvn_events_batch_info bi;
+    int rc = kvn_events_decode(&s->dec, p, len, apply_event, s, &bi, &s->last);
+    uint64_t seq = s->st.next_seq++;
+    if (rc == -EBADMSG) {
         s->st.malformed++;
-    else if (rc < 0)
+    } else if (rc < 0) {
         s->st.apply_errors++; /* -ENOMEM growing decoder scratch: the batch is skipped */
-    else
+    } else {
         s->st.batches_applied++;
-    s->st.next_seq++;
+        s->st.last_ts = bi.ts;
+        if (s->on_batch)
+            s->on_batch(s->on_batch_ctx, seq, bi.ts, bi.n_events);
+    }
 }
 
 static void drain_held(struct kvn_events_sub *s)

@@ -54,6 +54,11 @@ struct kvn_events_sub_config {
     const char *topic;           /* subscription prefix; NULL = "" (everything) */
     uint32_t peer;               /* this peer's id in the global index */
     uint32_t max_pending;        /* live batches held during a gap; 0 = 1024 */
+    /* Optional: called after each batch was applied, with its sequence, its ts (the
+     * publisher's clock, seconds) and its event count; for replication-lag metrics.  Must
+     * not call back into the subscriber. */
+    void (*on_batch)(void *ctx, uint64_t seq, double ts, uint32_t n_events);
+    void *on_batch_ctx;
 };
 
 struct kvn_events_sub_stats {
@@ -71,6 +76,7 @@ struct kvn_events_sub_stats {
     uint64_t malformed;         /* payloads the strict decoder refused */
     uint64_t bad_frames;        /* messages with a wrong frame layout */
     uint64_t apply_errors;      /* events the index refused */
+    double last_ts;             /* ts of the last applied batch (publisher's clock), 0 before */
 };
 
 /*

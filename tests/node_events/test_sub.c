@@ -487,6 +487,24 @@ static void test_malformed_input_counted(void **state)
     DONE();
 }
 
+struct batch_log {
+    int n;
+    uint64_t seq[64];
+    double ts[64];
+    uint32_t events[64];
+};
+
+static void log_batch(void *ctx, uint64_t seq, double ts, uint32_t n_events)
+{
+    struct batch_log *l = ctx;
+    if (l->n < 64) {
+        l->seq[l->n] = seq;
+        l->ts[l->n] = ts;
+        l->events[l->n] = n_events;
+    }
+    l->n++;
+}
+
 /* vLLM flavour end to end: map form, a topic, the topic frame in replay replies. */
 static void test_map_topic_converge(void **state)
 {
@@ -504,10 +522,13 @@ static void test_map_topic_converge(void **state)
     struct kvn_events_pub *pub;
     assert_int_equal(kvn_events_pub_create(zctx, &cfg, &pub, NULL), 0);
     publish(pub, ref, 0, 10);
+    struct batch_log log = {0};
     struct kvn_events_sub_config sc = {.endpoint = kvn_events_pub_endpoint(pub),
                                        .replay_endpoint = kvn_events_replay_endpoint(pub),
                                        .topic = "kv-events",
-                                       .peer = 7};
+                                       .peer = 7,
+                                       .on_batch = log_batch,
+                                       .on_batch_ctx = &log};
     struct kvn_events_sub *s;
     assert_int_equal(kvn_events_sub_create(zctx, g, &sc, &s, NULL), 0);
     pump_until(pub, &s, 1, 10);
@@ -519,6 +540,16 @@ static void test_map_topic_converge(void **state)
     kvn_events_sub_get_stats(s, &st);
     assert_int_equal(st.batches_applied, 20);
     assert_int_equal(st.bad_frames + st.malformed + st.lost, 0);
+    assert_true(st.last_ts == 19.0);
+    /* The callback saw every batch once, in order, with the publisher's ts and counts. */
+    assert_int_equal(log.n, 20);
+    for (int i = 0; i < 20; i++) {
+        struct wl w;
+        workload((uint32_t)i, &w);
+        assert_int_equal(log.seq[i], (uint64_t)i);
+        assert_true(log.ts[i] == (double)i);
+        assert_int_equal(log.events[i], (uint32_t)w.n);
+    }
     kvn_events_sub_destroy(s);
     kvn_events_pub_destroy(pub);
     kvn_gindex_destroy(ref);
