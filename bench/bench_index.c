@@ -56,18 +56,18 @@ struct opts {
 struct results {
     size_t n_reqs;
     uint64_t total_tokens;
-    uint64_t hit_tokens;          /* what the index matched in L1 */
-    uint64_t exact_full;          /* trace.c, full 512-token blocks */
-    uint64_t exact_partial;       /* trace.c, shared/README.md's rule */
-    uint64_t page_tokens;         /* full-page tokens handed to match/insert */
-    double match_ns, insert_ns;   /* sums over the run */
-    double memcmp_ns, sha_ns;     /* floors over the same bytes */
-    double memcmp_cold_ns;        /* memcmp with the copy flushed from the caches */
+    uint64_t hit_tokens;            /* what the index matched in L1 */
+    uint64_t exact_full;            /* trace.c, full 512-token blocks */
+    uint64_t exact_partial;         /* trace.c, shared/README.md's rule */
+    uint64_t page_tokens;           /* full-page tokens handed to match/insert */
+    double match_ns, insert_ns;     /* sums over the run */
+    double memcmp_ns, sha_ns;       /* floors over the same bytes */
+    double memcmp_cold_ns;          /* memcmp with the copy flushed from the caches */
     double *match_lat, *insert_lat; /* per request, ns */
     double match_p50, match_p99, insert_p50, insert_p99;
-    uint64_t cached_tokens;       /* L1 tokens in the index at the end */
-    uint64_t index_bytes;         /* kvn_radix_stats.index_bytes at the end */
-    uint64_t heap_bytes;          /* malloc's view of the same, a cross-check */
+    uint64_t cached_tokens; /* L1 tokens in the index at the end */
+    uint64_t index_bytes;   /* kvn_radix_stats.index_bytes at the end */
+    uint64_t heap_bytes;    /* malloc's view of the same, a cross-check */
     uint64_t events;
     uint64_t evicted_pages;
 };
@@ -157,16 +157,15 @@ static void count_event(void *ctx, const struct kvn_kv_event *ev)
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: kvbench index --trace FILE [--page-size N] [--capacity TOKENS]\n"
-            "                     [--policy lru|lfu] [--limit N] [--json]\n"
-            "  --trace FILE       Mooncake JSON-lines trace (hash_ids of 512-token blocks)\n"
-            "  --page-size N      tokens per page (default 16)\n"
-            "  --capacity TOKENS  L1 capacity in tokens, suffix k/M/G allowed\n"
-            "                     (default: unlimited)\n"
-            "  --policy lru|lfu   L1 eviction order (default lru)\n"
-            "  --limit N          replay only the first N requests\n"
-            "  --json             print one JSON object instead of text\n");
+    fprintf(f, "usage: kvbench index --trace FILE [--page-size N] [--capacity TOKENS]\n"
+               "                     [--policy lru|lfu] [--limit N] [--json]\n"
+               "  --trace FILE       Mooncake JSON-lines trace (hash_ids of 512-token blocks)\n"
+               "  --page-size N      tokens per page (default 16)\n"
+               "  --capacity TOKENS  L1 capacity in tokens, suffix k/M/G allowed\n"
+               "                     (default: unlimited)\n"
+               "  --policy lru|lfu   L1 eviction order (default lru)\n"
+               "  --limit N          replay only the first N requests\n"
+               "  --json             print one JSON object instead of text\n");
 }
 
 /* Parses a decimal count with an optional k/M/G (10^3, 10^6, 10^9) suffix. */
@@ -195,10 +194,10 @@ static int parse_count(const char *s, uint64_t max, uint64_t *out)
 static int parse_opts(int argc, char **argv, struct opts *o)
 {
     static const struct option longs[] = {
-        {"trace", required_argument, NULL, 't'},  {"page-size", required_argument, NULL, 'p'},
+        {"trace", required_argument, NULL, 't'},    {"page-size", required_argument, NULL, 'p'},
         {"capacity", required_argument, NULL, 'c'}, {"policy", required_argument, NULL, 'P'},
-        {"limit", required_argument, NULL, 'l'},  {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+        {"limit", required_argument, NULL, 'l'},    {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
     };
     memset(o, 0, sizeof(*o));
     o->page_size = 16;
@@ -268,8 +267,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         return 2;
     }
     if (o->capacity && o->capacity / o->page_size > UINT32_MAX - 1) {
-        fprintf(stderr, "kvbench index: --capacity too large for %u-token pages\n",
-                o->page_size);
+        fprintf(stderr, "kvbench index: --capacity too large for %u-token pages\n", o->page_size);
         return 2;
     }
     return 0;
@@ -295,8 +293,8 @@ static int replay(const struct opts *o, const struct kvn_trace *t, struct result
 {
     struct kvn_err err;
     uint64_t n_events = 0;
-    uint64_t l1_pages = o->capacity ? o->capacity / o->page_size
-                                    : unlimited_pages(t, o->page_size, r->exact_full);
+    uint64_t l1_pages =
+        o->capacity ? o->capacity / o->page_size : unlimited_pages(t, o->page_size, r->exact_full);
     if (l1_pages > UINT32_MAX - 1) {
         fprintf(stderr, "kvbench index: %llu L1 pages do not fit the index; raise --page-size\n",
                 (unsigned long long)l1_pages);
@@ -343,8 +341,8 @@ static int replay(const struct opts *o, const struct kvn_trace *t, struct result
 
         struct kvn_radix_match m;
         double t0 = now_ns();
-        int mrc = kvn_radix_match_prefix(tree, KVN_RADIX_NS_DEFAULT, tok, n, i + 1, NULL, 0, &m,
-                                         &err);
+        int mrc =
+            kvn_radix_match_prefix(tree, KVN_RADIX_NS_DEFAULT, tok, n, i + 1, NULL, 0, &m, &err);
         double t1 = now_ns();
         if (mrc < 0) {
             fprintf(stderr, "kvbench index: request %zu: match: %s\n", i, err.msg);
@@ -358,8 +356,7 @@ static int replay(const struct opts *o, const struct kvn_trace *t, struct result
         int irc = kvn_radix_insert(tree, KVN_RADIX_NS_DEFAULT, tok, n, NULL, i + 1, &ir, &err);
         double t3 = now_ns();
         if (irc < 0) {
-            fprintf(stderr, "kvbench index: request %zu (%zu tokens): insert: %s\n", i, n,
-                    err.msg);
+            fprintf(stderr, "kvbench index: request %zu (%zu tokens): insert: %s\n", i, n, err.msg);
             rc = 1;
             break;
         }
@@ -426,7 +423,8 @@ static void print_text(const struct opts *o, const struct results *r, double sec
     printf("  hit tokens        %llu of %llu  hit rate %.4f\n", (unsigned long long)r->hit_tokens,
            (unsigned long long)r->total_tokens, hr);
     printf("  exact (trace ids) %llu  hit rate %.4f  (leading full 512-token blocks seen before)\n",
-           (unsigned long long)r->exact_full, ratio((double)r->exact_full, (double)r->total_tokens));
+           (unsigned long long)r->exact_full,
+           ratio((double)r->exact_full, (double)r->total_tokens));
     printf("  exact, partial    %llu  hit rate %.4f  (shared/README.md rule: a seen partial last "
            "block counts)\n",
            (unsigned long long)r->exact_partial,
@@ -436,7 +434,8 @@ static void print_text(const struct opts *o, const struct results *r, double sec
     printf("  requests/s        %.0f  (index time %.3f s of %.3f s wall)\n",
            ratio((double)r->n_reqs, (r->match_ns + r->insert_ns) / 1e9),
            (r->match_ns + r->insert_ns) / 1e9, secs);
-    printf("  match latency     p50 %.1f us  p99 %.1f us\n", r->match_p50 / 1e3, r->match_p99 / 1e3);
+    printf("  match latency     p50 %.1f us  p99 %.1f us\n", r->match_p50 / 1e3,
+           r->match_p99 / 1e3);
     printf("  insert latency    p50 %.1f us  p99 %.1f us  (evicted %llu pages)\n",
            r->insert_p50 / 1e3, r->insert_p99 / 1e3, (unsigned long long)r->evicted_pages);
     printf("  per token         match %.3f ns  memcmp %.3f ns  ratio %.2f\n",

@@ -37,13 +37,14 @@ int kvn_bench_cluster_main(int argc, char **argv)
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: kvbench <subcommand> [options]\n"
-               "  index   --trace FILE [--page-size N] [--capacity TOKENS] [--policy lru|lfu]\n"
-               "          [--limit N] [--json]      replay a Mooncake trace through the index\n"
-               "  write   [options]                 RMA write benchmark%s\n"
-               "  read    [options]                 RMA read benchmark%s\n"
-               "  cluster [options]                 multi-node benchmark%s\n"
-               "Run 'kvbench <subcommand> --help' for its options.\n",
+    fprintf(f,
+            "usage: kvbench <subcommand> [options]\n"
+            "  index   --trace FILE [--page-size N] [--capacity TOKENS] [--policy lru|lfu]\n"
+            "          [--limit N] [--json]      replay a Mooncake trace through the index\n"
+            "  write   [options]                 RMA write benchmark%s\n"
+            "  read    [options]                 RMA read benchmark%s\n"
+            "  cluster [options]                 multi-node benchmark%s\n"
+            "Run 'kvbench <subcommand> --help' for its options.\n",
 #ifdef KVN_HAVE_BENCH_XFER
             "", "",
 #else

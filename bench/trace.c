@@ -28,8 +28,7 @@ int32_t kvn_trace_block_token(uint64_t id, uint32_t j)
     return (int32_t)(x % KVN_TRACE_TOKEN_RANGE);
 }
 
-int kvn_trace_tokens(const struct kvn_trace_req *r, int32_t *out, uint32_t n,
-                     struct kvn_err *err)
+int kvn_trace_tokens(const struct kvn_trace_req *r, int32_t *out, uint32_t n, struct kvn_err *err)
 {
     if (!r || !out)
         return kvn_err_set(err, -EINVAL, "trace tokens: NULL %s", r ? "out" : "request");
@@ -108,10 +107,9 @@ static int parse_line(struct load_state *st, const char *line, size_t lineno, st
     uint64_t need = (in + KVN_TRACE_BLOCK_TOKENS - 1) / KVN_TRACE_BLOCK_TOKENS;
     uint64_t have = (uint64_t)cJSON_GetArraySize(ids);
     if (have < need) {
-        rc = kvn_err_set(err, -EINVAL,
-                         "trace line %zu: %llu hash_ids for input_length %llu (need %llu)",
-                         lineno, (unsigned long long)have, (unsigned long long)in,
-                         (unsigned long long)need);
+        rc = kvn_err_set(
+            err, -EINVAL, "trace line %zu: %llu hash_ids for input_length %llu (need %llu)", lineno,
+            (unsigned long long)have, (unsigned long long)in, (unsigned long long)need);
         goto out;
     }
     if (grow((void **)&st->ids, &st->cap_ids, st->n_ids + need, sizeof(*st->ids)) < 0 ||
@@ -128,8 +126,8 @@ static int parse_line(struct load_state *st, const char *line, size_t lineno, st
         double d = cJSON_IsNumber(id) ? id->valuedouble : -1;
         if (!(d >= 0) || d > 9007199254740992.0 || d != floor(d)) {
             rc = kvn_err_set(err, -EINVAL,
-                             "trace line %zu: hash_ids[%llu] is not a non-negative integer",
-                             lineno, (unsigned long long)k);
+                             "trace line %zu: hash_ids[%llu] is not a non-negative integer", lineno,
+                             (unsigned long long)k);
             goto out;
         }
         st->ids[st->n_ids + k++] = (uint64_t)d;

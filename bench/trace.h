@@ -40,18 +40,18 @@
 
 struct kvn_trace_req {
     uint64_t timestamp_ms;
-    uint32_t input_length;   /* tokens of the prompt */
+    uint32_t input_length; /* tokens of the prompt */
     uint32_t output_length;
-    uint32_t n_blocks;       /* ceil(input_length / 512) ids are used */
+    uint32_t n_blocks; /* ceil(input_length / 512) ids are used */
     const uint64_t *hash_ids;
 };
 
 struct kvn_trace {
     struct kvn_trace_req *reqs;
     size_t n_reqs;
-    uint64_t *id_pool;       /* all hash_ids, requests point into it */
+    uint64_t *id_pool; /* all hash_ids, requests point into it */
     size_t n_ids;
-    uint64_t total_tokens;   /* sum of input_length */
+    uint64_t total_tokens; /* sum of input_length */
     uint32_t max_input_length;
 };
 
@@ -75,8 +75,7 @@ int32_t kvn_trace_block_token(uint64_t id, uint32_t j);
  * Writes the first n tokens of request r into out[0..n). n must be <=
  * r->input_length. Errors: -EINVAL for NULL r/out or n > input_length.
  */
-int kvn_trace_tokens(const struct kvn_trace_req *r, int32_t *out, uint32_t n,
-                     struct kvn_err *err);
+int kvn_trace_tokens(const struct kvn_trace_req *r, int32_t *out, uint32_t n, struct kvn_err *err);
 
 /* How kvn_trace_exact_hits counts a request's hit. */
 enum kvn_trace_hit_rule {

@@ -57,17 +57,17 @@
 
 #include "cache/radix.h"
 
-#define N_MEDIA      3
-#define MAX_PAGES    8   /* pages of one generated sequence */
-#define MAX_PS       4
-#define MAX_TOK      (MAX_PAGES * MAX_PS)
-#define POOL         10
-#define MAX_NODES    512 /* live node ids tracked */
-#define MAX_VIEW     1024
-#define MAX_JOBS     4096
-#define JOB_PAGES    128
-#define HISTORY      40
-#define MAP_BITS     20
+#define N_MEDIA   3
+#define MAX_PAGES 8 /* pages of one generated sequence */
+#define MAX_PS    4
+#define MAX_TOK   (MAX_PAGES * MAX_PS)
+#define POOL      10
+#define MAX_NODES 512 /* live node ids tracked */
+#define MAX_VIEW  1024
+#define MAX_JOBS  4096
+#define JOB_PAGES 128
+#define HISTORY   40
+#define MAP_BITS  20
 
 /* Record the first failure and leave the current function. */
 #define FAIL(...)                                                                                  \
@@ -267,8 +267,7 @@ static void dump_and_fail(struct model *m)
                 m->log[i].type == KVN_EV_BLOCK_STORED    ? "BlockStored"
                 : m->log[i].type == KVN_EV_BLOCK_REMOVED ? "BlockRemoved"
                                                          : "AllBlocksCleared",
-                kvn_medium_name(m->log[i].medium), m->log[i].n_hashes,
-                (long long)m->log[i].hash0);
+                kvn_medium_name(m->log[i].medium), m->log[i].n_hashes, (long long)m->log[i].hash0);
     fprintf(stderr, "  tree before this step (%u nodes reachable):\n", m->n_nodes);
     for (uint32_t i = 0; i < m->n_nodes; i++) {
         const struct kvn_radix_node_info *in = &m->nodes[i].info;
@@ -281,15 +280,14 @@ static void dump_and_fail(struct model *m)
                 in->protect_count, in->own_protects, in->hit_count,
                 (unsigned long long)in->last_access_tick, (long long)m->nodes[i].hash0);
     }
-    fail_msg("seed %llu step %llu: %s", (unsigned long long)m->seed,
-             (unsigned long long)m->step, m->failure);
+    fail_msg("seed %llu step %llu: %s", (unsigned long long)m->seed, (unsigned long long)m->step,
+             m->failure);
 }
 
 static struct page_ent *map_find(struct model *m, int64_t h, bool add)
 {
     size_t mask = ((size_t)1 << MAP_BITS) - 1;
-    for (size_t i = ((uint64_t)h * 0x9e3779b97f4a7c15ull) >> (64 - MAP_BITS);;
-         i = (i + 1) & mask) {
+    for (size_t i = ((uint64_t)h * 0x9e3779b97f4a7c15ull) >> (64 - MAP_BITS);; i = (i + 1) & mask) {
         struct page_ent *e = &m->map[i];
         if (e->used && e->hash == h)
             return e;
@@ -445,8 +443,9 @@ static int storage_backup(void *ctx, const struct kvn_storage_fragment *f)
         if (event_hash(d) != f->hashes[p])
             model_fail(m, "storage fragment page %u hash mismatch", p);
         if (!announced(m, f->hashes[p], KVN_MEDIUM_CPU_PINNED))
-            model_fail(m, "storage fragment page %lld handed over before its CPU_PINNED "
-                          "BlockStored",
+            model_fail(m,
+                       "storage fragment page %lld handed over before its CPU_PINNED "
+                       "BlockStored",
                        (long long)f->hashes[p]);
         prev = d;
     }
@@ -537,8 +536,8 @@ static void snapshot(struct model *m)
     for (uint32_t i = 0; i < m->n_ids && !m->failed; i++) {
         struct vnode *vn = &m->nodes[m->n_nodes++];
         if (kvn_radix_node_info(m->tree, m->ids[i], &vn->info, &err) < 0) {
-            model_fail(m, "node_info(%llu) failed after closure: %s",
-                       (unsigned long long)m->ids[i], err.msg);
+            model_fail(m, "node_info(%llu) failed after closure: %s", (unsigned long long)m->ids[i],
+                       err.msg);
             return;
         }
         vn->sub_locks = vn->sub_protects = 0;
@@ -675,10 +674,10 @@ static void check_step(struct model *m)
         return;
     if (st.nodes != m->n_nodes)
         FAIL("stats.nodes %llu, %u nodes reachable from handed-out ids",
-                          (unsigned long long)st.nodes, m->n_nodes);
+             (unsigned long long)st.nodes, m->n_nodes);
     if (st.pending_jobs != outstanding_jobs(m))
         FAIL("stats.pending_jobs %llu, test holds %zu unacked jobs",
-                          (unsigned long long)st.pending_jobs, outstanding_jobs(m));
+             (unsigned long long)st.pending_jobs, outstanding_jobs(m));
 
     uint64_t l1_tok = 0, l2_tok = 0, cached = 0, locked = 0, prot = 0;
     for (uint32_t i = 0; i < m->n_nodes; i++) {
@@ -690,14 +689,14 @@ static void check_step(struct model *m)
         if (!in->in_l1 && !in->in_l2)
             FAIL("node %llu in neither L1 nor L2", (unsigned long long)in->id);
         if (in->in_l1 && vn->parent_idx != UINT32_MAX && !m->nodes[vn->parent_idx].info.in_l1)
-            FAIL("L1 not top-closed: node %llu in L1, parent %llu not",
-                              (unsigned long long)in->id, (unsigned long long)in->parent_id);
+            FAIL("L1 not top-closed: node %llu in L1, parent %llu not", (unsigned long long)in->id,
+                 (unsigned long long)in->parent_id);
         if ((in->in_l1 != (in->l1_slots != NULL)) && !in->loading)
-            FAIL("node %llu in_l1 %d but l1_slots %p", (unsigned long long)in->id,
-                              (int)in->in_l1, (const void *)in->l1_slots);
+            FAIL("node %llu in_l1 %d but l1_slots %p", (unsigned long long)in->id, (int)in->in_l1,
+                 (const void *)in->l1_slots);
         if (in->in_l2 != (in->l2_pages != NULL))
-            FAIL("node %llu in_l2 %d but l2_pages %p", (unsigned long long)in->id,
-                              (int)in->in_l2, (const void *)in->l2_pages);
+            FAIL("node %llu in_l2 %d but l2_pages %p", (unsigned long long)in->id, (int)in->in_l2,
+                 (const void *)in->l2_pages);
         l1_tok += in->in_l1 ? tok : 0;
         l2_tok += in->in_l2 ? tok : 0;
         cached += tok;
@@ -705,17 +704,15 @@ static void check_step(struct model *m)
         int li = led_find(m, in->id, false);
         uint32_t own_l = li < 0 ? 0 : m->led[li].locks, own_p = li < 0 ? 0 : m->led[li].protects;
         if (in->own_locks != own_l || in->own_protects != own_p)
-            FAIL("node %llu own locks %u/protects %u, ledger %u/%u",
-                              (unsigned long long)in->id, in->own_locks, in->own_protects, own_l,
-                              own_p);
+            FAIL("node %llu own locks %u/protects %u, ledger %u/%u", (unsigned long long)in->id,
+                 in->own_locks, in->own_protects, own_l, own_p);
         uint32_t want = vn->sub_locks + (in->pending_ack ? 1u : 0u);
         if (in->lock_count != want)
-            FAIL("node %llu lock_count %u, path locks %u + pending %d",
-                              (unsigned long long)in->id, in->lock_count, vn->sub_locks,
-                              in->pending_ack != 0);
+            FAIL("node %llu lock_count %u, path locks %u + pending %d", (unsigned long long)in->id,
+                 in->lock_count, vn->sub_locks, in->pending_ack != 0);
         if (in->protect_count != vn->sub_protects)
-            FAIL("node %llu protect_count %u, path protects %u",
-                              (unsigned long long)in->id, in->protect_count, vn->sub_protects);
+            FAIL("node %llu protect_count %u, path protects %u", (unsigned long long)in->id,
+                 in->protect_count, vn->sub_protects);
         locked += in->lock_count > 0;
         prot += in->protect_count > 0;
         if (in->pending_ack) {
@@ -724,20 +721,18 @@ static void check_step(struct model *m)
                 found |= m->jobs[j].ack_id == in->pending_ack && m->jobs[j].state == JOB_PENDING;
             if (!found)
                 FAIL("node %llu pending on ack %llu the test does not hold",
-                                  (unsigned long long)in->id,
-                                  (unsigned long long)in->pending_ack);
+                     (unsigned long long)in->id, (unsigned long long)in->pending_ack);
         }
     }
     if (st.l1_tokens != l1_tok || st.l2_tokens != l2_tok || st.cached_tokens != cached)
         FAIL("stats tokens l1 %llu l2 %llu cached %llu, tree says %llu %llu %llu",
-                          (unsigned long long)st.l1_tokens, (unsigned long long)st.l2_tokens,
-                          (unsigned long long)st.cached_tokens, (unsigned long long)l1_tok,
-                          (unsigned long long)l2_tok, (unsigned long long)cached);
+             (unsigned long long)st.l1_tokens, (unsigned long long)st.l2_tokens,
+             (unsigned long long)st.cached_tokens, (unsigned long long)l1_tok,
+             (unsigned long long)l2_tok, (unsigned long long)cached);
     if (st.locked_nodes != locked || st.protected_nodes != prot)
         FAIL("stats locked %llu protected %llu, tree says %llu %llu",
-                          (unsigned long long)st.locked_nodes,
-                          (unsigned long long)st.protected_nodes, (unsigned long long)locked,
-                          (unsigned long long)prot);
+             (unsigned long long)st.locked_nodes, (unsigned long long)st.protected_nodes,
+             (unsigned long long)locked, (unsigned long long)prot);
 
     /* events against the tree: GPU == L1 pages; CPU within L2, complete when settled */
     uint64_t gpu = 0, cpu = 0, disk = 0;
@@ -748,18 +743,17 @@ static void check_step(struct model *m)
         bool d = announced(m, vp->hash, KVN_MEDIUM_DISK);
         bool in_gpu = vp->in_l1 && !vp->loading;
         if (g != in_gpu)
-            FAIL("page %lld: GPU announced %d, in L1 (not loading) %d",
-                              (long long)vp->hash, (int)g, (int)in_gpu);
+            FAIL("page %lld: GPU announced %d, in L1 (not loading) %d", (long long)vp->hash, (int)g,
+                 (int)in_gpu);
         if (c && !vp->in_l2)
-            FAIL("page %lld announced on CPU_PINNED but not in L2",
-                              (long long)vp->hash);
+            FAIL("page %lld announced on CPU_PINNED but not in L2", (long long)vp->hash);
         if (c && vp->pending_write)
             FAIL("page %lld announced on CPU_PINNED while its write is pending",
-                              (long long)vp->hash);
+                 (long long)vp->hash);
         if (vp->in_l2 && !vp->pending_write && !vp->anc_pending_write && !c)
             FAIL("page %lld in L2, no write pending on its path, never announced "
-                                 "on CPU_PINNED",
-                              (long long)vp->hash);
+                 "on CPU_PINNED",
+                 (long long)vp->hash);
         if (d && !vp->in_l3)
             FAIL("page %lld announced on DISK but not in L3", (long long)vp->hash);
         gpu += g;
@@ -769,18 +763,18 @@ static void check_step(struct model *m)
     if (gpu != m->n_on[KVN_MEDIUM_GPU] || cpu != m->n_on[KVN_MEDIUM_CPU_PINNED] ||
         disk != m->n_on[KVN_MEDIUM_DISK])
         FAIL("announced GPU %llu CPU %llu DISK %llu, of which in the tree %llu "
-                             "%llu %llu",
-                          (unsigned long long)m->n_on[0], (unsigned long long)m->n_on[1],
-                          (unsigned long long)m->n_on[2], (unsigned long long)gpu,
-                          (unsigned long long)cpu, (unsigned long long)disk);
+             "%llu %llu",
+             (unsigned long long)m->n_on[0], (unsigned long long)m->n_on[1],
+             (unsigned long long)m->n_on[2], (unsigned long long)gpu, (unsigned long long)cpu,
+             (unsigned long long)disk);
 }
 
 /* --------------------------------------------------- reference matching */
 
 struct ref_match {
-    uint32_t pages;      /* whole pages of the query */
-    uint32_t device;     /* pages announced on GPU, leading */
-    uint32_t host;       /* then on CPU_PINNED and not loading */
+    uint32_t pages;        /* whole pages of the query */
+    uint32_t device;       /* pages announced on GPU, leading */
+    uint32_t host;         /* then on CPU_PINNED and not loading */
     int32_t first_loading; /* page index of the first loading page, or -1 */
     int64_t hashes[MAX_PAGES];
 };
@@ -886,8 +880,8 @@ static bool stats_same(const struct kvn_radix_stats *a, const struct kvn_radix_s
     return a->l1_used == b->l1_used && a->l2_used == b->l2_used && a->nodes == b->nodes &&
            a->locked_nodes == b->locked_nodes && a->protected_nodes == b->protected_nodes &&
            a->pending_jobs == b->pending_jobs && a->cached_tokens == b->cached_tokens &&
-           a->l1_tokens == b->l1_tokens && a->l2_tokens == b->l2_tokens &&
-           a->events == b->events && a->jobs_submitted == b->jobs_submitted;
+           a->l1_tokens == b->l1_tokens && a->l2_tokens == b->l2_tokens && a->events == b->events &&
+           a->jobs_submitted == b->jobs_submitted;
 }
 
 /* A refused call: the expected code and nothing changed. */
@@ -961,8 +955,8 @@ static void op_insert(struct model *m, bool explicit_slots)
     struct kvn_radix_stats before = stats_of(m);
     struct kvn_radix_insert_result res;
     struct kvn_err err;
-    int rc = kvn_radix_insert(m->tree, ns, tok, n,
-                              explicit_slots ? slots : NULL, next_tick(m), &res, &err);
+    int rc = kvn_radix_insert(m->tree, ns, tok, n, explicit_slots ? slots : NULL, next_tick(m),
+                              &res, &err);
     /* a new namespace beyond max_namespaces may be refused (-ENOSPC): one whose
      * pages are all gone may have lost its root, the default namespace too */
     bool ns_limited = false;
@@ -988,13 +982,13 @@ static void op_insert(struct model *m, bool explicit_slots)
     uint32_t want_ins = ref.first_loading >= 0 ? (uint32_t)ref.first_loading * ps : n;
     if (res.prefix_tokens != ref.device * ps)
         FAIL("insert prefix_tokens %u, GPU-announced prefix %u", res.prefix_tokens,
-                          ref.device * ps);
+             ref.device * ps);
     if (res.inserted_tokens != want_ins)
-        FAIL("insert inserted_tokens %u, expected %u (first loading page %d)",
-                          res.inserted_tokens, want_ins, ref.first_loading);
+        FAIL("insert inserted_tokens %u, expected %u (first loading page %d)", res.inserted_tokens,
+             want_ins, ref.first_loading);
     if (res.prefix_tokens + res.revived_tokens + res.new_tokens != res.inserted_tokens)
-        FAIL("insert %u + %u + %u != %u", res.prefix_tokens, res.revived_tokens,
-                          res.new_tokens, res.inserted_tokens);
+        FAIL("insert %u + %u + %u != %u", res.prefix_tokens, res.revived_tokens, res.new_tokens,
+             res.inserted_tokens);
     /* revived = pages of the tree before the call (L2 only), new = the rest */
     uint32_t revived = 0;
     for (uint32_t p = ref.device; p < want_ins / ps; p++) {
@@ -1006,8 +1000,8 @@ static void op_insert(struct model *m, bool explicit_slots)
         }
     }
     if (res.revived_tokens != revived * ps)
-        FAIL("insert revived_tokens %u, snapshot had %u L2-only pages",
-                          res.revived_tokens, revived);
+        FAIL("insert revived_tokens %u, snapshot had %u L2-only pages", res.revived_tokens,
+             revived);
     /* GPU BlockStored for exactly pages [prefix, inserted) in order */
     uint32_t p = ref.device;
     for (size_t i = 0; i < m->n_log; i++) {
@@ -1015,13 +1009,11 @@ static void op_insert(struct model *m, bool explicit_slots)
         if (le->type != KVN_EV_BLOCK_STORED || le->medium != KVN_MEDIUM_GPU)
             continue;
         if (p >= want_ins / ps || le->hash0 != ref.hashes[p])
-            FAIL("insert: GPU BlockStored %lld, expected page %u", (long long)le->hash0,
-                              p);
+            FAIL("insert: GPU BlockStored %lld, expected page %u", (long long)le->hash0, p);
         p++;
     }
     if (p != want_ins / ps)
-        FAIL("insert: %u GPU BlockStored, expected %u", p - ref.device,
-                          want_ins / ps - ref.device);
+        FAIL("insert: %u GPU BlockStored, expected %u", p - ref.device, want_ins / ps - ref.device);
     if (res.evicted_pages && explicit_slots)
         FAIL("explicit insert evicted %u pages", res.evicted_pages);
     if (res.backup_ack_id) {
@@ -1030,7 +1022,7 @@ static void op_insert(struct model *m, bool explicit_slots)
             found |= m->jobs[j].ack_id == res.backup_ack_id;
         if (!found)
             FAIL("insert reports backup ack %llu never submitted",
-                              (unsigned long long)res.backup_ack_id);
+                 (unsigned long long)res.backup_ack_id);
     }
     m->counts[1]++;
     m->counts[2] += res.revived_tokens > 0;
@@ -1041,7 +1033,7 @@ static void op_insert(struct model *m, bool explicit_slots)
             struct vpage *vp = view_find(m, ref.hashes[q]);
             if (!vp || vp->l1 != slots[q])
                 FAIL("explicit insert: page %u holds slot %u, caller gave %u", q,
-                                  vp ? vp->l1 : UINT32_MAX, slots[q]);
+                     vp ? vp->l1 : UINT32_MAX, slots[q]);
         }
     }
 }
@@ -1065,8 +1057,7 @@ static void op_match(struct model *m)
     uint32_t cap = rng_below(&m->rng, MAX_PAGES + 1);
     struct kvn_err err;
     struct kvn_radix_stats before = stats_of(m);
-    int rc = kvn_radix_match_prefix(m->tree, ns, tok, n, next_tick(m), slots, cap,
-                                    &r, &err);
+    int rc = kvn_radix_match_prefix(m->tree, ns, tok, n, next_tick(m), slots, cap, &r, &err);
     if (rc < 0)
         FAIL("match failed: %s", err.msg);
     struct kvn_radix_stats after = stats_of(m);
@@ -1074,43 +1065,41 @@ static void op_match(struct model *m)
         FAIL("match changed the tree or emitted events");
     uint32_t ps = m->ps;
     if (r.device_tokens != ref.device * ps || r.host_tokens != ref.host * ps)
-        FAIL("match device %u host %u, reference %u %u", r.device_tokens,
-                          r.host_tokens, ref.device * ps, ref.host * ps);
+        FAIL("match device %u host %u, reference %u %u", r.device_tokens, r.host_tokens,
+             ref.device * ps, ref.host * ps);
     if (r.backed_tokens > r.device_tokens + r.host_tokens)
         FAIL("match backed %u beyond the matched %u", r.backed_tokens,
-                          r.device_tokens + r.host_tokens);
+             r.device_tokens + r.host_tokens);
     uint32_t cpu_prefix = 0;
     while (cpu_prefix < ref.device + ref.host &&
            announced(m, ref.hashes[cpu_prefix], KVN_MEDIUM_CPU_PINNED))
         cpu_prefix++;
     if (r.backed_tokens < cpu_prefix * ps)
-        FAIL("match backed %u, CPU_PINNED-announced prefix %u", r.backed_tokens,
-                          cpu_prefix * ps);
+        FAIL("match backed %u, CPU_PINNED-announced prefix %u", r.backed_tokens, cpu_prefix * ps);
     uint32_t want_slots = ref.device < cap ? ref.device : cap;
     if (r.n_slots != want_slots)
         FAIL("match n_slots %u, expected %u", r.n_slots, want_slots);
     for (uint32_t q = 0; q < r.n_slots; q++) {
         struct vpage *vp = view_find(m, ref.hashes[q]);
         if (!vp || vp->l1 != slots[q])
-            FAIL("match slot %u = %u, page holds %u", q, slots[q],
-                              vp ? vp->l1 : UINT32_MAX);
+            FAIL("match slot %u = %u, page holds %u", q, slots[q], vp ? vp->l1 : UINT32_MAX);
     }
     if ((r.device_tokens == 0) != (r.last_device_node == 0) ||
         (r.host_tokens == 0) != (r.last_host_node == 0))
         FAIL("match last nodes %llu/%llu for device %u host %u",
-                          (unsigned long long)r.last_device_node,
-                          (unsigned long long)r.last_host_node, r.device_tokens, r.host_tokens);
+             (unsigned long long)r.last_device_node, (unsigned long long)r.last_host_node,
+             r.device_tokens, r.host_tokens);
     if (r.device_tokens) {
         struct vpage *vp = view_find(m, ref.hashes[ref.device - 1]);
         if (!vp || vp->node != r.last_device_node)
             FAIL("match last_device_node %llu does not hold the last device page",
-                              (unsigned long long)r.last_device_node);
+                 (unsigned long long)r.last_device_node);
     }
     if (r.host_tokens) {
         struct vpage *vp = view_find(m, ref.hashes[ref.device + ref.host - 1]);
         if (!vp || vp->node != r.last_host_node)
             FAIL("match last_host_node %llu does not hold the last host page",
-                              (unsigned long long)r.last_host_node);
+                 (unsigned long long)r.last_host_node);
     }
     m->counts[3]++;
     m->counts[4] += r.host_tokens > 0;
@@ -1129,7 +1118,8 @@ static void op_lock(struct model *m, bool protect, bool release)
     int (*fn)(struct kvn_radix *, uint64_t, struct kvn_err *) =
         protect ? (release ? kvn_radix_unprotect : kvn_radix_protect)
                 : (release ? kvn_radix_unlock : kvn_radix_lock);
-    const char *name = protect ? (release ? "unprotect" : "protect") : (release ? "unlock" : "lock");
+    const char *name =
+        protect ? (release ? "unprotect" : "protect") : (release ? "unlock" : "lock");
     uint32_t r = rng_below(&m->rng, 10);
     if (r == 0 && m->n_dead) { /* a stale id */
         uint64_t id = m->dead_ids[rng_below(&m->rng, m->n_dead)];
@@ -1228,8 +1218,7 @@ static void op_write_backup(struct model *m)
     if (rc < 0)
         FAIL("write_backup failed: %d %s", rc, err.msg);
     if (res.ack_id && !known_job(m, res.ack_id))
-        FAIL("write_backup ack %llu never submitted",
-                          (unsigned long long)res.ack_id);
+        FAIL("write_backup ack %llu never submitted", (unsigned long long)res.ack_id);
     m->counts[7] += res.ack_id != 0;
 }
 
@@ -1253,13 +1242,12 @@ static void op_ack(struct model *m, bool ok)
                 return;
         }
         hist(m, "ack %llu %s (unknown or done)", (unsigned long long)bogus, ok ? "ok" : "fail");
-        REFUSE("ack of an unknown id", kvn_radix_ack(m->tree, bogus, ok, &err),
-                              -ENOENT, &before, &err);
+        REFUSE("ack of an unknown id", kvn_radix_ack(m->tree, bogus, ok, &err), -ENOENT, &before,
+               &err);
     }
     if (r == 1) {
         hist(m, "ack 0");
-        REFUSE("ack 0", kvn_radix_ack(m->tree, 0, ok, &err), -EINVAL, &before,
-                              &err);
+        REFUSE("ack 0", kvn_radix_ack(m->tree, 0, ok, &err), -EINVAL, &before, &err);
     }
     struct job *j = &m->jobs[cand[rng_below(&m->rng, (uint32_t)nc)]];
     hist(m, "ack %llu %s (%s %u pages%s)", (unsigned long long)j->ack_id, ok ? "ok" : "fail",
@@ -1311,8 +1299,8 @@ static void op_ack(struct model *m, bool ok)
     if (rng_below(&m->rng, 4) == 0) {
         m->n_log = 0;
         struct kvn_radix_stats b2 = stats_of(m);
-        expect_refusal(m, "second ack", kvn_radix_ack(m->tree, j->ack_id, ok, &err), -ENOENT,
-                       &b2, &err);
+        expect_refusal(m, "second ack", kvn_radix_ack(m->tree, j->ack_id, ok, &err), -ENOENT, &b2,
+                       &err);
     }
     m->counts[ok ? 8 : 9]++;
 }
@@ -1403,11 +1391,10 @@ static void op_evict(struct model *m, bool l2)
     struct kvn_radix_stats after = stats_of(m);
     uint32_t freed = l2 ? after.l2_free - before.l2_free : after.l1_free - before.l1_free;
     if (freed != res.freed_pages)
-        FAIL("evict reports %u freed, allocator free grew by %u", res.freed_pages,
-                          freed);
+        FAIL("evict reports %u freed, allocator free grew by %u", res.freed_pages, freed);
     if (!l2 && res.freed_pages != res.demoted_pages + res.deleted_pages)
-        FAIL("evict_l1 freed %u != demoted %u + deleted %u", res.freed_pages,
-                          res.demoted_pages, res.deleted_pages);
+        FAIL("evict_l1 freed %u != demoted %u + deleted %u", res.freed_pages, res.demoted_pages,
+             res.deleted_pages);
     if (res.ack_id && !known_job(m, res.ack_id))
         FAIL("evict ack %llu never submitted", (unsigned long long)res.ack_id);
     /* removed pages: on the tier's medium, exactly the freed count */
@@ -1417,8 +1404,8 @@ static void op_evict(struct model *m, bool l2)
         if (m->log[i].type == KVN_EV_BLOCK_REMOVED && m->log[i].medium == med)
             removed += m->log[i].n_hashes;
     if (removed != res.freed_pages)
-        FAIL("evict freed %u pages, %s BlockRemoved %u", res.freed_pages,
-                          kvn_medium_name(med), removed);
+        FAIL("evict freed %u pages, %s BlockRemoved %u", res.freed_pages, kvn_medium_name(med),
+             removed);
     /* policy order: a node with the smallest key goes first */
     if (n_ties) {
         const struct logged_event *first = NULL;
@@ -1456,8 +1443,8 @@ static void op_load_back(struct model *m)
     struct kvn_radix_stats before = stats_of(m);
     struct kvn_radix_job_result res;
     struct kvn_err err;
-    int rc = kvn_radix_load_back(m->tree, ns, tok, n,
-                                 explicit_slots ? slots : NULL, n_slots, next_tick(m), &res, &err);
+    int rc = kvn_radix_load_back(m->tree, ns, tok, n, explicit_slots ? slots : NULL, n_slots,
+                                 next_tick(m), &res, &err);
     if (rc == -ENOSPC && !explicit_slots) {
         m->counts[12]++;
         REFUSE("load_back (no L1 room)", rc, -ENOSPC, &before, &err);
@@ -1470,11 +1457,9 @@ static void op_load_back(struct model *m)
     if (explicit_slots && n_slots < want)
         want = n_slots;
     if (res.prefix_tokens != ref.device * m->ps)
-        FAIL("load_back prefix %u, GPU-announced prefix %u", res.prefix_tokens,
-                          ref.device * m->ps);
+        FAIL("load_back prefix %u, GPU-announced prefix %u", res.prefix_tokens, ref.device * m->ps);
     if (res.n_pages != want && !(res.ack_id == 0 && res.n_pages == 0 && want == 0))
-        FAIL("load_back %u pages, host extension %u (slots %u)", res.n_pages,
-                          ref.host, n_slots);
+        FAIL("load_back %u pages, host extension %u (slots %u)", res.n_pages, ref.host, n_slots);
     if (want && !res.ack_id && !known_job(m, res.ack_id))
         FAIL("load_back of %u pages without a job", want);
     if (res.ack_id && !known_job(m, res.ack_id))
@@ -1534,19 +1519,18 @@ static void drain(struct model *m, bool ok)
     struct kvn_radix_stats st = stats_of(m);
     if (st.locked_nodes || st.protected_nodes || st.pending_jobs)
         FAIL("after drain: %llu locked, %llu protected, %llu pending",
-                          (unsigned long long)st.locked_nodes,
-                          (unsigned long long)st.protected_nodes,
-                          (unsigned long long)st.pending_jobs);
+             (unsigned long long)st.locked_nodes, (unsigned long long)st.protected_nodes,
+             (unsigned long long)st.pending_jobs);
     for (uint32_t i = 0; i < m->n_nodes; i++)
         if (m->nodes[i].info.lock_count || m->nodes[i].info.protect_count)
             FAIL("after drain node %llu lock %u protect %u",
-                              (unsigned long long)m->nodes[i].info.id,
-                              m->nodes[i].info.lock_count, m->nodes[i].info.protect_count);
+                 (unsigned long long)m->nodes[i].info.id, m->nodes[i].info.lock_count,
+                 m->nodes[i].info.protect_count);
     /* settled: every L2 page announced on CPU_PINNED, exactly once (the consumer) */
     for (uint32_t i = 0; i < m->n_view; i++)
         if (m->view[i].in_l2 && !announced(m, m->view[i].hash, KVN_MEDIUM_CPU_PINNED))
             FAIL("after drain page %lld in L2 never announced on CPU_PINNED",
-                              (long long)m->view[i].hash);
+                 (long long)m->view[i].hash);
 }
 
 /* Things that must survive a step: locked L1 nodes, protected L2 nodes, pending nodes. */
@@ -1637,8 +1621,8 @@ static void model_init(struct model *m, uint64_t seed)
             m->pool[b][i] = 1 + (int32_t)rng_below(&m->rng, m->alphabet);
         if (b > 0 && rng_below(&m->rng, 2)) /* share a prefix with an earlier one */
             memcpy(m->pool[b], m->pool[b - 1],
-                   (m->pool_len[b] < m->pool_len[b - 1] ? m->pool_len[b] : m->pool_len[b - 1]) /
-                       2 * sizeof(int32_t));
+                   (m->pool_len[b] < m->pool_len[b - 1] ? m->pool_len[b] : m->pool_len[b - 1]) / 2 *
+                       sizeof(int32_t));
     }
     struct kvn_err err;
     int rc = kvn_radix_create(c, &m->tree, &err);

@@ -43,7 +43,8 @@ static void test_load_fields(void **state)
     const char *text =
         "{\"timestamp\": 5, \"input_length\": 1000, \"output_length\": 7, \"hash_ids\": [3, 9]}\n"
         "\n"
-        "{\"timestamp\": 6, \"input_length\": 512, \"output_length\": 1, \"hash_ids\": [3, 4, 5]}\n";
+        "{\"timestamp\": 6, \"input_length\": 512, \"output_length\": 1, \"hash_ids\": [3, 4, "
+        "5]}\n";
     assert_int_equal(load_text(text, 0, &t, &err), 0);
     assert_int_equal(t.n_reqs, 2);
     assert_int_equal(t.reqs[0].timestamp_ms, 5);
@@ -82,7 +83,8 @@ static void test_load_refusals(void **state)
         "{\"timestamp\": 0, \"input_length\": 10, \"output_length\": 1, \"hash_ids\": [\"x\"]}\n",
         "{\"timestamp\": 0, \"input_length\": 10, \"output_length\": 1, \"hash_ids\": [-1]}\n",
         "{\"timestamp\": 0, \"input_length\": 10, \"output_length\": 1, \"hash_ids\": 4}\n",
-        "{\"timestamp\": 0, \"input_length\": 4294967296, \"output_length\": 1, \"hash_ids\": [1]}\n",
+        "{\"timestamp\": 0, \"input_length\": 4294967296, \"output_length\": 1, \"hash_ids\": "
+        "[1]}\n",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         memset(&t, 0x5a, sizeof(t));
@@ -200,8 +202,7 @@ static void test_shared_trace_figure(void **state)
                      0);
     assert_int_equal(total, 144793823ull);
     assert_int_equal(hit, 54098411ull);
-    assert_int_equal(kvn_trace_exact_hits(&t, 0, KVN_TRACE_HIT_FULL_BLOCKS, &hit, &total, &err),
-                     0);
+    assert_int_equal(kvn_trace_exact_hits(&t, 0, KVN_TRACE_HIT_FULL_BLOCKS, &hit, &total, &err), 0);
     assert_int_equal(hit, 54063104ull);
     kvn_trace_free(&t);
 }
