@@ -5,6 +5,7 @@
  *
  *   kvbench-events [--events N] [--batch N] [--page-size T] [--format array|map]
  *                  [--subscriber] [--json]
+ *   kvbench-events --lag [--batches N] [--interval-us U] [--batch N] [--json]
  *
  * Three phases over the same pre-built events (distinct hashes and tokens, one page each):
  *   msgpack-c  msgpack_pack_* of each event into a msgpack_sbuffer, cleared per batch
@@ -15,6 +16,11 @@
  *   apply      replication in: kvn_events_decode (strict) of pre-encoded batches of the
  *              same events + kvn_gindex_apply of every event (re-stores after the first
  *              round: hash-set lookups, the steady state of a converged peer)
+ * --lag measures replication lag instead: a publisher flushes one batch every U µs with
+ * ts = CLOCK_MONOTONIC, a kvn_events_sub on another thread (same process, TCP loopback)
+ * applies them into its global index, and its on_batch callback records now - ts: the
+ * delay from flush to "visible in the peer's global index".  p50/p99/max are printed.
+ *
  * Rates use the publishing thread's CPU time (CLOCK_THREAD_CPUTIME_ID: "one core", robust
  * on a shared machine) and wall time; both are printed.
  */
@@ -29,6 +35,7 @@
 
 #include "node/events/event_codec.h"
 #include "node/events/event_pub.h"
+#include "node/events/event_sub.h"
 #include "node/events/global_index.h"
 
 #define N_DISTINCT 4096
@@ -40,6 +47,9 @@ struct opts {
     enum kvn_events_format fmt;
     bool subscriber;
     bool json;
+    bool lag;
+    uint32_t lag_batches;
+    uint32_t interval_us;
 };
 
 static double now(clockid_t c)
@@ -313,15 +323,149 @@ static int run_publish(const struct opts *o, const struct kvn_kv_event *ev, stru
     return 0;
 }
 
+struct lag_thread {
+    void *zctx;
+    char ep[256], rep[256];
+    atomic_bool stop, ready;
+    double *samples;
+    uint64_t n, cap;
+    int failed;
+};
+
+static void on_batch_lag(void *ctx, uint64_t seq, double ts, uint32_t n_events)
+{
+    (void)seq;
+    (void)n_events;
+    struct lag_thread *l = ctx;
+    if (l->n < l->cap)
+        l->samples[l->n++] = now(CLOCK_MONOTONIC) - ts;
+}
+
+static void *lag_main(void *arg)
+{
+    struct lag_thread *l = arg;
+    struct kvn_gindex *g;
+    struct kvn_events_sub *sub;
+    struct kvn_err err;
+    struct kvn_events_sub_config sc = {
+        .endpoint = l->ep, .replay_endpoint = l->rep, .on_batch = on_batch_lag, .on_batch_ctx = l};
+    if (kvn_gindex_create(NULL, &g, &err) < 0 ||
+        kvn_events_sub_create(l->zctx, g, &sc, &sub, &err) < 0) {
+        fprintf(stderr, "kvbench-events: subscriber: %s\n", err.msg);
+        l->failed = 1;
+        atomic_store(&l->ready, true);
+        return NULL;
+    }
+    atomic_store(&l->ready, true);
+    while (!atomic_load(&l->stop)) {
+        zmq_pollitem_t it[2] = {
+            {.socket = kvn_events_sub_socket(sub), .events = ZMQ_POLLIN},
+            {.socket = kvn_events_sub_replay_socket(sub), .events = ZMQ_POLLIN}};
+        zmq_poll(it, 2, 5);
+        if (kvn_events_sub_handle(sub, &err) < 0) {
+            fprintf(stderr, "kvbench-events: subscriber: %s\n", err.msg);
+            l->failed = 1;
+            break;
+        }
+    }
+    kvn_events_sub_destroy(sub);
+    kvn_gindex_destroy(g);
+    return NULL;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int run_lag(const struct opts *o, const struct kvn_kv_event *ev)
+{
+    void *zctx = zmq_ctx_new();
+    struct kvn_events_pub_config cfg = {.endpoint = "tcp://127.0.0.1:*",
+                                        .replay_endpoint = "tcp://127.0.0.1:*",
+                                        .format = o->fmt,
+                                        .linger_ms = 0};
+    struct kvn_events_pub *pub;
+    struct kvn_err err;
+    if (kvn_events_pub_create(zctx, &cfg, &pub, &err) < 0) {
+        fprintf(stderr, "kvbench-events: %s\n", err.msg);
+        return 1;
+    }
+    struct lag_thread l = {.zctx = zctx, .cap = o->lag_batches};
+    l.samples = calloc(o->lag_batches, sizeof(double));
+    if (!l.samples)
+        return 1;
+    snprintf(l.ep, sizeof(l.ep), "%s", kvn_events_pub_endpoint(pub));
+    snprintf(l.rep, sizeof(l.rep), "%s", kvn_events_replay_endpoint(pub));
+    pthread_t th;
+    pthread_create(&th, NULL, lag_main, &l);
+    while (!atomic_load(&l.ready))
+        ;
+    /* Wait (bounded) for the subscription, serving the subscriber's join replay. */
+    for (int i = 0; i < 1000 && kvn_events_pub_subscriptions(pub) < 1; i++) {
+        kvn_events_handle_replay(pub, NULL);
+        struct timespec d = {0, 2 * 1000 * 1000};
+        nanosleep(&d, NULL);
+    }
+    uint64_t k = 0;
+    for (uint32_t b = 0; b < o->lag_batches && !l.failed; b++) {
+        kvn_events_handle_replay(pub, NULL);
+        for (uint32_t i = 0; i < o->batch; i++, k++)
+            kvn_events_add(pub, &ev[k % N_DISTINCT], NULL);
+        kvn_events_flush(pub, now(CLOCK_MONOTONIC), NULL);
+        struct timespec d = {0, (long)o->interval_us * 1000};
+        nanosleep(&d, NULL);
+    }
+    for (int i = 0; i < 500 && l.n < o->lag_batches && !l.failed; i++) {
+        kvn_events_handle_replay(pub, NULL);
+        struct timespec d = {0, 2 * 1000 * 1000};
+        nanosleep(&d, NULL);
+    }
+    atomic_store(&l.stop, true);
+    pthread_join(th, NULL);
+    struct kvn_events_pub_stats ps;
+    kvn_events_pub_get_stats(pub, &ps);
+    uint64_t n = l.n;
+    qsort(l.samples, n, sizeof(double), cmp_double);
+    double p50 = n ? l.samples[n / 2] * 1e6 : 0, p99 = n ? l.samples[(n * 99) / 100] * 1e6 : 0;
+    double mx = n ? l.samples[n - 1] * 1e6 : 0;
+    if (o->json)
+        printf("{\"lag_batches\": %u, \"applied\": %llu, \"batch\": %u, \"interval_us\": %u, "
+               "\"lag_p50_us\": %.1f, \"lag_p99_us\": %.1f, \"lag_max_us\": %.1f, "
+               "\"dropped\": %llu}\n",
+               o->lag_batches, (unsigned long long)n, o->batch, o->interval_us, p50, p99, mx,
+               (unsigned long long)ps.dropped);
+    else
+        printf("kvbench-events --lag: %llu of %u batches of %u events applied by a peer "
+               "subscriber (TCP loopback, one batch every %u us)\n"
+               "  flush -> visible in the peer's global index: p50 %.1f us, p99 %.1f us, max "
+               "%.1f us; dropped %llu\n",
+               (unsigned long long)n, o->lag_batches, o->batch, o->interval_us, p50, p99, mx,
+               (unsigned long long)ps.dropped);
+    free(l.samples);
+    kvn_events_pub_destroy(pub);
+    zmq_ctx_term(zctx);
+    return l.failed || n < o->lag_batches ? 1 : 0;
+}
+
 static void usage(void)
 {
     fprintf(stderr, "usage: kvbench-events [--events N] [--batch N] [--page-size T] "
-                    "[--format array|map] [--subscriber] [--json]\n");
+                    "[--format array|map] [--subscriber] [--json]\n"
+                    "       kvbench-events --lag [--batches N] [--interval-us U] [--batch N] "
+                    "[--json]\n");
 }
 
 int main(int argc, char **argv)
 {
-    struct opts o = {.events = 2000000, .batch = 256, .page = 16, .fmt = KVN_EVENTS_FORMAT_ARRAY};
+    struct opts o = {.events = 2000000,
+                     .batch = 256,
+                     .page = 16,
+                     .fmt = KVN_EVENTS_FORMAT_ARRAY,
+                     .lag_batches = 5000,
+                     .interval_us = 200};
+    bool batch_given = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -330,6 +474,7 @@ int main(int argc, char **argv)
             i++;
         } else if (strcmp(a, "--batch") == 0 && v) {
             o.batch = (uint32_t)strtoul(v, NULL, 10);
+            batch_given = true;
             i++;
         } else if (strcmp(a, "--page-size") == 0 && v) {
             o.page = (uint32_t)strtoul(v, NULL, 10);
@@ -341,6 +486,14 @@ int main(int argc, char **argv)
                 return 2;
             }
             i++;
+        } else if (strcmp(a, "--batches") == 0 && v) {
+            o.lag_batches = (uint32_t)strtoul(v, NULL, 10);
+            i++;
+        } else if (strcmp(a, "--interval-us") == 0 && v) {
+            o.interval_us = (uint32_t)strtoul(v, NULL, 10);
+            i++;
+        } else if (strcmp(a, "--lag") == 0) {
+            o.lag = true;
         } else if (strcmp(a, "--subscriber") == 0) {
             o.subscriber = true;
         } else if (strcmp(a, "--json") == 0) {
@@ -354,9 +507,22 @@ int main(int argc, char **argv)
         usage();
         return 2;
     }
+    if (o.lag && (o.lag_batches == 0 || o.interval_us > 1000000)) {
+        usage();
+        return 2;
+    }
     int64_t *hashes;
     int32_t *tokens;
     struct kvn_kv_event *ev = make_events(o.page, &hashes, &tokens);
+    if (o.lag) {
+        if (!batch_given)
+            o.batch = 16;
+        int rc = run_lag(&o, ev);
+        free(ev);
+        free(hashes);
+        free(tokens);
+        return rc;
+    }
     struct timing tm, te, tp, ta;
     struct kvn_events_pub_stats ps;
     uint64_t received;
