@@ -328,8 +328,9 @@ struct lag_thread {
     char ep[256], rep[256];
     atomic_bool stop, ready;
     double *samples;
-    uint64_t n, cap;
-    int failed;
+    atomic_uint_fast64_t n; /* written by the subscriber thread, read by the publisher */
+    uint64_t cap;
+    atomic_int failed;
 };
 
 static void on_batch_lag(void *ctx, uint64_t seq, double ts, uint32_t n_events)
@@ -337,8 +338,11 @@ static void on_batch_lag(void *ctx, uint64_t seq, double ts, uint32_t n_events)
     (void)seq;
     (void)n_events;
     struct lag_thread *l = ctx;
-    if (l->n < l->cap)
-        l->samples[l->n++] = now(CLOCK_MONOTONIC) - ts;
+    uint64_t i = atomic_load(&l->n);
+    if (i < l->cap) {
+        l->samples[i] = now(CLOCK_MONOTONIC) - ts;
+        atomic_store(&l->n, i + 1);
+    }
 }
 
 static void *lag_main(void *arg)
@@ -352,7 +356,7 @@ static void *lag_main(void *arg)
     if (kvn_gindex_create(NULL, &g, &err) < 0 ||
         kvn_events_sub_create(l->zctx, g, &sc, &sub, &err) < 0) {
         fprintf(stderr, "kvbench-events: subscriber: %s\n", err.msg);
-        l->failed = 1;
+        atomic_store(&l->failed, 1);
         atomic_store(&l->ready, true);
         return NULL;
     }
@@ -364,7 +368,7 @@ static void *lag_main(void *arg)
         zmq_poll(it, 2, 5);
         if (kvn_events_sub_handle(sub, &err) < 0) {
             fprintf(stderr, "kvbench-events: subscriber: %s\n", err.msg);
-            l->failed = 1;
+            atomic_store(&l->failed, 1);
             break;
         }
     }
@@ -409,7 +413,7 @@ static int run_lag(const struct opts *o, const struct kvn_kv_event *ev)
         nanosleep(&d, NULL);
     }
     uint64_t k = 0;
-    for (uint32_t b = 0; b < o->lag_batches && !l.failed; b++) {
+    for (uint32_t b = 0; b < o->lag_batches && !atomic_load(&l.failed); b++) {
         kvn_events_handle_replay(pub, NULL);
         for (uint32_t i = 0; i < o->batch; i++, k++)
             kvn_events_add(pub, &ev[k % N_DISTINCT], NULL);
@@ -417,7 +421,7 @@ static int run_lag(const struct opts *o, const struct kvn_kv_event *ev)
         struct timespec d = {0, (long)o->interval_us * 1000};
         nanosleep(&d, NULL);
     }
-    for (int i = 0; i < 500 && l.n < o->lag_batches && !l.failed; i++) {
+    for (int i = 0; i < 500 && atomic_load(&l.n) < o->lag_batches && !atomic_load(&l.failed); i++) {
         kvn_events_handle_replay(pub, NULL);
         struct timespec d = {0, 2 * 1000 * 1000};
         nanosleep(&d, NULL);
@@ -426,7 +430,7 @@ static int run_lag(const struct opts *o, const struct kvn_kv_event *ev)
     pthread_join(th, NULL);
     struct kvn_events_pub_stats ps;
     kvn_events_pub_get_stats(pub, &ps);
-    uint64_t n = l.n;
+    uint64_t n = atomic_load(&l.n);
     qsort(l.samples, n, sizeof(double), cmp_double);
     double p50 = n ? l.samples[n / 2] * 1e6 : 0, p99 = n ? l.samples[(n * 99) / 100] * 1e6 : 0;
     double mx = n ? l.samples[n - 1] * 1e6 : 0;
@@ -446,7 +450,7 @@ static int run_lag(const struct opts *o, const struct kvn_kv_event *ev)
     free(l.samples);
     kvn_events_pub_destroy(pub);
     zmq_ctx_term(zctx);
-    return l.failed || n < o->lag_batches ? 1 : 0;
+    return atomic_load(&l.failed) || n < o->lag_batches ? 1 : 0;
 }
 
 static void usage(void)
