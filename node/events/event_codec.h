@@ -124,8 +124,8 @@ int kvn_events_batch_add(struct kvn_events_batch *b, const struct kvn_kv_event *
  * Completes the payload [ts, [events...], dp_rank] in place and points *payload and *len at it.
  * The bytes stay valid until the next add/reset/fini on b.  finish() does not change the
  * batch: more events may be added and finish() called again.  An empty batch gives
- * [ts, [], dp_rank].  Errors: -EINVAL (NULL arguments, non-finite ts is allowed and encoded
- * as is).
+ * [ts, [], dp_rank].  Any double is encoded as is (also NaN/inf: the caller's clock).
+ * Errors: -EINVAL (NULL or uninitialized b, NULL payload or len).
  */
 int kvn_events_batch_finish(struct kvn_events_batch *b, double ts, int64_t dp_rank,
                             const uint8_t **payload, size_t *len, struct kvn_err *err);
