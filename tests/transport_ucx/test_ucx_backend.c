@@ -29,6 +29,7 @@
 #include <time.h>
 
 #include "transport/kvn_xport.h"
+#include "transport/ucx/kvn_xport_ucx.h"
 
 #define BUF_LEN (4u * 1024u * 1024u)
 #define WAIT_MS 30000
@@ -575,6 +576,79 @@ static void test_wait_fd(void **state)
     assert_int_equal(kvn_xport_wait(f->b.x, 20, &ke), -ETIMEDOUT);
 }
 
+/* UCX-allocated memory on both sides: registered sub-ranges move data
+ * (directly over ucx+sm); the allocator refuses what it must. */
+static void test_ucx_mem_alloc(void **state)
+{
+    struct fx *f = *state;
+    struct kvn_err ke;
+    const size_t len = 2u * 1024u * 1024u;
+    void *pa = NULL, *pb = NULL, *spare = NULL;
+    assert_int_equal(kvn_xport_ucx_mem_alloc(f->a.x, len, &pa, &ke), 0);
+    assert_int_equal(kvn_xport_ucx_mem_alloc(f->b.x, len, &pb, &ke), 0);
+    assert_int_equal(kvn_xport_ucx_mem_alloc(f->b.x, 4096, &spare, &ke), 0); /* left to close */
+    assert_non_null(pa);
+    assert_int_equal((uintptr_t)pa % 4096, 0);
+    unsigned char *a = pa, *b = pb;
+    assert_int_equal(a[0] | a[len - 1] | b[len / 2], 0); /* zero-filled */
+
+    struct kvn_xport_mr *ma, *mb;
+    assert_int_equal(kvn_xport_mr_reg(f->a.x, a, len, KVN_XPORT_ACCESS_ALL, &ma, &ke), 0);
+    /* a sub-range of B's allocation, as a pool slice would be */
+    assert_int_equal(kvn_xport_mr_reg(f->b.x, b + 4096, len - 8192, KVN_XPORT_ACCESS_ALL, &mb, &ke),
+                     0);
+    unsigned char desc[KVN_XPORT_DESC_MAX];
+    size_t dl = sizeof(desc);
+    assert_int_equal(kvn_xport_mr_pack(mb, desc, &dl, &ke), 0);
+    struct kvn_xport_rmr *r;
+    assert_int_equal(kvn_xport_rmr_unpack(f->a.peer, desc, dl, &r, &ke), 0);
+
+    fill(a, 1024 * 1024 + 5, 4242);
+    struct kvn_xport_sge sge = {ma, 0, 1024 * 1024 + 5};
+    struct kvn_xport_op op = {KVN_XPORT_WRITE, &sge, 1, r, 333, 1};
+    assert_int_equal(kvn_xport_post(f->a.peer, &op, 1, &ke), 0);
+    take_ok(f, 0, KVN_XPORT_WRITE, 1, 1024 * 1024 + 5);
+    uint64_t note = 1;
+    assert_int_equal(kvn_xport_notify(f->a.peer, &note, sizeof(note), 2, &ke), 0);
+    take(f, 1, KVN_XPORT_RECV, 0, NULL);
+    assert_memory_equal(b + 4096 + 333, a, 1024 * 1024 + 5);
+    assert_int_equal(b[4096 + 332], 0);
+    assert_int_equal(b[4096 + 333 + 1024 * 1024 + 5], 0);
+
+    memset(a + len / 2, 0, 65536);
+    sge = (struct kvn_xport_sge){ma, len / 2, 65536};
+    op = (struct kvn_xport_op){KVN_XPORT_READ, &sge, 1, r, 1000, 3};
+    assert_int_equal(kvn_xport_post(f->a.peer, &op, 1, &ke), 0);
+    take_ok(f, 0, KVN_XPORT_READ, 3, 65536);
+    assert_memory_equal(a + len / 2, b + 4096 + 1000, 65536);
+
+    /* refusals */
+    void *none = (void *)(uintptr_t)0x1;
+    assert_int_equal(kvn_xport_ucx_mem_alloc(NULL, 64, &none, &ke), -EINVAL);
+    assert_int_equal(kvn_xport_ucx_mem_alloc(f->a.x, 0, &none, &ke), -EINVAL);
+    assert_int_equal(kvn_xport_ucx_mem_alloc(f->a.x, 64, NULL, &ke), -EINVAL);
+    assert_ptr_equal(none, (void *)(uintptr_t)0x1);
+    assert_int_equal(kvn_xport_ucx_mem_free(f->b.x, pb, &ke), -EBUSY);
+    assert_non_null(strstr(ke.msg, "registration"));
+    assert_int_equal(kvn_xport_ucx_mem_free(f->b.x, b + 1, &ke), -EINVAL);
+    assert_int_equal(kvn_xport_ucx_mem_free(f->a.x, pb, &ke), -EINVAL); /* other domain's */
+    assert_int_equal(kvn_xport_ucx_mem_free(NULL, pb, &ke), -EINVAL);
+    assert_int_equal(kvn_xport_ucx_mem_free(f->a.x, NULL, &ke), -EINVAL);
+    struct kvn_xport *ofi = NULL;
+    if (kvn_xport_open("ofi+tcp", NULL, &ofi, NULL) == 0) {
+        assert_int_equal(kvn_xport_ucx_mem_alloc(ofi, 64, &none, &ke), -ENOTSUP);
+        assert_int_equal(kvn_xport_ucx_mem_free(ofi, pa, &ke), -ENOTSUP);
+        kvn_xport_close(ofi);
+    }
+
+    kvn_xport_rmr_free(r);
+    assert_int_equal(kvn_xport_mr_dereg(ma, &ke), 0);
+    assert_int_equal(kvn_xport_mr_dereg(mb, &ke), 0);
+    assert_int_equal(kvn_xport_ucx_mem_free(f->a.x, pa, &ke), 0);
+    assert_int_equal(kvn_xport_ucx_mem_free(f->b.x, pb, &ke), 0);
+    assert_int_equal(kvn_xport_ucx_mem_free(f->b.x, pb, &ke), -EINVAL); /* twice */
+}
+
 static void test_bad_uris(void **state)
 {
     (void)state;
@@ -644,6 +718,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_disconnect_cancels, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wait_fd, setup, teardown),
         cmocka_unit_test_setup_teardown(test_peer_gone, setup_short_timeout, teardown),
+        cmocka_unit_test_setup_teardown(test_ucx_mem_alloc, setup, teardown),
         cmocka_unit_test(test_bad_uris),
     };
     return cmocka_run_group_tests_name(g_uri, tests, NULL, NULL);

@@ -72,6 +72,7 @@
 
 #include <ucp/api/ucp.h>
 
+#include "transport/ucx/kvn_xport_ucx.h"
 #include "transport/xport_impl.h"
 
 #define UCX_AM_ID 0x4b56u      /* "KV" */
@@ -111,6 +112,14 @@ struct ucx_chunk {
     struct ucx_chunk *next;
 };
 
+/* Memory UCX allocated for the caller (kvn_xport_ucx_mem_alloc). */
+struct ucx_region {
+    void *addr;
+    size_t len;
+    ucp_mem_h memh;
+    uint32_t n_mrs;            /* mrs registered inside it */
+};
+
 /* An endpoint being closed, reaped by progress. */
 struct ucx_grave {
     struct ucx_grave *next;
@@ -145,6 +154,9 @@ struct ucx_domain {
     uint32_t n_dead_memh, cap_dead_memh;
     ucp_rkey_h *dead_rkey;
     uint32_t n_dead_rkey, cap_dead_rkey;
+
+    struct ucx_region **regions; /* kvn_xport_ucx_mem_alloc, unordered */
+    uint32_t n_regions, cap_regions;
 };
 
 struct ucx_peer {
@@ -162,6 +174,7 @@ struct ucx_peer {
 struct ucx_mr {
     struct kvn_xport_mr base;
     ucp_mem_h memh;
+    struct ucx_region *region; /* memh borrowed from it, or NULL */
     void *packed;              /* rkey bytes from ucp_rkey_pack */
     size_t packed_len;
 };
@@ -619,6 +632,10 @@ static void ucx_close(struct kvn_xport *x)
     if (d->ctx) {
         for (uint32_t i = 0; i < d->n_dead_memh; i++)
             ucp_mem_unmap(d->ctx, d->dead_memh[i]);
+        for (uint32_t i = 0; i < d->n_regions; i++) {
+            ucp_mem_unmap(d->ctx, d->regions[i]->memh);
+            free(d->regions[i]);
+        }
         ucp_cleanup(d->ctx);
     }
     while (d->chunks) {
@@ -628,6 +645,7 @@ static void ucx_close(struct kvn_xport *x)
     }
     free(d->dead_rkey);
     free(d->dead_memh);
+    free(d->regions);
     free(d->rx_mem);
     free(d->rx_free);
     free(d);
@@ -787,44 +805,159 @@ static void ucx_peer_free(struct kvn_xport_peer *p)
 /* ------------------------------------------------------------------ */
 /* memory                                                              */
 
+static void defer_push(void ***arr, uint32_t *n, uint32_t *cap, void *v);
+
+/* The allocated region holding [addr, addr+len), or NULL.  Linear over
+ * the (few, large) allocations; registration is not a data path. */
+static struct ucx_region *region_of(struct ucx_domain *d, const void *addr,
+                                    size_t len)
+{
+    uintptr_t a = (uintptr_t)addr;
+    for (uint32_t i = 0; i < d->n_regions; i++) {
+        struct ucx_region *r = d->regions[i];
+        uintptr_t b = (uintptr_t)r->addr;
+        if (a >= b && a - b <= r->len && len <= r->len - (a - b))
+            return r;
+    }
+    return NULL;
+}
+
+int kvn_xport_ucx_mem_alloc(struct kvn_xport *x, size_t len, void **addr,
+                            struct kvn_err *err)
+{
+    if (!x || !addr)
+        return kvn_err_set(err, -EINVAL, "x and addr must not be NULL");
+    if (x->ops != &xport_ucx_ops)
+        return kvn_err_set(err, -ENOTSUP,
+                           "domain '%s' is not a UCX domain", x->name);
+    if (len == 0)
+        return kvn_err_set(err, -EINVAL, "cannot allocate 0 bytes");
+    struct ucx_domain *d = dom(x);
+    if (d->n_regions == d->cap_regions) {
+        uint32_t nc = d->cap_regions ? d->cap_regions * 2 : 4;
+        struct ucx_region **nr = realloc(d->regions, nc * sizeof(*nr));
+        if (!nr)
+            return kvn_err_set(err, -ENOMEM, "out of memory");
+        d->regions = nr;
+        d->cap_regions = nc;
+    }
+    struct ucx_region *r = calloc(1, sizeof(*r));
+    if (!r)
+        return kvn_err_set(err, -ENOMEM, "out of memory");
+    ucp_mem_map_params_t mp = {
+        .field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS |
+                      UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                      UCP_MEM_MAP_PARAM_FIELD_FLAGS,
+        .address = NULL,
+        .length = len,
+        .flags = UCP_MEM_MAP_ALLOCATE,
+    };
+    ucs_status_t st = ucp_mem_map(d->ctx, &mp, &r->memh);
+    if (st != UCS_OK) {
+        free(r);
+        return kvn_err_set(err, ucx_errno(st),
+                           "ucp_mem_map(ALLOCATE) of %zu bytes: %s", len,
+                           ucs_status_string(st));
+    }
+    ucp_mem_attr_t ma = {.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS |
+                                       UCP_MEM_ATTR_FIELD_LENGTH};
+    st = ucp_mem_query(r->memh, &ma);
+    if (st != UCS_OK || !ma.address || ma.length < len) {
+        ucp_mem_unmap(d->ctx, r->memh);
+        free(r);
+        return kvn_err_set(err, -EIO, "ucp_mem_query: %s",
+                           st != UCS_OK ? ucs_status_string(st)
+                                        : "no address or short length");
+    }
+    r->addr = ma.address;
+    r->len = len;
+    memset(r->addr, 0, len);
+    d->regions[d->n_regions++] = r;
+    *addr = r->addr;
+    return 0;
+}
+
+int kvn_xport_ucx_mem_free(struct kvn_xport *x, void *addr,
+                           struct kvn_err *err)
+{
+    if (!x || !addr)
+        return kvn_err_set(err, -EINVAL, "x and addr must not be NULL");
+    if (x->ops != &xport_ucx_ops)
+        return kvn_err_set(err, -ENOTSUP,
+                           "domain '%s' is not a UCX domain", x->name);
+    struct ucx_domain *d = dom(x);
+    for (uint32_t i = 0; i < d->n_regions; i++) {
+        struct ucx_region *r = d->regions[i];
+        if (r->addr != addr)
+            continue;
+        if (r->n_mrs)
+            return kvn_err_set(err, -EBUSY,
+                               "%u registrations still lie in this memory",
+                               r->n_mrs);
+        if (d->n_stale) /* a stale request may still touch it */
+            defer_push((void ***)&d->dead_memh, &d->n_dead_memh,
+                       &d->cap_dead_memh, r->memh);
+        else
+            ucp_mem_unmap(d->ctx, r->memh);
+        d->regions[i] = d->regions[--d->n_regions];
+        free(r);
+        return 0;
+    }
+    return kvn_err_set(err, -EINVAL,
+                       "%p is not memory from kvn_xport_ucx_mem_alloc", addr);
+}
+
 static int ucx_mr_reg(struct kvn_xport *x, struct kvn_xport_mr *mr,
                       struct kvn_err *err)
 {
     struct ucx_domain *d = dom(x);
     struct ucx_mr *um = (struct ucx_mr *)mr;
-    ucp_mem_map_params_t mp = {
-        .field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS |
-                      UCP_MEM_MAP_PARAM_FIELD_LENGTH,
-        .address = mr->addr,
-        .length = mr->len,
-    };
-    ucs_status_t st = ucp_mem_map(d->ctx, &mp, &um->memh);
-    if (st != UCS_OK)
-        return kvn_err_set(err, ucx_errno(st), "ucp_mem_map of %zu bytes: %s",
-                           mr->len, ucs_status_string(st));
+    struct ucx_region *rg = region_of(d, mr->addr, mr->len);
+    ucs_status_t st;
+    if (rg) {
+        um->memh = rg->memh; /* UCX's own memory: keep its mapping */
+    } else {
+        ucp_mem_map_params_t mp = {
+            .field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS |
+                          UCP_MEM_MAP_PARAM_FIELD_LENGTH,
+            .address = mr->addr,
+            .length = mr->len,
+        };
+        st = ucp_mem_map(d->ctx, &mp, &um->memh);
+        if (st != UCS_OK)
+            return kvn_err_set(err, ucx_errno(st),
+                               "ucp_mem_map of %zu bytes: %s", mr->len,
+                               ucs_status_string(st));
+    }
     void *rkb = NULL;
     size_t rkl = 0;
+    int rc = 0;
     st = ucp_rkey_pack(d->ctx, um->memh, &rkb, &rkl);
     if (st != UCS_OK) {
-        ucp_mem_unmap(d->ctx, um->memh);
-        return kvn_err_set(err, ucx_errno(st), "ucp_rkey_pack: %s",
-                           ucs_status_string(st));
+        rc = kvn_err_set(err, ucx_errno(st), "ucp_rkey_pack: %s",
+                         ucs_status_string(st));
+        rkb = NULL;
+    } else if (rkl + UCX_KEY_HDR > KVN_XPORT_KEY_MAX) {
+        rc = kvn_err_set(err, -EMSGSIZE, "UCX rkey of %zu bytes too long",
+                         rkl);
+    } else if (!(um->packed = malloc(rkl))) {
+        rc = kvn_err_set(err, -ENOMEM, "out of memory for an rkey");
     }
-    if (rkl + UCX_KEY_HDR > KVN_XPORT_KEY_MAX) {
-        ucp_rkey_buffer_release(rkb);
-        ucp_mem_unmap(d->ctx, um->memh);
-        return kvn_err_set(err, -EMSGSIZE, "UCX rkey of %zu bytes too long",
-                           rkl);
-    }
-    um->packed = malloc(rkl);
-    if (!um->packed) {
-        ucp_rkey_buffer_release(rkb);
-        ucp_mem_unmap(d->ctx, um->memh);
-        return kvn_err_set(err, -ENOMEM, "out of memory for an rkey");
+    if (rc < 0) {
+        if (rkb)
+            ucp_rkey_buffer_release(rkb);
+        if (!rg)
+            ucp_mem_unmap(d->ctx, um->memh);
+        um->memh = NULL;
+        return rc;
     }
     memcpy(um->packed, rkb, rkl);
     um->packed_len = rkl;
     ucp_rkey_buffer_release(rkb);
+    if (rg) {
+        um->region = rg;
+        rg->n_mrs++;
+    }
     return 0;
 }
 
@@ -845,7 +978,9 @@ static void ucx_mr_dereg(struct kvn_xport_mr *mr)
 {
     struct ucx_domain *d = dom(mr->x);
     struct ucx_mr *um = (struct ucx_mr *)mr;
-    if (d->n_stale || mr->x->in_close)
+    if (um->region)
+        um->region->n_mrs--; /* the region keeps the mapping */
+    else if (d->n_stale || mr->x->in_close)
         defer_push((void ***)&d->dead_memh, &d->n_dead_memh,
                    &d->cap_dead_memh, um->memh);
     else

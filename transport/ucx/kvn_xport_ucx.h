@@ -1,0 +1,58 @@
+/*
+ * kvn_xport_ucx.h - UCX-specific additions to kvn_xport.h: memory that UCX
+ * allocates itself, for direct shared-memory RMA.
+ *
+ * Why.  UCX 1.13 with UCX_TLS=sm (ucx+sm) can put/get directly only into
+ * memory its shared-memory transports allocated (sysv/posix segments the
+ * peer maps).  For ordinary caller memory registered with
+ * kvn_xport_mr_reg(), it emulates RMA in software over its message FIFO:
+ * every byte is copied twice and every op needs the target to progress
+ * (about 50x slower than ucx_perftest, which allocates with
+ * UCP_MEM_MAP_ALLOCATE).  CMA is only used by UCX 1.13 for rendezvous, not
+ * for ucp_put/ucp_get.  A region that will be the TARGET (or source) of
+ * bulk RMA over ucx+sm - a node's host KV pool, kvbench's buffers - should
+ * therefore come from here:
+ *
+ *     void *pool;
+ *     kvn_xport_ucx_mem_alloc(x, len, &pool, &err);     // UCX-owned memory
+ *     kvn_xport_mr_reg(x, pool, len, ACCESS_ALL, &mr, &err); // as usual
+ *     ...                                                // mr_pack, post...
+ *     kvn_xport_mr_dereg(mr, &err);
+ *     kvn_xport_ucx_mem_free(x, pool, &err);
+ *
+ * kvn_xport_mr_reg() of any sub-range of an allocated region reuses UCX's
+ * mapping (no second registration), and its descriptor then carries the
+ * shared-memory keys.  On ucx+tcp and ucx the allocation works too (plain
+ * pages) and changes nothing.  Memory is page aligned and zero-filled.
+ *
+ * Thread rules as for the domain.  Errors: 0 or a negative errno with err
+ * filled; a refused call changes nothing.
+ */
+#ifndef KVN_XPORT_UCX_H
+#define KVN_XPORT_UCX_H
+
+#include <stddef.h>
+
+#include "transport/kvn_xport.h"
+#include "util/kvn_err.h"
+
+/*
+ * Allocates len (> 0) bytes with ucp_mem_map(UCP_MEM_MAP_ALLOCATE) in x's
+ * UCX context and stores the address in *addr.  The memory belongs to the
+ * domain: free it with kvn_xport_ucx_mem_free() or it is released by
+ * kvn_xport_close().
+ * Errors: -EINVAL (NULL args, len 0), -ENOTSUP (x is not a UCX domain),
+ *         -ENOMEM / UCX errors.
+ */
+int kvn_xport_ucx_mem_alloc(struct kvn_xport *x, size_t len, void **addr,
+                            struct kvn_err *err);
+
+/*
+ * Frees memory from kvn_xport_ucx_mem_alloc().  -EBUSY while an mr of x
+ * still lies in it (deregister first); -EINVAL for an address that is not
+ * the start of such an allocation, or NULL args.
+ */
+int kvn_xport_ucx_mem_free(struct kvn_xport *x, void *addr,
+                           struct kvn_err *err);
+
+#endif /* KVN_XPORT_UCX_H */
