@@ -35,9 +35,16 @@ int kvn_trace_tokens(const struct kvn_trace_req *r, int32_t *out, uint32_t n, st
     if (n > r->input_length)
         return kvn_err_set(err, -EINVAL, "trace tokens: n %u > input_length %u", n,
                            r->input_length);
-    for (uint32_t i = 0; i < n; i++)
-        out[i] = kvn_trace_block_token(r->hash_ids[i / KVN_TRACE_BLOCK_TOKENS],
-                                       i % KVN_TRACE_BLOCK_TOKENS);
+    /* kvn_trace_block_token, with the id's mix computed once per block */
+    for (uint32_t b = 0; b * KVN_TRACE_BLOCK_TOKENS < n; b++) {
+        uint64_t base = splitmix64(r->hash_ids[b]);
+        uint32_t end = n - b * KVN_TRACE_BLOCK_TOKENS;
+        if (end > KVN_TRACE_BLOCK_TOKENS)
+            end = KVN_TRACE_BLOCK_TOKENS;
+        int32_t *o = out + (size_t)b * KVN_TRACE_BLOCK_TOKENS;
+        for (uint32_t j = 0; j < end; j++)
+            o[j] = (int32_t)(splitmix64(base ^ (uint64_t)j) % KVN_TRACE_TOKEN_RANGE);
+    }
     return 0;
 }
 
