@@ -140,6 +140,10 @@ struct ofi_peer {
     fi_addr_t addr;
     bool in_av;
     struct fid_ep *ep; /* per-peer initiator endpoint (shm), or NULL */
+    uint32_t inflight; /* parts/sends the provider holds for this peer */
+    bool hs_tried;     /* a post got -FI_EAGAIN before any succeeded: shm
+                          may be mid-handshake with the peer */
+    bool hs_done;      /* a post succeeded: the provider reached the peer */
 };
 
 struct ofi_mr {
@@ -615,6 +619,30 @@ static void backlog_drop_peer(struct ofi_domain *d, struct kvn_xport_peer *p)
     }
 }
 
+#define OFI_DRAIN_MAX_MS 2000u
+
+/* Progresses until the provider returned every part of p's endpoint, for
+ * at most min(op_timeout_ms, OFI_DRAIN_MAX_MS); skipped for failed peers. */
+static void ofi_drain_peer(struct ofi_domain *d, struct ofi_peer *op)
+{
+    if (op->base.failed || (!op->inflight && (op->hs_done || !op->hs_tried)))
+        return;
+    uint32_t ms = d->base.attr.op_timeout_ms < OFI_DRAIN_MAX_MS ? d->base.attr.op_timeout_ms
+                                                                : OFI_DRAIN_MAX_MS;
+    uint64_t end = xport_now_ns() + (uint64_t)ms * 1000000ull;
+    /* A handshake under way (our name is queued at the peer): finish it
+     * with a probe the receiver drops (a header with magic 0), so that the
+     * peer is done with our region before it goes away. */
+    static const struct xport_notify_hdr probe = {0, 0, 0};
+    while (!op->hs_done && op->hs_tried && xport_now_ns() < end) {
+        ofi_progress(&d->base);
+        if (fi_inject(op->ep, &probe, sizeof(probe), op->addr) == 0)
+            op->hs_done = true;
+    }
+    while (op->inflight && xport_now_ns() < end)
+        ofi_progress(&d->base);
+}
+
 static void ofi_disconnect(struct kvn_xport_peer *p)
 {
     struct ofi_peer *op = (struct ofi_peer *)p;
@@ -625,14 +653,17 @@ static void ofi_disconnect(struct kvn_xport_peer *p)
          * stays until peer_free. */
         return;
     }
-    /* shm: this peer's initiator endpoint carries only its ops.  Reap
-     * what already completed, close the endpoint (a dead peer's pending
-     * responses die with it), and abandon the rest. */
-    if (!p->x->in_close)
-        ofi_progress(p->x);
+    /* shm: this peer's initiator endpoint carries only its ops.  A live
+     * target that still has commands of this endpoint queued crashes in
+     * libfabric 1.17 when the endpoint's region disappears under them, so
+     * first let a healthy peer drain what the provider holds (bounded);
+     * a failed peer is not waited for.  Then close the endpoint (a dead
+     * peer's pending responses die with it) and abandon the rest. */
+    backlog_drop_peer(d, p);
+    ofi_drain_peer(d, op);
     fi_close(&op->ep->fid);
     op->ep = NULL;
-    backlog_drop_peer(d, p);
+    op->inflight = 0;
     xport_peer_abandon(p);
 }
 
@@ -797,8 +828,13 @@ static int part_submit(struct ofi_domain *d, struct ofi_peer *p, struct xport_op
     struct fid_ep *ep = p->ep ? p->ep : d->ep;
     if (!d->bl_head) {
         ssize_t rc = try_rma(d, ep, op, kind, iov, desc, n, p->addr, raddr, len, key);
-        if (rc == 0)
+        if (rc == 0) {
+            p->inflight++;
+            p->hs_done = true;
             return 0;
+        }
+        if (rc == -FI_EAGAIN)
+            p->hs_tried = true;
         if (rc != -FI_EAGAIN)
             return fail_text(msg, msgcap, kind == KVN_XPORT_WRITE ? "fi_writemsg" : "fi_readmsg",
                              (int)rc);
@@ -901,10 +937,13 @@ static ssize_t try_send(struct ofi_domain *d, struct fid_ep *ep, struct xport_op
     char *b = d->tx_mem + (size_t)slot * d->buf_size;
     memcpy(b, data, len);
     ssize_t rc = fi_send(ep, b, len, d->tx_desc, addr, op);
-    if (rc)
+    if (rc) {
         d->tx_free[d->n_tx_free++] = slot;
-    else
+    } else {
         op->backend[0] = slot;
+        ((struct ofi_peer *)op->peer)->inflight++;
+        ((struct ofi_peer *)op->peer)->hs_done = true;
+    }
     return rc;
 }
 
@@ -924,10 +963,14 @@ static int ofi_notify(struct kvn_xport_peer *p, struct xport_op *op,
         memcpy(b + sizeof(*hdr), buf, len);
         ssize_t rc = fi_send(pp->ep ? pp->ep : d->ep, b, total, d->tx_desc, pp->addr, op);
         if (rc == 0) {
+            pp->inflight++;
+            pp->hs_done = true;
             op->backend[0] = slot;
             return 0;
         }
         d->tx_free[d->n_tx_free++] = slot;
+        if (rc == -FI_EAGAIN)
+            pp->hs_tried = true;
         if (rc != -FI_EAGAIN) {
             op->parts = 0;
             return kvn_err_set(err, fi_to_errno((int)rc), "ofi: fi_send: %s",
@@ -996,16 +1039,19 @@ static void backlog_retry(struct ofi_domain *d)
         struct xport_op *op = e->op;
         enum kvn_xport_op_kind kind = e->kind;
         pending_put(d, e);
-        if (rc) {
-            char msg[KVN_XPORT_CQE_MSG];
-            int st = fail_text(msg, sizeof(msg),
-                               kind == KVN_XPORT_SEND ? "fi_send (deferred)" : "rma (deferred)",
-                               (int)rc);
-            if (kind == KVN_XPORT_SEND)
-                xport_op_done(op, st, msg); /* no slot held */
-            else
-                op_complete(d, op, st, msg);
+        if (rc == 0) {
+            if (kind != KVN_XPORT_SEND) { /* try_send counts its own */
+                ((struct ofi_peer *)op->peer)->inflight++;
+                ((struct ofi_peer *)op->peer)->hs_done = true;
+            }
+            continue;
         }
+        /* never reached the provider: no slot, nothing in flight */
+        char msg[KVN_XPORT_CQE_MSG];
+        int st =
+            fail_text(msg, sizeof(msg),
+                      kind == KVN_XPORT_SEND ? "fi_send (deferred)" : "rma (deferred)", (int)rc);
+        xport_op_done(op, st, msg);
     }
 }
 
@@ -1026,6 +1072,9 @@ static void ofi_recv_repost(struct kvn_xport *x, uint64_t token)
 
 static void op_complete(struct ofi_domain *d, struct xport_op *op, int status, const char *msg)
 {
+    struct ofi_peer *pp = (struct ofi_peer *)op->peer;
+    if (pp && pp->inflight)
+        pp->inflight--;
     if (op->kind == KVN_XPORT_SEND)
         d->tx_free[d->n_tx_free++] = (uint32_t)op->backend[0];
     xport_op_done(op, status, msg);
