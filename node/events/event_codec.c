@@ -698,6 +698,35 @@ enum {
  * Validates an int array; when out is non-NULL also stores it.  kind 'h' = hash
  * ([-2^63, 2^64)), 't' = token ([-2^31, 2^32)).
  */
+/*
+ * The common token encodings (positive fixint, uint8/16/32), inline; false means "not one
+ * of those, or truncated": the caller falls back to rd_int, which reports errors.
+ */
+static inline bool rd_u32_fast(struct rd *r, uint32_t *v)
+{
+    size_t l = left(r);
+    if (!l)
+        return false;
+    const uint8_t *p = r->p;
+    uint8_t c = p[0];
+    if (c <= 0x7f) {
+        *v = c;
+        r->p += 1;
+    } else if (c == 0xcd && l >= 3) {
+        *v = (uint32_t)p[1] << 8 | p[2];
+        r->p += 3;
+    } else if (c == 0xce && l >= 5) {
+        *v = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | p[4];
+        r->p += 5;
+    } else if (c == 0xcc && l >= 2) {
+        *v = p[1];
+        r->p += 2;
+    } else {
+        return false;
+    }
+    return true;
+}
+
 static int rd_int_array(struct rd *r, char kind, uint32_t *n, const uint8_t **at, void *out)
 {
     int rc = rd_container(r, 'a', n,
@@ -709,6 +738,12 @@ static int rd_int_array(struct rd *r, char kind, uint32_t *n, const uint8_t **at
         return bad(r, "array longer than KVN_EVENTS_MAX_ELEMS");
     *at = r->p;
     for (uint32_t i = 0; i < *n; i++) {
+        uint32_t u;
+        if (kind == 't' && rd_u32_fast(r, &u)) {
+            if (out)
+                ((int32_t *)out)[i] = (int32_t)u;
+            continue;
+        }
         int64_t v;
         bool big;
         rc = rd_int(r, &v, &big,
