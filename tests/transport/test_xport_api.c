@@ -981,6 +981,75 @@ static void test_dup_connect_shm(void **state)
     dup_connect("ofi+shm");
 }
 
+/* Closing a domain with ops in flight (the first ones to a peer, so the
+ * provider may still be connecting): no completion, nothing leaks, the
+ * peer keeps working and a fresh domain reaches it.  tcp only here: on shm
+ * the closing side waits for the peer to drain its commands, which a peer
+ * in the same (single-threaded) process cannot do; the multi-process
+ * conformance suite covers shm (test_close_with_live_objects). */
+static void close_live(const char *uri)
+{
+    struct kvn_err err;
+    struct pair pr;
+    assert_int_equal(open_pair(uri, NULL, &pr), 0);
+    const size_t N = 1u << 20;
+    uint8_t *src = xalloc(N), *dst = xalloc(N);
+    fill(src, N, 5);
+    struct kvn_xport_mr *ms, *md;
+    assert_int_equal(kvn_xport_mr_reg(pr.a, src, N, KVN_XPORT_ACCESS_ALL, &ms, &err), 0);
+    struct kvn_xport_rmr *r = share(pr.b, pr.ab, dst, N, KVN_XPORT_ACCESS_ALL, &md);
+    struct kvn_xport_sge s[8];
+    struct kvn_xport_op o[8];
+    for (int k = 0; k < 8; k++) {
+        s[k] = (struct kvn_xport_sge){ms, (uint64_t)k * (N / 8), N / 8};
+        o[k] = (struct kvn_xport_op){k % 2 ? KVN_XPORT_READ : KVN_XPORT_WRITE,
+                                     &s[k],
+                                     1,
+                                     r,
+                                     (uint64_t)k * (N / 8),
+                                     (uint64_t)k};
+    }
+    assert_int_equal(kvn_xport_post(pr.ab, o, 8, &err), 0);
+    assert_int_equal(kvn_xport_notify(pr.ab, "bye", 3, 9, &err), 0);
+    kvn_xport_close(pr.a);
+    /* b keeps progressing (it may see the notification, nothing else) */
+    struct kvn_xport_cqe c[8];
+    for (int i = 0; i < 2000; i++) {
+        int n = kvn_xport_poll(pr.b, c, 8);
+        assert_true(n >= 0);
+        for (int k = 0; k < n; k++)
+            assert_int_equal(c[k].kind, KVN_XPORT_RECV);
+    }
+    /* a fresh domain reaches b */
+    assert_int_equal(kvn_xport_open(uri, NULL, &pr.a, &err), 0);
+    uint8_t blob[KVN_XPORT_ADDR_MAX];
+    size_t len = sizeof(blob);
+    assert_int_equal(kvn_xport_address(pr.b, blob, &len, &err), 0);
+    assert_int_equal(kvn_xport_connect(pr.a, blob, len, &pr.ab, &err), 0);
+    assert_int_equal(kvn_xport_mr_reg(pr.a, src, N, KVN_XPORT_ACCESS_ALL, &ms, &err), 0);
+    uint8_t d[KVN_XPORT_DESC_MAX];
+    size_t dl = sizeof(d);
+    assert_int_equal(kvn_xport_mr_pack(md, d, &dl, &err), 0);
+    assert_int_equal(kvn_xport_rmr_unpack(pr.ab, d, dl, &r, &err), 0);
+    memset(dst, 0, N);
+    struct kvn_xport_sge s1 = {ms, 0, N};
+    struct kvn_xport_op w = {KVN_XPORT_WRITE, &s1, 1, r, 0, 77};
+    assert_int_equal(kvn_xport_post(pr.ab, &w, 1, &err), 0);
+    assert_int_equal(collect(pr.a, pr.b, c, 1), 1);
+    if (c[0].status)
+        fail_msg("%s after close: %s", uri, c[0].msg);
+    assert_memory_equal(dst, src, N);
+    close_pair(&pr);
+    free(src);
+    free(dst);
+}
+
+static void test_close_live_tcp(void **state)
+{
+    (void)state;
+    close_live("ofi+tcp");
+}
+
 /* RECV from a sender b never connected to: peer NULL, peer_id set. */
 static void test_notify_unknown_sender(void **state)
 {
@@ -1276,6 +1345,7 @@ int main(void)
         cmocka_unit_test(test_many_notifies_shm),
         cmocka_unit_test(test_dup_connect_tcp),
         cmocka_unit_test(test_dup_connect_shm),
+        cmocka_unit_test(test_close_live_tcp),
         cmocka_unit_test(test_disconnect_cancels),
         cmocka_unit_test(test_dead_peer_tcp),
         cmocka_unit_test(test_silent_peer_tcp),
