@@ -1026,9 +1026,31 @@ static void op_insert(struct model *m, bool explicit_slots)
     }
     m->counts[1]++;
     m->counts[2] += res.revived_tokens > 0;
-    /* after the call: the snapshot is rebuilt by check_step; explicit slots adopted */
+    /* write policies: write_back never backs up on insert; write_through backs up
+     * the pages an insert creates, unless L2 has no room (skipped, counted) or the
+     * submitter refused the job */
+    struct kvn_radix_stats after = stats_of(m);
+    if (m->cfg.write_policy == KVN_WRITE_BACK && res.backup_ack_id)
+        FAIL("write_back insert queued backup %llu", (unsigned long long)res.backup_ack_id);
+    if (m->cfg.write_policy == KVN_WRITE_THROUGH && m->cfg.l2_pages && res.new_tokens &&
+        !res.backup_ack_id && after.backups_skipped == before.backups_skipped && !m->submit_refused)
+        FAIL("write_through insert of %u new tokens queued no backup (none skipped)",
+             res.new_tokens);
+    snapshot(m);
+    if (res.backup_ack_id && m->cfg.write_policy == KVN_WRITE_THROUGH) {
+        /* the new pages are in the job: L2 committed, pending on its ack (under
+         * write_through_selective the job holds the pages whose hit count reached 2) */
+        for (uint32_t q = (want_ins - res.new_tokens) / ps; q < want_ins / ps; q++) {
+            struct vpage *vp = view_find(m, ref.hashes[q]);
+            if (!vp || !vp->in_l2 || vp->pending_ack != res.backup_ack_id)
+                FAIL("insert backup %llu: new page %u not in L2 pending on it (pending %llu)",
+                     (unsigned long long)res.backup_ack_id, q,
+                     vp ? (unsigned long long)vp->pending_ack : 0ULL);
+        }
+        m->counts[18]++;
+    }
+    /* explicit slots are adopted for the revived and new pages */
     if (explicit_slots) {
-        snapshot(m);
         for (uint32_t q = ref.device; q < want_ins / ps; q++) {
             struct vpage *vp = view_find(m, ref.hashes[q]);
             if (!vp || vp->l1 != slots[q])
@@ -1711,7 +1733,7 @@ static void run_seed(uint64_t seed, uint64_t n_ops)
     printf("seed %llu ps %u l1 %u l2 %u wp %d ep %d storage %d: %llu ops; inserts %llu (revive "
            "%llu, enospc %llu), matches %llu (host hits %llu), locks %llu, backups %llu, acks "
            "ok %llu fail %llu, evicted L1 %llu L2 %llu pages, loads %llu, resets %llu, storage "
-           "%llu, namespace refusals %llu, victim order checks %llu\n",
+           "%llu, namespace refusals %llu, victim order checks %llu, write-through jobs %llu\n",
            (unsigned long long)seed, m->ps, m->cfg.l1_pages, m->cfg.l2_pages,
            (int)m->cfg.write_policy, (int)m->cfg.evict_policy, (int)m->cfg.storage_enabled,
            (unsigned long long)n_ops, (unsigned long long)m->counts[1],
@@ -1722,7 +1744,7 @@ static void run_seed(uint64_t seed, uint64_t n_ops)
            (unsigned long long)m->counts[10], (unsigned long long)m->counts[11],
            (unsigned long long)m->counts[13], (unsigned long long)m->counts[14],
            (unsigned long long)m->counts[15], (unsigned long long)m->counts[16],
-           (unsigned long long)m->counts[17]);
+           (unsigned long long)m->counts[17], (unsigned long long)m->counts[18]);
     model_fini(m);
     free(m);
 }
