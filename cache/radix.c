@@ -149,6 +149,8 @@ struct kvn_radix {
     struct rnode **stack; /* DFS stack of publish_cpu / drop_unpublishable */
     uint32_t stack_cap;
     uint32_t *slotbuf; /* auto-mode slots of one insert */
+    uint8_t *l2_resv;  /* [l2_pages]: 1 = reserved by the caller (reserve_l2) */
+    uint32_t n_l2_resv;
     uint32_t slotbuf_cap;
 
     uint64_t blk_bytes;
@@ -1408,6 +1410,8 @@ int kvn_radix_create(const struct kvn_radix_config *cfg, struct kvn_radix **out,
     int rc = kvn_page_alloc_init(&t->l1a, cfg->l1_pages, err);
     if (rc == 0)
         rc = kvn_page_alloc_init(&t->l2a, cfg->l2_pages, err);
+    if (rc == 0 && !(t->l2_resv = calloc(cfg->l2_pages ? cfg->l2_pages : 1, 1)))
+        rc = kvn_err_set(err, -ENOMEM, "radix_create: out of memory");
     if (rc == 0 && (reserve_scratch(t, 0) < 0 || heap_reserve(t, 256) < 0 ||
                     cmap_reserve(t, 64) < 0 || ns_reserve(t) < 0))
         rc = kvn_err_set(err, -ENOMEM, "radix_create: out of memory");
@@ -1454,6 +1458,7 @@ void kvn_radix_destroy(struct kvn_radix *t)
     free(t->slotbuf);
     kvn_page_alloc_fini(&t->l1a);
     kvn_page_alloc_fini(&t->l2a);
+    free(t->l2_resv);
     free(t);
 }
 
@@ -1488,6 +1493,10 @@ int kvn_radix_reset(struct kvn_radix *t, struct kvn_err *err)
     t->locked_nodes = t->protected_nodes = 0;
     kvn_page_alloc_reset(&t->l1a);
     kvn_page_alloc_reset(&t->l2a);
+    /* reservations stay the caller's: their bytes may still be landing */
+    for (uint32_t p = 0; t->n_l2_resv && p < t->cfg.l2_pages; p++)
+        if (t->l2_resv[p])
+            kvn_page_alloc_take(&t->l2a, &p, 1, NULL);
     /* in-flight jobs become orphans that keep their destination pages */
     for (uint32_t i = 0; i < t->jobs_cap; i++) {
         struct rjob *j = &t->jobs[i];
@@ -1877,6 +1886,219 @@ int kvn_radix_insert(struct kvn_radix *t, uint64_t ns, const int32_t *tokens, si
     return 0;
 }
 
+/* ---------------------------------------------------------------- host inserts */
+
+int kvn_radix_reserve_l2(struct kvn_radix *t, uint32_t n_pages, uint32_t *pages_out,
+                         struct kvn_err *err)
+{
+    if (!t || (n_pages > 0 && !pages_out))
+        return kvn_err_set(err, -EINVAL, "reserve_l2: tree and pages_out must not be NULL");
+    if (t->cfg.l2_pages == 0)
+        return kvn_err_set(err, -EINVAL, "reserve_l2: the tree has no L2 tier");
+    int rc = kvn_page_alloc_get(&t->l2a, n_pages, pages_out, err);
+    if (rc < 0)
+        return rc;
+    for (uint32_t i = 0; i < n_pages; i++)
+        t->l2_resv[pages_out[i]] = 1;
+    t->n_l2_resv += n_pages;
+    return 0;
+}
+
+int kvn_radix_release_l2(struct kvn_radix *t, const uint32_t *pages, uint32_t n_pages,
+                         struct kvn_err *err)
+{
+    if (!t || (n_pages > 0 && !pages))
+        return kvn_err_set(err, -EINVAL, "release_l2: tree and pages must not be NULL");
+    for (uint32_t i = 0; i < n_pages; i++)
+        if (pages[i] >= t->cfg.l2_pages || !t->l2_resv[pages[i]])
+            return kvn_err_set(err, -EINVAL, "release_l2: L2 page %u is not reserved", pages[i]);
+    int rc = kvn_page_alloc_put(&t->l2a, pages, n_pages, err); /* catches duplicates */
+    if (rc < 0)
+        return rc;
+    for (uint32_t i = 0; i < n_pages; i++)
+        t->l2_resv[pages[i]] = 0;
+    t->n_l2_resv -= n_pages;
+    return 0;
+}
+
+struct hwalk {
+    struct rnode *last;  /* deepest node fully covered (or root) */
+    struct rnode *end;   /* node holding the last covered page, or NULL */
+    struct rnode *split; /* node to split, or NULL */
+    uint32_t split_at;
+    uint32_t pos;    /* pages covered by existing nodes */
+    uint32_t prefix; /* of pos: pages with a valid L2 copy */
+    uint32_t attach; /* of pos: pages of L1-only nodes, adopting the caller's */
+    bool barrier;    /* stopped in front of a pending write */
+};
+
+/* Read-only walk for insert_host; L1-only nodes to attach go to scratch2. */
+static int walk_host(struct kvn_radix *t, struct rnode *root, const int32_t *tokens, uint32_t np,
+                     struct hwalk *w, uint32_t *n_att)
+{
+    memset(w, 0, sizeof(*w));
+    *n_att = 0;
+    struct rnode *node = root;
+    w->last = root;
+    while (w->pos < np) {
+        const int32_t *tok = tokens + (size_t)w->pos * t->ps;
+        struct rnode *c = child_find(t, node, tok);
+        if (!c)
+            break;
+        if (pending_write(c)) {
+            w->barrier = true;
+            break;
+        }
+        uint32_t k = common_pages(t, c, tok, np - w->pos);
+        if (l2_valid(c)) {
+            w->prefix += k;
+        } else {
+            if (grow_ptrs(&t->scratch2, &t->scratch2_cap, *n_att + 1) < 0)
+                return -ENOMEM;
+            t->scratch2[(*n_att)++] = c;
+            w->attach += k;
+        }
+        w->pos += k;
+        w->end = c;
+        if (k < c->n_pages) {
+            if (w->pos < np || !l2_valid(c)) {
+                w->split = c;
+                w->split_at = k;
+            }
+            break;
+        }
+        node = c;
+        w->last = c;
+    }
+    return 0;
+}
+
+int kvn_radix_insert_host(struct kvn_radix *t, uint64_t ns, const int32_t *tokens, size_t n_tokens,
+                          const uint32_t *l2_pages, uint64_t now,
+                          struct kvn_radix_insert_result *out, struct kvn_err *err)
+{
+    struct kvn_radix_insert_result resv, *res = &resv;
+    if (!t || !out || !l2_pages)
+        return kvn_err_set(err, -EINVAL, "insert_host: tree, l2_pages and res must not be NULL");
+    if (!tokens && n_tokens > 0)
+        return kvn_err_set(err, -EINVAL, "insert_host: tokens is NULL");
+    if (ns == KVN_RADIX_NS_INVALID)
+        return kvn_err_set(err, -EINVAL, "insert_host: namespace %llu is reserved",
+                           (unsigned long long)ns);
+    if (t->cfg.l2_pages == 0)
+        return kvn_err_set(err, -EINVAL, "insert_host: the tree has no L2 tier");
+    if (n_tokens % t->ps)
+        return kvn_err_set(err, -EINVAL,
+                           "insert_host: %zu tokens is not a multiple of page_size %u", n_tokens,
+                           t->ps);
+    if (n_tokens > UINT32_MAX)
+        return kvn_err_set(err, -EINVAL, "insert_host: %zu tokens is too many", n_tokens);
+    memset(res, 0, sizeof(*res));
+    uint32_t np = (uint32_t)(n_tokens / t->ps);
+    for (uint32_t i = 0; i < np; i++)
+        if (l2_pages[i] >= t->cfg.l2_pages)
+            return kvn_err_set(err, -EINVAL, "insert_host: L2 page %u >= l2_pages %u", l2_pages[i],
+                               t->cfg.l2_pages);
+    if (np == 0) {
+        *out = resv;
+        return 0;
+    }
+    struct rnode *root = ns_root(t, ns);
+    if (!root && t->nsmap_n >= t->cfg.max_namespaces)
+        return kvn_err_set(err, -ENOSPC, "insert_host: namespace limit %u reached",
+                           t->cfg.max_namespaces);
+    struct hwalk w = {0};
+    uint32_t n_att = 0;
+    if (root && walk_host(t, root, tokens, np, &w, &n_att) < 0)
+        return kvn_err_set(err, -ENOMEM, "insert_host: out of memory");
+    uint32_t stop = w.barrier ? w.pos : np;
+    uint32_t new_pages = stop - w.pos;
+    uint32_t adopt = w.attach + new_pages;
+    const uint32_t *pages = l2_pages + w.prefix;
+    /* every page to adopt must be reserved, and listed once (2 marks "seen") */
+    for (uint32_t i = 0; i < adopt; i++) {
+        if (t->l2_resv[pages[i]] != 1) {
+            for (uint32_t k = 0; k < i; k++)
+                t->l2_resv[pages[k]] = 1;
+            return kvn_err_set(err, -EBUSY,
+                               "insert_host: L2 page %u is not reserved by the caller (or "
+                               "listed twice)",
+                               pages[i]);
+        }
+        t->l2_resv[pages[i]] = 2;
+    }
+    for (uint32_t i = 0; i < adopt; i++)
+        t->l2_resv[pages[i]] = 1;
+    uint32_t bp[3] = {w.split ? w.split_at : 0, w.split ? w.split->n_pages - w.split_at : 0,
+                      new_pages};
+    void *blks[3];
+    if (slab_reserve(t, 3) < 0 || cmap_reserve(t, 2) < 0 || ns_reserve(t) < 0 ||
+        heap_reserve(t, 3) < 0 || reserve_scratch(t, 3) < 0 || prealloc_blocks(t, blks, bp, 3) < 0)
+        return kvn_err_set(err, -ENOMEM, "insert_host: out of memory");
+    /* ---- no failure below this line ---- */
+    if (!root)
+        root = ns_create(t, ns);
+    struct rnode *parent = w.end ? w.end : root;
+    if (w.split) {
+        struct rnode *p = split_node(t, w.split, w.split_at, blks[0], blks[1]);
+        if (n_att > 0 && t->scratch2[n_att - 1] == w.split)
+            t->scratch2[n_att - 1] = p;
+        parent = p;
+    }
+    for (uint32_t i = 0; i < adopt; i++)
+        t->l2_resv[pages[i]] = 0;
+    t->n_l2_resv -= adopt;
+    uint32_t off = 0;
+    for (uint32_t i = 0; i < n_att; i++) {
+        struct rnode *c = t->scratch2[i];
+        memcpy(n_l2(c), pages + off, (size_t)c->n_pages * 4);
+        off += c->n_pages;
+        c->flags |= F_L2;
+        t->l2_node_pages += c->n_pages;
+        refresh(t, c);
+    }
+    struct rnode *last = parent;
+    if (new_pages > 0) {
+        struct rnode *leaf = node_new(t);
+        leaf->blk = blks[2];
+        leaf->n_pages = new_pages;
+        leaf->ns = ns;
+        t->blk_bytes += blk_size(t, new_pages);
+        memcpy(n_key(leaf), tokens + (size_t)w.pos * t->ps, (size_t)new_pages * t->ps * 4);
+        memcpy(n_l2(leaf), pages + off, (size_t)new_pages * 4);
+        kvn_page_hash_chain(last_digest(parent), n_key(leaf), (size_t)new_pages * t->ps, t->ps,
+                            n_dig(leaf), n_hash(leaf), NULL);
+        leaf->flags = F_L2;
+        leaf->last_access = now;
+        link_child(t, parent, leaf);
+        t->n_nodes++;
+        t->total_pages += new_pages;
+        t->l2_node_pages += new_pages;
+        refresh(t, leaf);
+        refresh(t, parent);
+        last = leaf;
+    }
+    /* announce, in prefix order: the first adopted node's parent is announced
+     * (or the root), and publish_cpu continues down the chain */
+    for (uint32_t i = 0; i < n_att; i++) {
+        struct rnode *c = t->scratch2[i];
+        if (!(c->flags & F_CPU_PUB) && (is_root(c->parent) || (c->parent->flags & F_CPU_PUB)))
+            publish_cpu(t, c);
+    }
+    if (last != parent && !(last->flags & F_CPU_PUB) &&
+        (is_root(parent) || (parent->flags & F_CPU_PUB)))
+        publish_cpu(t, last);
+    for (struct rnode *n = last; !is_root(n); n = n->parent)
+        touch(t, n, now);
+    res->prefix_tokens = w.prefix * t->ps;
+    res->revived_tokens = w.attach * t->ps;
+    res->new_tokens = new_pages * t->ps;
+    res->inserted_tokens = stop * t->ps;
+    res->last_node = is_root(last) ? 0 : last->id;
+    *out = resv;
+    return 0;
+}
+
 /* ---------------------------------------------------------------- locks */
 
 static int lookup(const struct kvn_radix *t, uint64_t id, struct rnode **out, struct kvn_err *err,
@@ -2205,7 +2427,7 @@ int kvn_radix_stats(const struct kvn_radix *t, struct kvn_radix_stats *st, struc
         b += (uint64_t)t->jobs[i].cap * 8;
     b += ((uint64_t)t->scratch_cap + t->scratch2_cap + t->stack_cap) * sizeof(void *) +
          (uint64_t)t->slotbuf_cap * 4;
-    b += ((uint64_t)st->l1_capacity + st->l2_capacity) * 8;
+    b += ((uint64_t)st->l1_capacity + st->l2_capacity) * 8 + st->l2_capacity;
     st->index_bytes = b;
     st->events = t->events;
     st->jobs_submitted = t->jobs_submitted;
@@ -2215,6 +2437,7 @@ int kvn_radix_stats(const struct kvn_radix *t, struct kvn_radix_stats *st, struc
     st->backups_skipped = t->backups_skipped;
     st->storage_backups = t->storage_backups;
     st->storage_failures = t->storage_failures;
+    st->l2_reserved = t->n_l2_resv;
     return 0;
 }
 
@@ -2396,6 +2619,18 @@ int kvn_radix_check(const struct kvn_radix *t, struct kvn_err *err)
             CHECK(cnt == j->n_pages, "job %#llx: fragments hold %u pages, job %u",
                   (unsigned long long)j->ack_id, cnt, j->n_pages);
         }
+    }
+    {
+        uint32_t nr = 0;
+        for (uint32_t p = 0; p < t->cfg.l2_pages; p++) {
+            if (!t->l2_resv[p])
+                continue;
+            nr++;
+            CHECK(t->l2_resv[p] == 1 && !own2[p] && kvn_page_alloc_is_used(&t->l2a, p),
+                  "reserved L2 page %u owned elsewhere or free", p);
+            own2[p] = 1;
+        }
+        CHECK(nr == t->n_l2_resv, "%u L2 pages marked reserved, counter %u", nr, t->n_l2_resv);
     }
     {
         uint64_t u1 = 0, u2 = 0;

@@ -467,6 +467,49 @@ int kvn_radix_write_backup(struct kvn_radix *tree, uint64_t node_id,
                            struct kvn_radix_job_result *res, struct kvn_err *err);
 
 /*
+ * HOST INSERTS (data that lands in L2 directly: a prefill node pushing pages
+ * into this node's pool, or pages read from a peer). The caller first reserves
+ * L2 pages, has the bytes written into them, then inserts the sequence with
+ * those pages; pages it ends up not needing it releases.
+ *
+ * kvn_radix_reserve_l2: takes n_pages free L2 pages into pages_out; they are
+ * the caller's until adopted by kvn_radix_insert_host or released. Reset keeps
+ * reservations (the bytes may still be landing). No eviction: make room with
+ * kvn_radix_evict_l2 first. Errors: -EINVAL (NULL args, no host tier),
+ * -ENOSPC (fewer free pages; nothing reserved).
+ *
+ * kvn_radix_release_l2: gives reserved pages back. All or nothing. Errors:
+ * -EINVAL (NULL args, a page >= l2_pages or not reserved: a double release, or
+ * a page the tree owns), -EALREADY (a page listed twice).
+ */
+int kvn_radix_reserve_l2(struct kvn_radix *tree, uint32_t n_pages, uint32_t *pages_out,
+                         struct kvn_err *err);
+int kvn_radix_release_l2(struct kvn_radix *tree, const uint32_t *pages, uint32_t n_pages,
+                         struct kvn_err *err);
+
+/*
+ * Inserts tokens[0..n_tokens) (a multiple of page_size) whose bytes are in the
+ * reserved L2 pages l2_pages[i] (one per page). Walking the path:
+ *   - pages that already have a valid L2 copy are not adopted (prefix_tokens;
+ *     the caller releases those pages);
+ *   - nodes in L1 without an L2 copy adopt the pages as their backup
+ *     (revived_tokens), split at the end when the sequence ends inside one;
+ *   - the rest becomes a new L2-only leaf (new_tokens).
+ * Adopted pages are valid at once: CPU_PINNED BlockStored per page in prefix
+ * order (then the storage hook per fragment, as for an acked write). The walk
+ * stops in front of a node whose write is pending (its copy is not announced
+ * yet): inserted_tokens says how far it went; pages beyond are not adopted.
+ * Hit counts are not changed (this is no engine hit); ticks are.
+ * Errors (nothing changed): -EINVAL (NULL args, unaligned or too long, ns ==
+ * KVN_RADIX_NS_INVALID, no host tier, a page >= l2_pages), -EBUSY (a page to
+ * adopt is not reserved by the caller, or listed twice), -ENOSPC (a new
+ * namespace beyond max_namespaces), -ENOMEM.
+ */
+int kvn_radix_insert_host(struct kvn_radix *tree, uint64_t ns, const int32_t *tokens,
+                          size_t n_tokens, const uint32_t *l2_pages, uint64_t now_tick,
+                          struct kvn_radix_insert_result *res, struct kvn_err *err);
+
+/*
  * Completes job ack_id: ok = every copy of the job succeeded. See COPY JOBS.
  * Errors: -EINVAL (tree NULL, ack_id 0), -ENOENT (unknown or already acked id).
  */
@@ -492,6 +535,7 @@ struct kvn_radix_stats {
     uint64_t jobs_submitted, acks_ok, acks_failed, copy_submit_failures;
     uint64_t backups_skipped; /* write-throughs skipped for lack of L2 */
     uint64_t storage_backups, storage_failures;
+    uint32_t l2_reserved; /* L2 pages reserved by the caller (kvn_radix_reserve_l2) */
 };
 
 /* Fills st. Errors: -EINVAL (NULL args). */

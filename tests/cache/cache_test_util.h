@@ -265,6 +265,7 @@ static inline void assert_stats_equal(const struct kvn_radix_stats *a,
     assert_int_equal(a->backups_skipped, b->backups_skipped);
     assert_int_equal(a->storage_backups, b->storage_backups);
     assert_int_equal(a->storage_failures, b->storage_failures);
+    assert_int_equal(a->l2_reserved, b->l2_reserved);
 }
 
 #endif /* KVN_CACHE_TEST_UTIL_H */

@@ -883,6 +883,179 @@ static void refusals_load_back(void **state)
     fx_free(f);
 }
 
+/* ---------------------------------------------------------------- host inserts */
+
+#define H12 INT64_C(3817746824117602890)
+#define H34 INT64_C(-4216701448867210342)
+
+static void host_insert_into_empty_tree(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(2, 8, 8, KVN_WRITE_THROUGH, true);
+    int32_t t[4] = {1, 2, 3, 4};
+    uint32_t pg[2];
+    assert_int_equal(kvn_radix_reserve_l2(f->t, 2, pg, NULL), 0);
+    struct kvn_radix_stats st = fx_stats(f);
+    assert_int_equal(st.l2_reserved, 2);
+    assert_int_equal(st.l2_used, 2);
+    fx_check(f);
+    struct kvn_radix_insert_result r;
+    assert_int_equal(kvn_radix_insert_host(f->t, 0, t, 4, pg, 1, &r, NULL), 0);
+    assert_int_equal(r.new_tokens, 4);
+    assert_int_equal(r.inserted_tokens, 4);
+    assert_int_not_equal(r.last_node, 0);
+    /* announced on CPU_PINNED at once, chained; storage got it; no GPU event */
+    assert_int_equal(f->rec.n, 4);
+    int32_t p12[] = {1, 2}, p34[] = {3, 4};
+    assert_stored(&f->rec.ev[0], KVN_MEDIUM_CPU_PINNED, p12, 2, false, 0);
+    assert_int_equal(f->rec.ev[0].hashes[0], H12);
+    assert_stored(&f->rec.ev[1], KVN_MEDIUM_CPU_PINNED, p34, 2, true, H12);
+    assert_int_equal(f->rec.ev[1].hashes[0], H34);
+    assert_int_equal(rec_count(&f->rec, KVN_EV_BLOCK_STORED, KVN_MEDIUM_DISK), 2);
+    assert_int_equal(f->store.n, 1);
+    st = fx_stats(f);
+    assert_int_equal(st.l2_reserved, 0);
+    assert_int_equal(st.l2_tokens, 4);
+    assert_int_equal(st.l1_used, 0);
+    fx_check(f);
+    struct kvn_radix_match m = fx_match(f, 0, t, 4, 2);
+    assert_int_equal(m.device_tokens, 0);
+    assert_int_equal(m.host_tokens, 4);
+    assert_int_equal(m.backed_tokens, 4);
+    /* and up to L1 like any host copy */
+    struct kvn_radix_job_result jr;
+    assert_int_equal(kvn_radix_load_back(f->t, 0, t, 4, NULL, 0, 3, &jr, NULL), 0);
+    assert_int_equal(jr.n_pages, 2);
+    assert_int_equal(f->jobs.j[f->jobs.n - 1].l2[0], pg[0]);
+    assert_int_equal(kvn_radix_ack(f->t, jr.ack_id, true, NULL), 0);
+    assert_int_equal(fx_match(f, 0, t, 4, 4).device_tokens, 4);
+    fx_free(f);
+}
+
+static void host_insert_attaches_and_extends(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(2, 8, 8, KVN_WRITE_BACK, false);
+    int32_t t[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    struct kvn_radix_insert_result r;
+    fx_insert(f, 0, t, 6, NULL, 1, &r); /* L1 only: [1..6] */
+    uint32_t pg[4];
+    assert_int_equal(kvn_radix_reserve_l2(f->t, 4, pg, NULL), 0);
+    uint32_t before = f->rec.n;
+    /* [1..4] gets the pushed copy (split at 4), [7,8] is new; [5,6] untouched */
+    int32_t u[6] = {1, 2, 3, 4, 9, 9};
+    assert_int_equal(kvn_radix_insert_host(f->t, 0, u, 6, pg, 2, &r, NULL), 0);
+    assert_int_equal(r.prefix_tokens, 0);
+    assert_int_equal(r.revived_tokens, 4);
+    assert_int_equal(r.new_tokens, 2);
+    assert_int_equal(f->rec.n - before, 3);
+    for (uint32_t i = 0; i < 3; i++)
+        assert_int_equal(f->rec.ev[before + i].medium, KVN_MEDIUM_CPU_PINNED);
+    assert_int_equal(fx_stats(f).l2_reserved, 1); /* pg[3] was not needed */
+    fx_check(f);
+    assert_int_equal(kvn_radix_release_l2(f->t, &pg[3], 1, NULL), 0);
+    assert_int_equal(fx_stats(f).l2_reserved, 0);
+    struct kvn_radix_match m = fx_match(f, 0, t, 6, 3);
+    assert_int_equal(m.device_tokens, 6);
+    assert_int_equal(m.backed_tokens, 4);
+    m = fx_match(f, 0, u, 6, 4);
+    assert_int_equal(m.device_tokens, 4);
+    assert_int_equal(m.host_tokens, 2);
+    /* again: everything is backed, nothing is adopted */
+    uint32_t pg2[3];
+    assert_int_equal(kvn_radix_reserve_l2(f->t, 3, pg2, NULL), 0);
+    before = f->rec.n;
+    assert_int_equal(kvn_radix_insert_host(f->t, 0, u, 6, pg2, 5, &r, NULL), 0);
+    assert_int_equal(r.prefix_tokens, 6);
+    assert_int_equal(r.revived_tokens + r.new_tokens, 0);
+    assert_int_equal(f->rec.n, before);
+    assert_int_equal(kvn_radix_release_l2(f->t, pg2, 3, NULL), 0);
+    /* write_back: [5,6] is backed up then demoted; then the node with the
+     * pushed copy is demoted, not deleted */
+    struct kvn_radix_evict_result er;
+    assert_int_equal(kvn_radix_evict_l1(f->t, 8, &er, NULL), 0);
+    assert_int_equal(er.scheduled_pages, 1);
+    assert_int_equal(kvn_radix_ack(f->t, er.ack_id, true, NULL), 0);
+    assert_int_equal(kvn_radix_evict_l1(f->t, 8, &er, NULL), 0);
+    assert_int_equal(er.demoted_pages, 2);
+    assert_int_equal(fx_match(f, 0, t, 6, 6).host_tokens, 6);
+    fx_free(f);
+}
+
+static void host_insert_stops_at_pending_write(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(2, 8, 8, KVN_WRITE_THROUGH, false);
+    int32_t t[6] = {1, 2, 3, 4, 5, 6};
+    struct kvn_radix_insert_result r, rh;
+    fx_insert(f, 0, t, 4, NULL, 1, &r); /* write-through pending on [1..4] */
+    uint32_t pg[3];
+    assert_int_equal(kvn_radix_reserve_l2(f->t, 3, pg, NULL), 0);
+    uint32_t before = f->rec.n;
+    assert_int_equal(kvn_radix_insert_host(f->t, 0, t, 6, pg, 2, &rh, NULL), 0);
+    assert_int_equal(rh.inserted_tokens, 0);
+    assert_int_equal(f->rec.n, before);
+    assert_int_equal(fx_stats(f).l2_reserved, 3);
+    assert_int_equal(kvn_radix_ack(f->t, r.backup_ack_id, true, NULL), 0);
+    assert_int_equal(kvn_radix_insert_host(f->t, 0, t, 6, pg, 3, &rh, NULL), 0);
+    assert_int_equal(rh.prefix_tokens, 4);
+    assert_int_equal(rh.new_tokens, 2);
+    int c = rec_find(&f->rec, KVN_EV_BLOCK_STORED, KVN_MEDIUM_CPU_PINNED, 2);
+    assert_true(c >= 0);
+    assert_int_equal(f->rec.ev[c].parent, f->rec.ev[1].hashes[0]);
+    assert_int_equal(kvn_radix_release_l2(f->t, pg, 2, NULL), 0);
+    fx_free(f);
+}
+
+static void host_refusals(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(2, 8, 4, KVN_WRITE_BACK, false);
+    int32_t t[4] = {1, 2, 3, 4};
+    uint32_t pg[4];
+    struct kvn_radix_insert_result r;
+    REFUSED(f, kvn_radix_reserve_l2(NULL, 1, pg, &err), -EINVAL);
+    REFUSED(f, kvn_radix_reserve_l2(f->t, 1, NULL, &err), -EINVAL);
+    REFUSED(f, kvn_radix_reserve_l2(f->t, 5, pg, &err), -ENOSPC);
+    assert_int_equal(kvn_radix_reserve_l2(f->t, 2, pg, NULL), 0);
+    REFUSED(f, kvn_radix_insert_host(NULL, 0, t, 4, pg, 1, &r, &err), -EINVAL);
+    REFUSED(f, kvn_radix_insert_host(f->t, 0, t, 4, NULL, 1, &r, &err), -EINVAL);
+    REFUSED(f, kvn_radix_insert_host(f->t, 0, t, 4, pg, 1, NULL, &err), -EINVAL);
+    REFUSED(f, kvn_radix_insert_host(f->t, 0, NULL, 4, pg, 1, &r, &err), -EINVAL);
+    REFUSED(f, kvn_radix_insert_host(f->t, 0, t, 3, pg, 1, &r, &err), -EINVAL);
+    REFUSED(f, kvn_radix_insert_host(f->t, KVN_RADIX_NS_INVALID, t, 4, pg, 1, &r, &err), -EINVAL);
+    uint32_t far[] = {pg[0], 4};
+    REFUSED(f, kvn_radix_insert_host(f->t, 0, t, 4, far, 1, &r, &err), -EINVAL);
+    uint32_t twice[] = {pg[0], pg[0]};
+    REFUSED(f, kvn_radix_insert_host(f->t, 0, t, 4, twice, 1, &r, &err), -EBUSY);
+    uint32_t free_pg = 0;
+    while (free_pg == pg[0] || free_pg == pg[1])
+        free_pg++;
+    uint32_t unres[] = {pg[0], free_pg};
+    REFUSED(f, kvn_radix_insert_host(f->t, 0, t, 4, unres, 1, &r, &err), -EBUSY);
+    REFUSED(f, kvn_radix_release_l2(f->t, &free_pg, 1, &err), -EINVAL); /* never reserved */
+    REFUSED(f, kvn_radix_release_l2(f->t, twice, 2, &err), -EALREADY);
+    REFUSED(f, kvn_radix_release_l2(NULL, pg, 1, &err), -EINVAL);
+    assert_int_equal(kvn_radix_insert_host(f->t, 0, t, 4, pg, 1, &r, NULL), 0);
+    /* adopted: no longer the caller's to release */
+    REFUSED(f, kvn_radix_release_l2(f->t, pg, 1, &err), -EINVAL);
+    /* reset keeps a reservation, the tree's own pages go */
+    uint32_t pg3;
+    assert_int_equal(kvn_radix_reserve_l2(f->t, 1, &pg3, NULL), 0);
+    assert_int_equal(kvn_radix_reset(f->t, NULL), 0);
+    struct kvn_radix_stats st = fx_stats(f);
+    assert_int_equal(st.l2_reserved, 1);
+    assert_int_equal(st.l2_used, 1);
+    fx_check(f);
+    assert_int_equal(kvn_radix_release_l2(f->t, &pg3, 1, NULL), 0);
+    fx_free(f);
+    /* no host tier */
+    f = fx_new(2, 8, 0, KVN_WRITE_BACK, false);
+    REFUSED(f, kvn_radix_reserve_l2(f->t, 1, pg, &err), -EINVAL);
+    REFUSED(f, kvn_radix_insert_host(f->t, 0, t, 4, pg, 1, &r, &err), -EINVAL);
+    fx_free(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -912,6 +1085,10 @@ int main(void)
         cmocka_unit_test(refusals_match_insert),
         cmocka_unit_test(refusals_ids_and_acks),
         cmocka_unit_test(refusals_load_back),
+        cmocka_unit_test(host_insert_into_empty_tree),
+        cmocka_unit_test(host_insert_attaches_and_extends),
+        cmocka_unit_test(host_insert_stops_at_pending_write),
+        cmocka_unit_test(host_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

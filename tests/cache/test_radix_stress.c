@@ -36,6 +36,8 @@ struct stress {
     uint32_t n_acks;
     uint64_t locks[256], prots[256];
     uint32_t n_locks, n_prots;
+    uint32_t resv[64]; /* L2 pages this walk reserved and still holds */
+    uint32_t n_resv;
     uint32_t x;
     int fail_submit;
     uint32_t ps;
@@ -239,6 +241,29 @@ static void run(uint32_t seed, uint32_t ps, enum kvn_write_policy wp, enum kvn_e
                 assert_true(rc == 0 || rc == -EBUSY);
             }
             counts[5] += rc == 0 && jr.ack_id;
+        } else if (op < 91) { /* host insert: reserve, insert, release the rest */
+            uint32_t need = (uint32_t)(n / ps), pg[64];
+            rc = kvn_radix_reserve_l2(s->t, need, pg, NULL);
+            assert_true(rc == 0 || rc == -ENOSPC);
+            if (rc == 0) {
+                struct kvn_radix_insert_result r;
+                assert_int_equal(kvn_radix_insert_host(s->t, ns, tok, n, pg, tick, &r, NULL), 0);
+                uint32_t used = (r.revived_tokens + r.new_tokens) / ps;
+                uint32_t first = r.prefix_tokens / ps;
+                /* not adopted: the prefix and anything past a pending write */
+                for (uint32_t i = 0; i < need; i++)
+                    if ((i < first || i >= first + used) && s->n_resv < 64)
+                        s->resv[s->n_resv++] = pg[i];
+                    else if (i < first || i >= first + used)
+                        assert_int_equal(kvn_radix_release_l2(s->t, &pg[i], 1, NULL), 0);
+                counts[9] += used;
+            }
+            if (s->n_resv && rnd(s, 2)) {
+                uint32_t i = rnd(s, s->n_resv);
+                assert_int_equal(kvn_radix_release_l2(s->t, &s->resv[i], 1, NULL), 0);
+                assert_int_equal(kvn_radix_release_l2(s->t, &s->resv[i], 1, NULL), -EINVAL);
+                s->resv[i] = s->resv[--s->n_resv];
+            }
         } else if (op < 94) {
             struct kvn_radix_evict_result er;
             assert_int_equal(kvn_radix_evict_l1(s->t, 1 + rnd(s, 6), &er, NULL), 0);
@@ -261,6 +286,8 @@ static void run(uint32_t seed, uint32_t ps, enum kvn_write_policy wp, enum kvn_e
         assert_int_equal(kvn_radix_unprotect(s->t, s->prots[--s->n_prots], NULL), 0);
     while (s->n_acks)
         assert_int_equal(kvn_radix_ack(s->t, s->acks[--s->n_acks], true, NULL), 0);
+    while (s->n_resv)
+        assert_int_equal(kvn_radix_release_l2(s->t, &s->resv[--s->n_resv], 1, NULL), 0);
     check_tree(s, steps, 1000);
     struct kvn_radix_stats st;
     assert_int_equal(kvn_radix_stats(s->t, &st, NULL), 0);
@@ -284,9 +311,9 @@ static void run(uint32_t seed, uint32_t ps, enum kvn_write_policy wp, enum kvn_e
     assert_int_equal(st.l1_used, 0);
     assert_int_equal(st.l2_used, 0);
     printf("seed %u ps %u wp %d ep %d storage %d: inserts %u matches %u acks %u backups %u "
-           "loads %u resets %u events %llu\n",
+           "loads %u resets %u host pages %u events %llu\n",
            seed, ps, wp, ep, storage, counts[0], counts[1], counts[3], counts[4], counts[5],
-           counts[8], (unsigned long long)s->events);
+           counts[8], counts[9], (unsigned long long)s->events);
     kvn_radix_destroy(s->t);
     free(s);
 }
