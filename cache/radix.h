@@ -48,7 +48,9 @@
  * leaves when it must). Slots of pages that were already in L1 are NOT adopted:
  * the result reports that prefix so the caller frees its duplicates. Slots
  * leave the tree through eviction (demote/delete) and reset; the caller never
- * frees a slot the tree adopted. L2 pages are always chosen by the tree.
+ * frees a slot the tree adopted. L2 pages are always chosen by the tree; for
+ * data that lands in L2 directly it hands reserved pages to the caller first
+ * (kvn_radix_reserve_l2 / kvn_radix_insert_host, see HOST INSERTS).
  *
  * COPY JOBS AND ACKS (the tree never copies bytes)
  *
@@ -87,7 +89,8 @@
  *                           page on load_back completion.
  *   GPU BlockRemoved        per tree node (all its page hashes) when it leaves
  *                           L1 (deleted or demoted).
- *   CPU_PINNED BlockStored  per page when its write job is acked (see above).
+ *   CPU_PINNED BlockStored  per page when its write job is acked (see above),
+ *                           per adopted page of kvn_radix_insert_host.
  *   CPU_PINNED BlockRemoved per tree node when its L2 pages are evicted.
  *   DISK BlockStored        per page of a fragment whose storage hook returned
  *                           0, and whose parent page is on DISK (or is the root).
