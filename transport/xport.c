@@ -675,6 +675,14 @@ void kvn_xport_disconnect(struct kvn_xport_peer *p)
     peer_unref(p);
 }
 
+void xport_peer_fail(struct kvn_xport_peer *p, int status, const char *msg)
+{
+    if (p->x->in_close || p->failed || !p->connected)
+        return;
+    p->failed = true;
+    peer_fail_ops(p, status < 0 ? status : -EIO, msg ? msg : "peer failed");
+}
+
 void xport_peer_abandon(struct kvn_xport_peer *p)
 {
     if (p->x->in_close)

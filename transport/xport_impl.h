@@ -246,6 +246,11 @@ void xport_op_done(struct xport_op *op, int status, const char *msg);
  * endpoint). */
 void xport_peer_abandon(struct kvn_xport_peer *p);
 
+/* The backend learned that p is gone (e.g. its process died): mark it
+ * failed and complete its unreported ops with status now (they stay
+ * zombies until the backend returns them or disconnect abandons them). */
+void xport_peer_fail(struct kvn_xport_peer *p, int status, const char *msg);
+
 /* A message arrived (header included); token identifies the buffer. */
 void xport_recv_deliver(struct kvn_xport *x, const void *data, size_t len, uint64_t token);
 

@@ -457,6 +457,33 @@ static void test_disconnect_cancel_and_abandon(void **state)
     kvn_xport_close(f.x); /* with 8 ops outstanding: no leak, no cqe */
 }
 
+static void test_backend_peer_fail(void **state)
+{
+    (void)state;
+    struct fx f;
+    fx_open(&f, 8, 60000);
+    struct kvn_err err;
+    struct kvn_xport_cqe c[8];
+    assert_int_equal(fx_post(&f, 1, 10), 0);
+    assert_int_equal(fx_post(&f, 2, 10), 0);
+    xport_peer_fail(f.p, -ECONNRESET, "mock: peer process gone");
+    assert_int_equal(kvn_xport_poll(f.x, c, 8), 2);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(c[i].status, -ECONNRESET);
+        assert_string_equal(c[i].msg, "mock: peer process gone");
+    }
+    xport_peer_fail(f.p, -ECONNRESET, "again"); /* idempotent */
+    assert_int_equal(kvn_xport_poll(f.x, c, 8), 0);
+    assert_int_equal(fx_post(&f, 3, 10), -ENOTCONN);
+    assert_int_equal(kvn_xport_notify(f.p, "z", 1, 4, &err), -ENOTCONN);
+    /* the backend returns the zombies later: no second cqe */
+    while (f.m->n_owned)
+        finish(f.m, 0, -EIO);
+    assert_int_equal(kvn_xport_poll(f.x, c, 8), 0);
+    assert_int_equal(kvn_xport_mr_dereg(f.mr, &err), 0);
+    kvn_xport_close(f.x);
+}
+
 static void test_recv_path(void **state)
 {
     (void)state;
@@ -594,6 +621,7 @@ int main(void)
         cmocka_unit_test(test_posting_guard_and_refusals),
         cmocka_unit_test(test_timeout_zombie_and_busy),
         cmocka_unit_test(test_disconnect_cancel_and_abandon),
+        cmocka_unit_test(test_backend_peer_fail),
         cmocka_unit_test(test_recv_path),
         cmocka_unit_test(test_wide_ops_and_descriptor_mode),
     };

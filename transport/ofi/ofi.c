@@ -45,6 +45,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
@@ -130,6 +131,10 @@ struct ofi_domain {
     uint32_t *av_refs;
     size_t av_cap;
 
+    /* shm: liveness checks of peers with parts in flight */
+    uint32_t live_tick;
+    uint64_t live_next_ns;
+
     /* backlog of parts refused with -FI_EAGAIN */
     struct ofi_pending *bl_head, *bl_tail, *bl_free;
     uint32_t n_backlog;
@@ -144,6 +149,7 @@ struct ofi_peer {
     bool hs_tried;     /* a post got -FI_EAGAIN before any succeeded: shm
                           may be mid-handshake with the peer */
     bool hs_done;      /* a post succeeded: the provider reached the peer */
+    int pid;           /* shm: the peer's process id (from its name), or 0 */
 };
 
 struct ofi_mr {
@@ -546,6 +552,39 @@ static int open_peer_ep(struct ofi_domain *d, struct fid_ep **out, struct kvn_er
     return 0;
 }
 
+/* "fi_shm://1234:0:0" -> 1234; 0 when the name has another form. */
+static int shm_name_pid(const char *name)
+{
+    const char *s = strstr(name, "://");
+    if (!s)
+        return 0;
+    s += 3;
+    long v = 0;
+    int digits = 0;
+    while (*s >= '0' && *s <= '9' && digits < 10) {
+        v = v * 10 + (*s++ - '0');
+        digits++;
+    }
+    return digits && v > 0 && v < INT32_MAX && (*s == ':' || *s == '\0') ? (int)v : 0;
+}
+
+/* True when process pid is gone (or a zombie): its shm peer is dead. */
+static bool pid_dead(int pid)
+{
+    if (kill(pid, 0) < 0 && errno == ESRCH)
+        return true;
+    char path[64], buf[256];
+    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return false;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *rp = strrchr(buf, ')');
+    return rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X');
+}
+
 static int ofi_connect(struct kvn_xport *x, struct kvn_xport_peer *p, const void *raw, size_t len,
                        struct kvn_err *err)
 {
@@ -593,6 +632,8 @@ static int ofi_connect(struct kvn_xport *x, struct kvn_xport_peer *p, const void
     d->av_refs[fa]++;
     op->addr = fa;
     op->in_av = true;
+    if (d->is_shm)
+        op->pid = shm_name_pid(abuf);
     return 0;
 }
 
@@ -1107,6 +1148,31 @@ static void handle_error(struct ofi_domain *d)
     op_complete(d, e.op_context, st, msg);
 }
 
+/*
+ * shm has no connections: a peer process that dies leaves our commands
+ * unanswered forever.  Every 100 ms (checked every 256 progress calls),
+ * peers with parts in flight whose process is gone are failed at once
+ * instead of waiting for op_timeout_ms.
+ */
+#define OFI_LIVENESS_NS 100000000ull
+static void shm_check_peers(struct ofi_domain *d)
+{
+    uint64_t now = xport_now_ns();
+    if (now < d->live_next_ns)
+        return;
+    d->live_next_ns = now + OFI_LIVENESS_NS;
+    struct xport_link *l;
+    for (l = d->base.peers.next; l != &d->base.peers; l = l->next) {
+        struct ofi_peer *pp = (struct ofi_peer *)XPORT_CONTAINER(l, struct kvn_xport_peer, link);
+        if (pp->pid > 0 && pp->inflight && !pp->base.failed && pp->base.connected &&
+            pid_dead(pp->pid)) {
+            char msg[KVN_XPORT_CQE_MSG];
+            snprintf(msg, sizeof(msg), "ofi shm: peer process %d is gone", pp->pid);
+            xport_peer_fail(&pp->base, -ECONNRESET, msg);
+        }
+    }
+}
+
 static int ofi_progress(struct kvn_xport *x)
 {
     struct ofi_domain *d = dom(x);
@@ -1143,6 +1209,8 @@ static int ofi_progress(struct kvn_xport *x)
     }
     if (d->bl_head)
         backlog_retry(d);
+    if (d->is_shm && (++d->live_tick & 255) == 0)
+        shm_check_peers(d);
     return 0;
 }
 
