@@ -7,8 +7,9 @@ usage: check_kvbench_index.py KVBENCH TRACE [LIMIT]
    equal the exact count computed from the trace ids (printed beside it by
    kvbench, and recomputed here independently in Python), and the JSON object
    must carry the documented keys with consistent values.
-2. --page-size 16 with a small capacity: the shape again, a hit rate at most the
-   unlimited one, and evictions happened.
+2. --page-size 16 unlimited: hits between the full-block and the partial-block
+   exact counts. --page-size 16 with a small capacity: the shape again, hits at
+   most the unlimited ones, nothing cached above capacity, evictions happened.
 3. Bad options exit 2 with a message; a missing trace exits 1.
 Exit status 0 when every check holds; 77 (skip) when the trace is absent.
 """
@@ -88,6 +89,20 @@ def main():
     print(f"page 512 unlimited: hit {o['hit_tokens']} == exact {hits} of {total} "
           f"({o['hit_rate']:.4f})")
 
+    # page 16, unlimited: whole-block hits are page hits too, and nothing beyond the
+    # blocks seen before (a seen partial last block at most) can hit
+    p = run([kvbench, "index", "--trace", trace, "--page-size", "16", "--limit", str(limit),
+             "--json"])
+    u = json.loads(p.stdout)
+    check_shape(u, limit)
+    if not o["exact_hit_tokens"] <= u["hit_tokens"] <= o["exact_partial_hit_tokens"]:
+        fail(f"page 16 hit {u['hit_tokens']} outside [{o['exact_hit_tokens']}, "
+             f"{o['exact_partial_hit_tokens']}]")
+    if u["exact_match"] is not None:
+        fail("exact_match must be null off page 512 / unlimited")
+    print(f"page 16 unlimited: hit {u['hit_tokens']} within [{o['exact_hit_tokens']}, "
+          f"{o['exact_partial_hit_tokens']}]")
+
     cap = 200000
     p = run([kvbench, "index", "--trace", trace, "--page-size", "16", "--capacity", str(cap),
              "--policy", "lfu", "--limit", str(limit), "--json"])
@@ -97,6 +112,8 @@ def main():
         fail(f"options not echoed: {c}")
     if c["cached_tokens"] > cap:
         fail(f"{c['cached_tokens']} tokens cached above capacity {cap}")
+    if c["hit_tokens"] > u["hit_tokens"]:
+        fail(f"capacity run hit {c['hit_tokens']} > unlimited {u['hit_tokens']}")
     if c["evicted_pages"] <= 0:
         fail("capacity run evicted nothing")
     print(f"page 16 capacity {cap} lfu: hit rate {c['hit_rate']:.4f}, "
