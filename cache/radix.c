@@ -1596,6 +1596,42 @@ int kvn_radix_match_prefix(struct kvn_radix *t, uint64_t ns, const int32_t *toke
     return 0;
 }
 
+int kvn_radix_match_l2(struct kvn_radix *t, uint64_t ns, const int32_t *tokens, size_t n_tokens,
+                       uint64_t now, uint32_t *pages_out, uint32_t pages_cap,
+                       struct kvn_radix_l2_match *res, struct kvn_err *err)
+{
+    if (!t || !res)
+        return kvn_err_set(err, -EINVAL, "match_l2: tree and res must not be NULL");
+    if (!tokens && n_tokens > 0)
+        return kvn_err_set(err, -EINVAL, "match_l2: tokens is NULL");
+    if (ns == KVN_RADIX_NS_INVALID)
+        return kvn_err_set(err, -EINVAL, "match_l2: namespace %llu is reserved",
+                           (unsigned long long)ns);
+    if (n_tokens > UINT32_MAX)
+        return kvn_err_set(err, -EINVAL, "match_l2: %zu tokens is too many", n_tokens);
+    memset(res, 0, sizeof(*res));
+    struct rnode *node = ns_root(t, ns);
+    if (!node)
+        return 0;
+    uint32_t np = (uint32_t)(n_tokens / t->ps), pos = 0;
+    while (pos < np) {
+        struct rnode *c = child_find(t, node, tokens + (size_t)pos * t->ps);
+        if (!c || !l2_valid(c) || !(c->flags & F_CPU_PUB))
+            break;
+        uint32_t k = common_pages(t, c, tokens + (size_t)pos * t->ps, np - pos);
+        touch(t, c, now);
+        for (uint32_t i = 0; pages_out && i < k && res->n_pages < pages_cap; i++)
+            pages_out[res->n_pages++] = n_l2(c)[i];
+        res->last_node = c->id;
+        pos += k;
+        if (k < c->n_pages)
+            break;
+        node = c;
+    }
+    res->tokens = pos * t->ps;
+    return 0;
+}
+
 /* ---------------------------------------------------------------- insert */
 
 struct walk {

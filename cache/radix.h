@@ -347,6 +347,26 @@ int kvn_radix_match_prefix(struct kvn_radix *tree, uint64_t ns, const int32_t *t
                            uint32_t slots_cap, struct kvn_radix_match *res, struct kvn_err *err);
 
 /*
+ * What a peer can read from this node's pool by RDMA: the longest prefix of
+ * tokens[0..n_tokens) whose every page has a valid L2 copy already announced
+ * on CPU_PINNED. Writes its L2 page numbers into pages_out[0..min(pages,
+ * pages_cap)) (pages_out may be NULL), sets ticks like a match, never splits,
+ * allocates or emits. Protect last_node (kvn_radix_protect) while the pages
+ * are being read; it may extend beyond the prefix.
+ * Errors: -EINVAL (tree/res NULL, tokens NULL with n_tokens > 0, ns ==
+ * KVN_RADIX_NS_INVALID, n_tokens > UINT32_MAX).
+ */
+struct kvn_radix_l2_match {
+    uint32_t tokens;    /* length of that prefix */
+    uint32_t n_pages;   /* page numbers written to pages_out */
+    uint64_t last_node; /* node holding its last page, 0 when tokens == 0 */
+};
+
+int kvn_radix_match_l2(struct kvn_radix *tree, uint64_t ns, const int32_t *tokens, size_t n_tokens,
+                       uint64_t now_tick, uint32_t *pages_out, uint32_t pages_cap,
+                       struct kvn_radix_l2_match *res, struct kvn_err *err);
+
+/*
  * insert result, in tokens (multiples of page_size):
  *   prefix_tokens   already in L1 before the call: the caller's slots for these
  *                   pages were NOT adopted (explicit mode);

@@ -1056,6 +1056,49 @@ static void host_refusals(void **state)
     fx_free(f);
 }
 
+static void match_l2_for_peers(void **state)
+{
+    (void)state;
+    struct fixture *f = fx_new(2, 8, 8, KVN_WRITE_THROUGH, false);
+    int32_t t[6] = {1, 2, 3, 4, 5, 6};
+    struct kvn_radix_insert_result r, r2;
+    fx_insert(f, 0, t, 4, NULL, 1, &r);
+    fx_insert(f, 0, t, 6, NULL, 2, &r2);
+    uint32_t pg[4] = {99, 99, 99, 99};
+    struct kvn_radix_l2_match m;
+    assert_int_equal(kvn_radix_match_l2(f->t, 0, t, 6, 3, pg, 4, &m, NULL), 0);
+    assert_int_equal(m.tokens, 0); /* pending: not readable yet */
+    assert_int_equal(m.last_node, 0);
+    assert_int_equal(kvn_radix_ack(f->t, r.backup_ack_id, true, NULL), 0);
+    assert_int_equal(kvn_radix_match_l2(f->t, 0, t, 6, 4, pg, 4, &m, NULL), 0);
+    assert_int_equal(m.tokens, 4);
+    assert_int_equal(m.n_pages, 2);
+    assert_int_equal(pg[0], f->jobs.j[0].l2[0]);
+    assert_int_equal(pg[1], f->jobs.j[0].l2[1]);
+    assert_int_equal(m.last_node, r.last_node);
+    assert_int_equal(kvn_radix_ack(f->t, r2.backup_ack_id, true, NULL), 0);
+    assert_int_equal(kvn_radix_match_l2(f->t, 0, t, 7, 5, pg, 2, &m, NULL), 0);
+    assert_int_equal(m.tokens, 6);
+    assert_int_equal(m.n_pages, 2); /* capped */
+    assert_int_equal(m.last_node, r2.last_node);
+    /* protected while a peer reads: L2 eviction leaves it */
+    struct kvn_radix_evict_result er;
+    assert_int_equal(kvn_radix_protect(f->t, m.last_node, NULL), 0);
+    assert_int_equal(kvn_radix_evict_l1(f->t, 8, &er, NULL), 0);
+    assert_int_equal(kvn_radix_evict_l2(f->t, 8, &er, NULL), 0);
+    assert_int_equal(er.freed_pages, 0);
+    assert_int_equal(kvn_radix_match_l2(f->t, 0, t, 6, 6, NULL, 0, &m, NULL), 0);
+    assert_int_equal(m.tokens, 6);
+    assert_int_equal(kvn_radix_unprotect(f->t, m.last_node, NULL), 0);
+    assert_int_equal(kvn_radix_match_l2(f->t, 9, t, 6, 7, NULL, 0, &m, NULL), 0);
+    assert_int_equal(m.tokens, 0); /* unknown namespace */
+    REFUSED(f, kvn_radix_match_l2(NULL, 0, t, 6, 1, NULL, 0, &m, &err), -EINVAL);
+    REFUSED(f, kvn_radix_match_l2(f->t, 0, t, 6, 1, NULL, 0, NULL, &err), -EINVAL);
+    REFUSED(f, kvn_radix_match_l2(f->t, 0, NULL, 6, 1, NULL, 0, &m, &err), -EINVAL);
+    REFUSED(f, kvn_radix_match_l2(f->t, KVN_RADIX_NS_INVALID, t, 6, 1, NULL, 0, &m, &err), -EINVAL);
+    fx_free(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1089,6 +1132,7 @@ int main(void)
         cmocka_unit_test(host_insert_attaches_and_extends),
         cmocka_unit_test(host_insert_stops_at_pending_write),
         cmocka_unit_test(host_refusals),
+        cmocka_unit_test(match_l2_for_peers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
