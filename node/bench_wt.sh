@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # node/bench_wt.sh - write-through throughput of kvnode against `kvbench read`, side by side.
 #   node/bench_wt.sh BUILD_DIR [ROUNDS] [PAGE_BYTES] [TRANSPORTS...]
-# For each transport and round: kvbench read (server + client, -s PAGE_BYTES -q 16) then a
-# kvnode with an L1 stand-in driven by kvn-wtbench. Prints one line per measurement and the
-# median ratio per transport. Ports: 127.0.0.1, 17600-17610.
+# For each transport and round: kvbench read (server + client, -s PAGE_BYTES -q 16), then a
+# kvnode whose L1 is an engine in another process (kvn-wtbench --engine: the production
+# path), then a kvnode with its own --l1 stand-in (loopback in one process). Prints one line
+# per measurement and the medians and ratios per transport. Ports: 127.0.0.1, 17600-17610.
 set -uo pipefail
 B=${1:?build dir}; R=${2:-3}; PB=${3:-1M}; shift 3 2>/dev/null || shift $#
 TS=("$@"); [ ${#TS[@]} -eq 0 ] && TS=(ofi+tcp ofi+shm ucx+tcp ucx+sm)
 med() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 for T in "${TS[@]}"; do
-  : > /tmp/bwt_kb.$$; : > /tmp/bwt_wt.$$
+  : > /tmp/bwt_kb.$$; : > /tmp/bwt_wt.$$; : > /tmp/bwt_en.$$
   for r in $(seq 1 "$R"); do
     "$B/bench/kvbench" read -t "$T" -p 17600 -b 127.0.0.1 >/dev/null 2>&1 & S=$!
     sleep 0.5
@@ -17,15 +18,22 @@ for T in "${TS[@]}"; do
          | python3 -c 'import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])["bw_avg_gbps"])')
     kill $S 2>/dev/null; wait $S 2>/dev/null
     "$B/node/kvnode" --listen tcp://127.0.0.1:17605 --events tcp://127.0.0.1:17606 --transport "$T" \
+      --page-size 16 --page-bytes "$PB" --host-pool 256M --no-hugepages --log-level warn & K=$!
+    sleep 1
+    en=$("$B/node/kvn-wtbench" -c tcp://127.0.0.1:17605 --rounds 5 --pages-per-insert 16 --engine 128 --json)
+    kill -TERM $K; wait $K
+    "$B/node/kvnode" --listen tcp://127.0.0.1:17605 --events tcp://127.0.0.1:17606 --transport "$T" \
       --page-size 16 --page-bytes "$PB" --host-pool 256M --l1 128M --no-hugepages --log-level warn & K=$!
     sleep 1
-    wt=$("$B/node/kvn-wtbench" -c tcp://127.0.0.1:17605 --rounds 3 --pages-per-insert 16 --json)
+    wt=$("$B/node/kvn-wtbench" -c tcp://127.0.0.1:17605 --rounds 5 --pages-per-insert 16 --json)
     kill -TERM $K; wait $K
     g=$(echo "$wt" | python3 -c 'import json,sys; print(json.load(sys.stdin)["gbps"])')
-    echo "$T round $r: kvbench read $kb GB/s, kvnode write-through $g GB/s  $wt"
-    echo "$kb" >> /tmp/bwt_kb.$$; echo "$g" >> /tmp/bwt_wt.$$
+    ge=$(echo "$en" | python3 -c 'import json,sys; print(json.load(sys.stdin)["gbps"])')
+    echo "$T round $r: kvbench read $kb GB/s, write-through engine $ge GB/s, loopback $g GB/s"
+    echo "  engine:   $en"; echo "  loopback: $wt"
+    echo "$kb" >> /tmp/bwt_kb.$$; echo "$g" >> /tmp/bwt_wt.$$; echo "$ge" >> /tmp/bwt_en.$$
   done
-  mk=$(med < /tmp/bwt_kb.$$); mw=$(med < /tmp/bwt_wt.$$)
-  echo "$T median: kvbench read $mk GB/s, write-through $mw GB/s, ratio $(python3 -c "print(round($mw/$mk,2) if $mk>0 else 'n/a')")"
+  mk=$(med < /tmp/bwt_kb.$$); mw=$(med < /tmp/bwt_wt.$$); me=$(med < /tmp/bwt_en.$$)
+  echo "$T median: kvbench read $mk GB/s | write-through engine $me GB/s (ratio $(python3 -c "print(round($me/$mk,2) if $mk>0 else 'n/a')")) | loopback $mw GB/s (ratio $(python3 -c "print(round($mw/$mk,2) if $mk>0 else 'n/a')"))"
 done
-rm -f /tmp/bwt_kb.$$ /tmp/bwt_wt.$$
+rm -f /tmp/bwt_kb.$$ /tmp/bwt_wt.$$ /tmp/bwt_en.$$

@@ -81,24 +81,41 @@ static int encode(struct kvn_client *c, const struct kvn_client_req *r, uint64_t
     const char *name = kvn_rpc_op_name(r->op);
     if (!name)
         return kvn_err_set(err, -EINVAL, "op %d is not an operation", (int)r->op);
-    bool tokens = false, slots = false, blobs = false, handle = false, lease = false,
-         evict = false, seed = false;
+    bool tokens = false, slots = false, blobs = false, handle = false, lease = false, evict = false,
+         seed = false;
     switch (r->op) {
-    case KVN_RPC_REGISTER_L1: blobs = true; break;
-    case KVN_RPC_INSERT: case KVN_RPC_LOAD_BACK:
+    case KVN_RPC_REGISTER_L1:
+        blobs = true;
+        break;
+    case KVN_RPC_INSERT:
+    case KVN_RPC_LOAD_BACK:
         tokens = true;
         slots = r->slots != NULL; /* no slots: auto mode */
         break;
-    case KVN_RPC_MATCH: case KVN_RPC_BACKUP: tokens = true; break;
-    case KVN_RPC_LOCK: tokens = true; lease = r->lease_ms != 0; break;
-    case KVN_RPC_UNLOCK: handle = true; break;
-    case KVN_RPC_EVICT: evict = true; break;
-    case KVN_RPC_L1_FILL: slots = seed = true; break;
-    case KVN_RPC_L1_CHECKSUM: slots = true; break;
-    default: break;
+    case KVN_RPC_MATCH:
+    case KVN_RPC_BACKUP:
+        tokens = true;
+        break;
+    case KVN_RPC_LOCK:
+        tokens = true;
+        lease = r->lease_ms != 0;
+        break;
+    case KVN_RPC_UNLOCK:
+        handle = true;
+        break;
+    case KVN_RPC_EVICT:
+        evict = true;
+        break;
+    case KVN_RPC_L1_FILL:
+        slots = seed = true;
+        break;
+    case KVN_RPC_L1_CHECKSUM:
+        slots = true;
+        break;
+    default:
+        break;
     }
-    if ((tokens && r->n_tokens && !r->tokens) ||
-        (slots && r->n_slots && !r->slots))
+    if ((tokens && r->n_tokens && !r->tokens) || (slots && r->n_slots && !r->slots))
         return kvn_err_set(err, -EINVAL, "%s: token or slot array is NULL", name);
     if (blobs && (!r->desc || !r->addr))
         return kvn_err_set(err, -EINVAL, "%s: desc and addr must not be NULL", name);
@@ -206,8 +223,9 @@ static int decode(const void *buf, size_t len, struct kvn_client_reply *r, struc
     r->code = 0;
     if (!r->ok) {
         const msgpack_object *code = map_get(&r->up.data, "code");
-        r->code = (code && code->type == MSGPACK_OBJECT_NEGATIVE_INTEGER &&
-                   code->via.i64 >= -4095) ? (int)code->via.i64 : -EPROTO;
+        r->code = (code && code->type == MSGPACK_OBJECT_NEGATIVE_INTEGER && code->via.i64 >= -4095)
+                      ? (int)code->via.i64
+                      : -EPROTO;
     }
     return 0;
 }
@@ -216,15 +234,15 @@ static void set_err_from_reply(const struct kvn_client_reply *r, struct kvn_err 
 {
     const msgpack_object *e = map_get(&r->up.data, "error");
     if (e && e->type == MSGPACK_OBJECT_STR)
-        kvn_err_set(err, r->code, "node: %.*s", (int)(e->via.str.size > 200 ? 200 : e->via.str.size),
-                    e->via.str.ptr);
+        kvn_err_set(err, r->code, "node: %.*s",
+                    (int)(e->via.str.size > 200 ? 200 : e->via.str.size), e->via.str.ptr);
     else
         kvn_err_set(err, r->code, "node: error %d (%s)", r->code, kvn_err_name(r->code));
 }
 
 /* Sends c->sbuf (or body) and waits for the reply whose id is want (any id when raw). */
-static int round_trip(struct kvn_client *c, const void *body, size_t len, uint64_t want,
-                      bool raw, struct kvn_client_reply **out, struct kvn_err *err)
+static int round_trip(struct kvn_client *c, const void *body, size_t len, uint64_t want, bool raw,
+                      struct kvn_client_reply **out, struct kvn_err *err)
 {
     if (zmq_send(c->sock, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
         zmq_send(c->sock, body, len, ZMQ_DONTWAIT) < 0)
@@ -348,8 +366,11 @@ int kvn_client_insert(struct kvn_client *c, const int32_t *tokens, uint32_t n_to
                       const uint32_t *slots, uint32_t n_slots, struct kvn_client_reply **reply,
                       struct kvn_err *err)
 {
-    struct kvn_client_req q = {.op = KVN_RPC_INSERT, .tokens = tokens, .n_tokens = n_tokens,
-                               .slots = slots, .n_slots = n_slots};
+    struct kvn_client_req q = {.op = KVN_RPC_INSERT,
+                               .tokens = tokens,
+                               .n_tokens = n_tokens,
+                               .slots = slots,
+                               .n_slots = n_slots};
     return kvn_client_call(c, &q, reply, err);
 }
 
@@ -433,8 +454,10 @@ static cJSON *to_json(const msgpack_object *o, int depth)
     if (depth > 16)
         return cJSON_CreateNull();
     switch (o->type) {
-    case MSGPACK_OBJECT_NIL: return cJSON_CreateNull();
-    case MSGPACK_OBJECT_BOOLEAN: return cJSON_CreateBool(o->via.boolean);
+    case MSGPACK_OBJECT_NIL:
+        return cJSON_CreateNull();
+    case MSGPACK_OBJECT_BOOLEAN:
+        return cJSON_CreateBool(o->via.boolean);
     case MSGPACK_OBJECT_POSITIVE_INTEGER:
     case MSGPACK_OBJECT_NEGATIVE_INTEGER: {
         /* raw digits: a double would round 64-bit checksums and hashes */
@@ -446,7 +469,8 @@ static cJSON *to_json(const msgpack_object *o, int depth)
         return cJSON_CreateRaw(num);
     }
     case MSGPACK_OBJECT_FLOAT32:
-    case MSGPACK_OBJECT_FLOAT64: return cJSON_CreateNumber(o->via.f64);
+    case MSGPACK_OBJECT_FLOAT64:
+        return cJSON_CreateNumber(o->via.f64);
     case MSGPACK_OBJECT_STR: {
         char *s = malloc(o->via.str.size + 1);
         if (!s)
@@ -488,7 +512,8 @@ static cJSON *to_json(const msgpack_object *o, int depth)
         }
         return m;
     }
-    default: return cJSON_CreateNull(); /* bin, ext: not JSON */
+    default:
+        return cJSON_CreateNull(); /* bin, ext: not JSON */
     }
 }
 

@@ -8,10 +8,26 @@
 #include <string.h>
 
 enum {
-    OPT_LISTEN = 256, OPT_TRANSPORT, OPT_HOST_POOL, OPT_PAGE_SIZE, OPT_PAGE_BYTES,
-    OPT_WRITE_POLICY, OPT_EVENTS, OPT_REPLAY, OPT_TOPIC, OPT_REPLAY_TOPIC,
-    OPT_EVENTS_FORMAT, OPT_BUFFER_STEPS, OPT_L1, OPT_ACK_DELAY, OPT_LOG_LEVEL,
-    OPT_STORAGE, OPT_NUMA, OPT_NO_HUGEPAGES, OPT_DP_RANK, OPT_HELP,
+    OPT_LISTEN = 256,
+    OPT_TRANSPORT,
+    OPT_HOST_POOL,
+    OPT_PAGE_SIZE,
+    OPT_PAGE_BYTES,
+    OPT_WRITE_POLICY,
+    OPT_EVENTS,
+    OPT_REPLAY,
+    OPT_TOPIC,
+    OPT_REPLAY_TOPIC,
+    OPT_EVENTS_FORMAT,
+    OPT_BUFFER_STEPS,
+    OPT_L1,
+    OPT_ACK_DELAY,
+    OPT_LOG_LEVEL,
+    OPT_STORAGE,
+    OPT_NUMA,
+    OPT_NO_HUGEPAGES,
+    OPT_DP_RANK,
+    OPT_HELP,
 };
 
 static const struct option long_opts[] = {
@@ -58,20 +74,25 @@ void kvn_config_defaults(struct kvn_config *cfg)
 const char *kvn_config_write_policy_name(enum kvn_write_policy p)
 {
     switch (p) {
-    case KVN_WRITE_THROUGH: return "write_through";
-    case KVN_WRITE_THROUGH_SELECTIVE: return "write_through_selective";
-    case KVN_WRITE_BACK: return "write_back";
+    case KVN_WRITE_THROUGH:
+        return "write_through";
+    case KVN_WRITE_THROUGH_SELECTIVE:
+        return "write_through_selective";
+    case KVN_WRITE_BACK:
+        return "write_back";
     }
     return "?";
 }
 
 void kvn_config_usage(FILE *f, const char *prog)
 {
-    fprintf(f,
+    fprintf(
+        f,
         "usage: %s [flags]\n"
         "kvnode: RDMA KV cache node (control RPC over ZeroMQ, see node/kvn_rpc.h)\n"
         "\n"
-        "  --listen tcp://HOST:PORT     control RPC ROUTER endpoint (default tcp://127.0.0.1:7100)\n"
+        "  --listen tcp://HOST:PORT     control RPC ROUTER endpoint (default "
+        "tcp://127.0.0.1:7100)\n"
         "  --transport URI              auto, ofi+tcp, ofi+shm, ofi+verbs, ucx+tcp, ucx+sm, ucx,\n"
         "                               verbs+DEVICE (default auto)\n"
         "  --host-pool SIZE             L2 host pool bytes, K/M/G suffix (default 1G)\n"
@@ -120,11 +141,25 @@ int kvn_config_parse_size(const char *s, uint64_t *out, struct kvn_err *err)
     }
     unsigned shift = 0;
     switch (*p) {
-    case '\0': break;
-    case 'k': case 'K': shift = 10; p++; break;
-    case 'm': case 'M': shift = 20; p++; break;
-    case 'g': case 'G': shift = 30; p++; break;
-    default: return kvn_err_set(err, -EINVAL, "size \"%s\": unknown suffix", s);
+    case '\0':
+        break;
+    case 'k':
+    case 'K':
+        shift = 10;
+        p++;
+        break;
+    case 'm':
+    case 'M':
+        shift = 20;
+        p++;
+        break;
+    case 'g':
+    case 'G':
+        shift = 30;
+        p++;
+        break;
+    default:
+        return kvn_err_set(err, -EINVAL, "size \"%s\": unknown suffix", s);
     }
     if (*p == 'i' || *p == 'I')
         p++;
@@ -147,8 +182,7 @@ static int parse_u32(const char *flag, const char *s, uint32_t min, uint32_t max
         return kvn_err_set(err, -EINVAL, "--%s needs a number", flag);
     unsigned long long v = strtoull(s, &end, 10);
     if (errno || *end || v < min || v > max)
-        return kvn_err_set(err, -EINVAL, "--%s %s: want an integer in [%u, %u]", flag, s, min,
-                           max);
+        return kvn_err_set(err, -EINVAL, "--%s %s: want an integer in [%u, %u]", flag, s, min, max);
     *out = (uint32_t)v;
     return 0;
 }
@@ -185,11 +219,16 @@ static int apply(struct kvn_config *c, int opt, const char *arg, struct kvn_err 
     uint32_t u;
     int rc = 0;
     switch (opt) {
-    case OPT_LISTEN: return copy_str("listen", arg, c->listen, err);
-    case OPT_TRANSPORT: return copy_str("transport", arg, c->transport, err);
-    case OPT_HOST_POOL: return set_size("host-pool", arg, &c->host_pool, err);
-    case OPT_PAGE_SIZE: return parse_u32("page-size", arg, 1, 1u << 20, &c->page_size, err);
-    case OPT_PAGE_BYTES: return set_size("page-bytes", arg, &c->page_bytes, err);
+    case OPT_LISTEN:
+        return copy_str("listen", arg, c->listen, err);
+    case OPT_TRANSPORT:
+        return copy_str("transport", arg, c->transport, err);
+    case OPT_HOST_POOL:
+        return set_size("host-pool", arg, &c->host_pool, err);
+    case OPT_PAGE_SIZE:
+        return parse_u32("page-size", arg, 1, 1u << 20, &c->page_size, err);
+    case OPT_PAGE_BYTES:
+        return set_size("page-bytes", arg, &c->page_bytes, err);
     case OPT_WRITE_POLICY:
         if (!strcmp(arg, "write_through"))
             c->write_policy = KVN_WRITE_THROUGH;
@@ -198,13 +237,20 @@ static int apply(struct kvn_config *c, int opt, const char *arg, struct kvn_err 
         else if (!strcmp(arg, "write_back"))
             c->write_policy = KVN_WRITE_BACK;
         else
-            return kvn_err_set(err, -EINVAL, "--write-policy %s: want write_through, "
-                               "write_through_selective or write_back", arg);
+            return kvn_err_set(err, -EINVAL,
+                               "--write-policy %s: want write_through, "
+                               "write_through_selective or write_back",
+                               arg);
         return 0;
-    case OPT_EVENTS: return copy_str("events", arg, c->events, err);
-    case OPT_REPLAY: return copy_str("replay", arg, c->replay, err);
-    case OPT_TOPIC: return copy_str("topic", arg, c->topic, err);
-    case OPT_REPLAY_TOPIC: c->replay_topic = true; return 0;
+    case OPT_EVENTS:
+        return copy_str("events", arg, c->events, err);
+    case OPT_REPLAY:
+        return copy_str("replay", arg, c->replay, err);
+    case OPT_TOPIC:
+        return copy_str("topic", arg, c->topic, err);
+    case OPT_REPLAY_TOPIC:
+        c->replay_topic = true;
+        return 0;
     case OPT_EVENTS_FORMAT:
         if (!strcmp(arg, "array"))
             c->events_format = KVN_NODE_EVFMT_ARRAY;
@@ -215,7 +261,8 @@ static int apply(struct kvn_config *c, int opt, const char *arg, struct kvn_err 
         return 0;
     case OPT_BUFFER_STEPS:
         return parse_u32("buffer-steps", arg, 1, 10000000, &c->buffer_steps, err);
-    case OPT_L1: return set_size("l1", arg, &c->l1, err);
+    case OPT_L1:
+        return set_size("l1", arg, &c->l1, err);
     case OPT_ACK_DELAY:
         return parse_u32("inject-ack-delay", arg, 0, 600000, &c->inject_ack_delay_ms, err);
     case OPT_LOG_LEVEL:
@@ -231,19 +278,24 @@ static int apply(struct kvn_config *c, int opt, const char *arg, struct kvn_err 
             return kvn_err_set(err, -EINVAL, "--log-level %s: want error, warn, info or debug",
                                arg);
         return 0;
-    case OPT_STORAGE: return copy_str("storage", arg, c->storage, err);
+    case OPT_STORAGE:
+        return copy_str("storage", arg, c->storage, err);
     case OPT_NUMA:
         rc = parse_u32("numa-node", arg, 0, 1023, &u, err);
         if (rc == 0)
             c->numa_node = (int)u;
         return rc;
-    case OPT_NO_HUGEPAGES: c->hugepages = false; return 0;
+    case OPT_NO_HUGEPAGES:
+        c->hugepages = false;
+        return 0;
     case OPT_DP_RANK:
         rc = parse_u32("dp-rank", arg, 0, 1u << 20, &u, err);
         if (rc == 0)
             c->dp_rank = (int)u;
         return rc;
-    case OPT_HELP: c->help = true; return 0;
+    case OPT_HELP:
+        c->help = true;
+        return 0;
     }
     return kvn_err_set(err, -EINVAL, "unknown flag");
 }
@@ -260,8 +312,9 @@ static int validate(const struct kvn_config *c, struct kvn_err *err)
     if (c->page_bytes == 0 || c->page_bytes > (1ull << 30))
         return kvn_err_set(err, -EINVAL, "--page-bytes %" PRIu64 ": want 1..1G", c->page_bytes);
     if (c->host_pool < c->page_bytes)
-        return kvn_err_set(err, -EINVAL, "--host-pool %" PRIu64 " holds no page of %" PRIu64
-                           " bytes", c->host_pool, c->page_bytes);
+        return kvn_err_set(err, -EINVAL,
+                           "--host-pool %" PRIu64 " holds no page of %" PRIu64 " bytes",
+                           c->host_pool, c->page_bytes);
     if (c->host_pool / c->page_bytes > UINT32_MAX)
         return kvn_err_set(err, -EINVAL, "--host-pool: more than 2^32 pages");
     if (c->l1 && c->l1 < c->page_bytes)

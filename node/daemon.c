@@ -24,10 +24,10 @@
 #include "node/xfer.h"
 #include "transport/kvn_xport.h"
 
-#define MAX_LOCKS 4096u
-#define REQS_PER_TICK 64
-#define LAT_SAMPLES 65536u
-#define ACKS_PER_TICK 4096u
+#define MAX_LOCKS      4096u
+#define REQS_PER_TICK  64
+#define LAT_BUCKETS    (256u + 24u * 32u) /* log-linear: exact below 256 us, ~3% above */
+#define ACKS_PER_TICK  4096u
 #define DRAIN_LIMIT_MS 30000u
 #define MAX_RECV_FRAME (4u * KVN_RPC_MAX_FRAME) /* beyond: ZeroMQ drops the peer */
 
@@ -67,8 +67,8 @@ struct kvn_node {
     /* ack-to-publish latency */
     uint64_t tick_acks[ACKS_PER_TICK];
     uint32_t n_tick_acks;
-    uint32_t *lat_us;
-    uint32_t lat_n, lat_pos;
+    uint64_t *lat_hist; /* ack-to-publish, microseconds, LAT_BUCKETS */
+    uint64_t lat_n;
     /* counters */
     uint64_t rpc_requests, rpc_errors, rpc_dropped, rpc_oversized;
     uint64_t events_emitted, acks_ok, acks_failed, ack_errors;
@@ -334,8 +334,8 @@ static int h_register_l1(struct kvn_node *n, const struct kvn_rpc_req *q, struct
         if (st.pending_jobs || !kvn_xfer_idle(n->xfer))
             return kvn_err_set(err, -EBUSY, "%" PRIu64 " copy jobs pending", st.pending_jobs);
     }
-    int rc = kvn_xfer_l1_attach(n->xfer, q->desc, q->desc_len, q->addr, q->addr_len,
-                                q->page_bytes, q->l1_slots, err);
+    int rc = kvn_xfer_l1_attach(n->xfer, q->desc, q->desc_len, q->addr, q->addr_len, q->page_bytes,
+                                q->l1_slots, err);
     if (rc < 0)
         return rc;
     struct kvn_radix *old = n->tree;
@@ -371,8 +371,7 @@ static int h_insert(struct kvn_node *n, const struct kvn_rpc_req *q, struct kvn_
         return rc;
     struct kvn_radix_insert_result res;
     rc = kvn_radix_insert(n->tree, KVN_RADIX_NS_DEFAULT, q->tokens, q->n_tokens,
-                          q->has_slots ? q->slots : NULL,
-                          ++n->tick, &res, err);
+                          q->has_slots ? q->slots : NULL, ++n->tick, &res, err);
     if (rc < 0)
         return rc;
     struct reply *r = &n->rep;
@@ -390,8 +389,8 @@ static int h_insert(struct kvn_node *n, const struct kvn_rpc_req *q, struct kvn_
 static int do_match(struct kvn_node *n, const struct kvn_rpc_req *q, struct kvn_radix_match *m,
                     struct kvn_err *err)
 {
-    return kvn_radix_match_prefix(n->tree, KVN_RADIX_NS_DEFAULT, q->tokens, q->n_tokens,
-                                  ++n->tick, n->slots_buf, KVN_RPC_MAX_TOKENS, m, err);
+    return kvn_radix_match_prefix(n->tree, KVN_RADIX_NS_DEFAULT, q->tokens, q->n_tokens, ++n->tick,
+                                  n->slots_buf, KVN_RPC_MAX_TOKENS, m, err);
 }
 
 static int h_match(struct kvn_node *n, const struct kvn_rpc_req *q, struct kvn_err *err)
@@ -463,8 +462,10 @@ static int h_unlock(struct kvn_node *n, const struct kvn_rpc_req *q, struct kvn_
     uint32_t i = (uint32_t)q->handle;
     uint32_t gen = (uint32_t)(q->handle >> 32);
     if (i >= MAX_LOCKS || !n->locks[i].used || n->locks[i].gen != gen)
-        return kvn_err_set(err, -ENOENT, "unlock: no lock with handle %" PRIu64
-                           " (released, expired or never taken)", q->handle);
+        return kvn_err_set(err, -ENOENT,
+                           "unlock: no lock with handle %" PRIu64
+                           " (released, expired or never taken)",
+                           q->handle);
     rc = lock_release(n, i, err);
     /* -ENOENT from the tree: the node went away with a reset; the handle is gone either way */
     return rc == -ENOENT ? 0 : rc;
@@ -499,8 +500,7 @@ static int h_load_back(struct kvn_node *n, const struct kvn_rpc_req *q, struct k
         return rc;
     struct kvn_radix_job_result res;
     rc = kvn_radix_load_back(n->tree, KVN_RADIX_NS_DEFAULT, q->tokens, q->n_tokens,
-                             q->has_slots ? q->slots : NULL,
-                             q->n_slots, ++n->tick, &res, err);
+                             q->has_slots ? q->slots : NULL, q->n_slots, ++n->tick, &res, err);
     if (rc < 0)
         return rc;
     r_u64(&n->rep, "ack_id", res.ack_id);
@@ -527,25 +527,43 @@ static int h_evict(struct kvn_node *n, const struct kvn_rpc_req *q, struct kvn_e
     return 0;
 }
 
-static int cmp_u32(const void *a, const void *b)
+static uint32_t lat_bucket(uint64_t us)
 {
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return x < y ? -1 : x > y;
+    if (us < 256)
+        return (uint32_t)us;
+    uint32_t e = 63u - (uint32_t)__builtin_clzll(us); /* 8 .. 63 */
+    if (e > 31)
+        return LAT_BUCKETS - 1;
+    return 256u + (e - 8u) * 32u + (uint32_t)((us >> (e - 5u)) & 31u);
 }
 
+static uint64_t lat_value(uint32_t b)
+{
+    if (b < 256)
+        return b;
+    uint32_t e = (b - 256u) / 32u + 8u, sub = (b - 256u) % 32u;
+    return (1ull << e) + ((uint64_t)sub << (e - 5u));
+}
+
+/* Percentiles from the histogram: O(buckets), cheap enough for every stats call. */
 static void latency_percentiles(struct kvn_node *n, uint64_t *p50, uint64_t *p99)
 {
     *p50 = *p99 = 0;
     if (!n->lat_n)
         return;
-    uint32_t *tmp = malloc(sizeof(uint32_t) * n->lat_n);
-    if (!tmp)
-        return;
-    memcpy(tmp, n->lat_us, sizeof(uint32_t) * n->lat_n);
-    qsort(tmp, n->lat_n, sizeof(uint32_t), cmp_u32);
-    *p50 = tmp[(n->lat_n - 1) / 2];
-    *p99 = tmp[(uint64_t)(n->lat_n - 1) * 99 / 100];
-    free(tmp);
+    uint64_t want50 = (n->lat_n + 1) / 2, want99 = (n->lat_n * 99 + 99) / 100, acc = 0;
+    bool have50 = false;
+    for (uint32_t b = 0; b < LAT_BUCKETS; b++) {
+        acc += n->lat_hist[b];
+        if (!have50 && acc >= want50) {
+            *p50 = lat_value(b);
+            have50 = true;
+        }
+        if (acc >= want99) {
+            *p99 = lat_value(b);
+            return;
+        }
+    }
 }
 
 static int h_stats(struct kvn_node *n, struct kvn_err *err)
@@ -664,20 +682,34 @@ static int h_l1_checksum(struct kvn_node *n, const struct kvn_rpc_req *q, struct
 static int dispatch(struct kvn_node *n, const struct kvn_rpc_req *q, struct kvn_err *err)
 {
     switch (q->op) {
-    case KVN_RPC_HELLO: return h_hello(n, err);
-    case KVN_RPC_REGISTER_L1: return h_register_l1(n, q, err);
-    case KVN_RPC_INSERT: return h_insert(n, q, err);
-    case KVN_RPC_MATCH: return h_match(n, q, err);
-    case KVN_RPC_LOCK: return h_lock(n, q, err);
-    case KVN_RPC_UNLOCK: return h_unlock(n, q, err);
-    case KVN_RPC_BACKUP: return h_backup(n, q, err);
-    case KVN_RPC_LOAD_BACK: return h_load_back(n, q, err);
-    case KVN_RPC_EVICT: return h_evict(n, q, err);
-    case KVN_RPC_STATS: return h_stats(n, err);
-    case KVN_RPC_RESET: return h_reset(n, err);
-    case KVN_RPC_L1_FILL: return h_l1_fill(n, q, err);
-    case KVN_RPC_L1_CHECKSUM: return h_l1_checksum(n, q, err);
-    case KVN_RPC_OP_COUNT: break;
+    case KVN_RPC_HELLO:
+        return h_hello(n, err);
+    case KVN_RPC_REGISTER_L1:
+        return h_register_l1(n, q, err);
+    case KVN_RPC_INSERT:
+        return h_insert(n, q, err);
+    case KVN_RPC_MATCH:
+        return h_match(n, q, err);
+    case KVN_RPC_LOCK:
+        return h_lock(n, q, err);
+    case KVN_RPC_UNLOCK:
+        return h_unlock(n, q, err);
+    case KVN_RPC_BACKUP:
+        return h_backup(n, q, err);
+    case KVN_RPC_LOAD_BACK:
+        return h_load_back(n, q, err);
+    case KVN_RPC_EVICT:
+        return h_evict(n, q, err);
+    case KVN_RPC_STATS:
+        return h_stats(n, err);
+    case KVN_RPC_RESET:
+        return h_reset(n, err);
+    case KVN_RPC_L1_FILL:
+        return h_l1_fill(n, q, err);
+    case KVN_RPC_L1_CHECKSUM:
+        return h_l1_checksum(n, q, err);
+    case KVN_RPC_OP_COUNT:
+        break;
     }
     return kvn_err_set(err, -ENOTSUP, "unknown op");
 }
@@ -801,11 +833,8 @@ static void publish(struct kvn_node *n)
     if (pub > 0 && n->n_tick_acks) {
         uint64_t t = now_us();
         for (uint32_t i = 0; i < n->n_tick_acks; i++) {
-            uint64_t d = t - n->tick_acks[i];
-            n->lat_us[n->lat_pos] = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
-            n->lat_pos = (n->lat_pos + 1) % LAT_SAMPLES;
-            if (n->lat_n < LAT_SAMPLES)
-                n->lat_n++;
+            n->lat_hist[lat_bucket(t - n->tick_acks[i])]++;
+            n->lat_n++;
         }
     }
     n->n_tick_acks = 0;
@@ -841,8 +870,8 @@ int kvn_node_create(const struct kvn_config *cfg, struct kvn_node **out, struct 
     signal(SIGPIPE, SIG_IGN);
     n->slots_buf = malloc(sizeof(uint32_t) * KVN_RPC_MAX_TOKENS);
     n->sums_buf = malloc(sizeof(uint64_t) * KVN_RPC_MAX_SLOTS);
-    n->lat_us = malloc(sizeof(uint32_t) * LAT_SAMPLES);
-    if (!n->slots_buf || !n->sums_buf || !n->lat_us) {
+    n->lat_hist = calloc(LAT_BUCKETS, sizeof(uint64_t));
+    if (!n->slots_buf || !n->sums_buf || !n->lat_hist) {
         rc = kvn_err_set(err, -ENOMEM, "no memory for buffers");
         goto fail;
     }
@@ -852,8 +881,8 @@ int kvn_node_create(const struct kvn_config *cfg, struct kvn_node **out, struct 
                                    cfg->numa_node, err)) < 0)
         goto fail;
     logf_(n, KVN_LOG_INFO, "host pool: %s", n->pool->note);
-    struct kvn_xfer_cfg xc = {.uri = cfg->transport, .pool = n->pool,
-                              .delay_ms = cfg->inject_ack_delay_ms};
+    struct kvn_xfer_cfg xc = {
+        .uri = cfg->transport, .pool = n->pool, .delay_ms = cfg->inject_ack_delay_ms};
     if ((rc = kvn_xfer_create(&xc, &n->xfer, err)) < 0)
         goto fail;
     logf_(n, KVN_LOG_INFO, "transport: %s", kvn_xfer_transport(n->xfer));
@@ -872,11 +901,14 @@ int kvn_node_create(const struct kvn_config *cfg, struct kvn_node **out, struct 
         rc = kvn_err_set(err, -ENOMEM, "zmq_ctx_new failed");
         goto fail;
     }
-    struct kvn_evout_cfg ec = {.zctx = n->zctx, .pub_endpoint = cfg->events,
-                               .replay_endpoint = cfg->replay, .topic = cfg->topic,
+    struct kvn_evout_cfg ec = {.zctx = n->zctx,
+                               .pub_endpoint = cfg->events,
+                               .replay_endpoint = cfg->replay,
+                               .topic = cfg->topic,
                                .replay_topic = cfg->replay_topic,
                                .map_format = cfg->events_format == KVN_NODE_EVFMT_MAP,
-                               .buffer_steps = cfg->buffer_steps, .dp_rank = cfg->dp_rank};
+                               .buffer_steps = cfg->buffer_steps,
+                               .dp_rank = cfg->dp_rank};
     if ((rc = kvn_evout_open(&ec, &n->ev, err)) < 0)
         goto fail;
     n->ctl = zmq_socket(n->zctx, ZMQ_ROUTER);
@@ -887,8 +919,8 @@ int kvn_node_create(const struct kvn_config *cfg, struct kvn_node **out, struct 
         zmq_setsockopt(n->ctl, ZMQ_SNDHWM, &hwm, sizeof(hwm)) ||
         zmq_bind(n->ctl, cfg->listen) != 0) {
         int e = zmq_errno();
-        rc = kvn_err_set(err, e == EADDRINUSE ? -EADDRINUSE : -EINVAL, "listen %s: %s",
-                         cfg->listen, zmq_strerror(e));
+        rc = kvn_err_set(err, e == EADDRINUSE ? -EADDRINUSE : -EINVAL, "listen %s: %s", cfg->listen,
+                         zmq_strerror(e));
         goto fail;
     }
     logf_(n, KVN_LOG_INFO, "listening on %s (rpc v%d)", cfg->listen, KVN_RPC_VERSION);
@@ -919,7 +951,7 @@ void kvn_node_destroy(struct kvn_node *n)
     msgpack_sbuffer_destroy(&n->out);
     free(n->slots_buf);
     free(n->sums_buf);
-    free(n->lat_us);
+    free(n->lat_hist);
     free(n);
 }
 

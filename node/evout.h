@@ -38,9 +38,9 @@ struct kvn_evout_cfg {
     const char *pub_endpoint;    /* "" or NULL: no PUB (events are counted only) */
     const char *replay_endpoint; /* "" or NULL: no replay */
     const char *topic;
-    bool replay_topic;           /* add the topic frame to replay replies */
-    bool map_format;             /* vLLM map form instead of SGLang arrays */
-    uint32_t buffer_steps;       /* history length in batches (>= 1) */
+    bool replay_topic;     /* add the topic frame to replay replies */
+    bool map_format;       /* vLLM map form instead of SGLang arrays */
+    uint32_t buffer_steps; /* history length in batches (>= 1) */
     int dp_rank;
 };
 

@@ -9,7 +9,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define HUGE_2M (2ull << 20)
+#define HUGE_2M    (2ull << 20)
 #define MPOL_BIND_ 2 /* <numaif.h> is libnuma's, not libc's: the value is ABI */
 
 static bool numa_node_exists(int node)
@@ -27,8 +27,8 @@ int kvn_host_pool_create(struct kvn_host_pool **out, uint64_t bytes, uint64_t pa
     if (page_bytes == 0)
         return kvn_err_set(err, -EINVAL, "page_bytes must be >= 1");
     if (bytes < page_bytes)
-        return kvn_err_set(err, -EINVAL, "pool of %" PRIu64 " bytes holds no %" PRIu64
-                           "-byte page", bytes, page_bytes);
+        return kvn_err_set(err, -EINVAL, "pool of %" PRIu64 " bytes holds no %" PRIu64 "-byte page",
+                           bytes, page_bytes);
     if (bytes / page_bytes > UINT32_MAX)
         return kvn_err_set(err, -EINVAL, "pool would have more than 2^32 pages");
     if (numa_node < -1 || numa_node > 1023 || (numa_node >= 0 && !numa_node_exists(numa_node)))
@@ -45,7 +45,7 @@ int kvn_host_pool_create(struct kvn_host_pool **out, uint64_t bytes, uint64_t pa
     if (try_huge) {
         p->map_bytes = (size_t)((want + HUGE_2M - 1) / HUGE_2M * HUGE_2M);
         base = mmap(NULL, p->map_bytes, PROT_READ | PROT_WRITE,
-                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
         if (base != MAP_FAILED)
             p->huge = true;
     }
@@ -53,8 +53,10 @@ int kvn_host_pool_create(struct kvn_host_pool **out, uint64_t bytes, uint64_t pa
         long ps = sysconf(_SC_PAGESIZE);
         size_t pg = ps > 0 ? (size_t)ps : 4096;
         p->map_bytes = (size_t)((want + pg - 1) / pg * pg);
-        base = mmap(NULL, p->map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                    -1, 0);
+        /* populated up front: the pool is registered for RDMA anyway (verbs pins it), and
+         * page faults in the first transfers would only move the cost to the data path */
+        base = mmap(NULL, p->map_bytes, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
         if (base == MAP_FAILED) {
             free(p);
             return kvn_err_set(err, -ENOMEM, "mmap of %" PRIu64 " bytes failed: %s", want,
@@ -67,7 +69,8 @@ int kvn_host_pool_create(struct kvn_host_pool **out, uint64_t bytes, uint64_t pa
     const char *numa_note = "no NUMA binding";
     if (numa_node >= 0) {
         unsigned long mask[1024 / (8 * sizeof(unsigned long))] = {0};
-        mask[numa_node / (8 * sizeof(unsigned long))] |= 1ul << (numa_node % (8 * sizeof(unsigned long)));
+        mask[numa_node / (8 * sizeof(unsigned long))] |=
+            1ul << (numa_node % (8 * sizeof(unsigned long)));
         long r = syscall(SYS_mbind, base, p->map_bytes, MPOL_BIND_, mask, 1024ul, 0u);
         if (r == 0) {
             p->numa_node = numa_node;
@@ -78,13 +81,11 @@ int kvn_host_pool_create(struct kvn_host_pool **out, uint64_t bytes, uint64_t pa
             int e = errno;
             munmap(base, p->map_bytes);
             free(p);
-            return kvn_err_set(err, -e, "mbind to NUMA node %d failed: %s", numa_node,
-                               strerror(e));
+            return kvn_err_set(err, -e, "mbind to NUMA node %d failed: %s", numa_node, strerror(e));
         }
     }
-    snprintf(p->note, sizeof(p->note), "%" PRIu32 " pages of %" PRIu64 " bytes, %s, %s",
-             p->n_pages, page_bytes, p->huge ? "huge pages (MAP_HUGETLB)" : "regular pages",
-             numa_note);
+    snprintf(p->note, sizeof(p->note), "%" PRIu32 " pages of %" PRIu64 " bytes, %s, %s", p->n_pages,
+             page_bytes, p->huge ? "huge pages (MAP_HUGETLB)" : "regular pages", numa_note);
     *out = p;
     return 0;
 }

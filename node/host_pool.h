@@ -4,7 +4,7 @@
  *   base                                                    base + n_pages * page_bytes
  *   | page 0 | page 1 | page 2 | ...                      | page n-1 |  (mapping rounded up)
  *
- * The region is mapped once at start-up, with MAP_HUGETLB when the kernel has
+ * The region is mapped (and populated) once at start-up, with MAP_HUGETLB when the kernel has
  * huge pages to give (else regular pages with MADV_HUGEPAGE as a hint), bound
  * to a NUMA node when asked (mbind), and registered once with the transport
  * by the daemon. Which page holds what is the cache's business (its page
@@ -24,12 +24,12 @@
 
 struct kvn_host_pool {
     uint8_t *base;
-    size_t map_bytes;     /* what was mmap'd (>= n_pages * page_bytes) */
+    size_t map_bytes; /* what was mmap'd (>= n_pages * page_bytes) */
     uint64_t page_bytes;
     uint32_t n_pages;
-    bool huge;            /* MAP_HUGETLB succeeded */
-    int numa_node;        /* -1 when not bound */
-    char note[160];       /* how the pool was made, for the log */
+    bool huge;      /* MAP_HUGETLB succeeded */
+    int numa_node;  /* -1 when not bound */
+    char note[160]; /* how the pool was made, for the log */
 };
 
 /*

@@ -20,26 +20,25 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-        "usage: kvctl -c ENDPOINT [--json] [--timeout MS] OP [ARGS]\n"
-        "lists are comma-separated (1,2,3,4); see node/kvn_rpc.h for the semantics\n"
-        "  hello\n"
-        "  insert TOKENS [--slots SLOTS]      one L1 slot per page (none: the node picks)\n"
-        "  match TOKENS\n"
-        "  lock TOKENS [--lease MS]           prints the lock handle\n"
-        "  unlock HANDLE\n"
-        "  backup TOKENS\n"
-        "  load_back TOKENS [--slots SLOTS]   one L1 slot per L2 page loaded back\n"
-        "  evict --tier l1|l2 --pages N\n"
-        "  stats\n"
-        "  reset\n"
-        "  register_l1 --desc HEX --addr HEX --page-bytes N --n-slots N\n"
-        "  l1_fill --slots SLOTS --seed N      test aid (kvnode --l1)\n"
-        "  l1_checksum --slots SLOTS           test aid (kvnode --l1)\n"
-        "options:\n"
-        "  -c, --connect ENDPOINT   the node's control endpoint (required)\n"
-        "  --json                   print the reply as one JSON object\n"
-        "  --timeout MS             reply timeout (default 5000)\n");
+    fprintf(f, "usage: kvctl -c ENDPOINT [--json] [--timeout MS] OP [ARGS]\n"
+               "lists are comma-separated (1,2,3,4); see node/kvn_rpc.h for the semantics\n"
+               "  hello\n"
+               "  insert TOKENS [--slots SLOTS]      one L1 slot per page (none: the node picks)\n"
+               "  match TOKENS\n"
+               "  lock TOKENS [--lease MS]           prints the lock handle\n"
+               "  unlock HANDLE\n"
+               "  backup TOKENS\n"
+               "  load_back TOKENS [--slots SLOTS]   one L1 slot per L2 page loaded back\n"
+               "  evict --tier l1|l2 --pages N\n"
+               "  stats\n"
+               "  reset\n"
+               "  register_l1 --desc HEX --addr HEX --page-bytes N --n-slots N\n"
+               "  l1_fill --slots SLOTS --seed N      test aid (kvnode --l1)\n"
+               "  l1_checksum --slots SLOTS           test aid (kvnode --l1)\n"
+               "options:\n"
+               "  -c, --connect ENDPOINT   the node's control endpoint (required)\n"
+               "  --json                   print the reply as one JSON object\n"
+               "  --timeout MS             reply timeout (default 5000)\n");
 }
 
 /* Parses "1,2,-3" into a malloc'd array; "" is an empty list. */
@@ -59,7 +58,8 @@ static int parse_list(const char *s, bool is_signed, void **out, uint32_t *n)
         if (!isdigit((unsigned char)*p) && !(is_signed && *p == '-'))
             goto bad;
         long long v = strtoll(p, &end, 10);
-        if (errno || end == p || (is_signed ? (v < INT32_MIN || v > INT32_MAX) : (v < 0 || v > UINT32_MAX)))
+        if (errno || end == p ||
+            (is_signed ? (v < INT32_MIN || v > INT32_MAX) : (v < 0 || v > UINT32_MAX)))
             goto bad;
         tmp[k++] = v;
         p = end;
@@ -149,8 +149,20 @@ static void print_human(const struct kvn_client_reply *r)
     cJSON_Delete(j);
 }
 
-enum { O_JSON = 256, O_TIMEOUT, O_SLOTS, O_LEASE, O_TIER, O_PAGES, O_SEED, O_DESC, O_ADDR,
-       O_PAGE_BYTES, O_N_SLOTS, O_HELP };
+enum {
+    O_JSON = 256,
+    O_TIMEOUT,
+    O_SLOTS,
+    O_LEASE,
+    O_TIER,
+    O_PAGES,
+    O_SEED,
+    O_DESC,
+    O_ADDR,
+    O_PAGE_BYTES,
+    O_N_SLOTS,
+    O_HELP
+};
 
 struct cli {
     const char *endpoint;
@@ -172,8 +184,12 @@ static int apply_opt(struct cli *c, int opt, const char *arg)
 {
     struct kvn_client_req *q = &c->q;
     switch (opt) {
-    case 'c': c->endpoint = arg; return 0;
-    case O_JSON: c->json = true; return 0;
+    case 'c':
+        c->endpoint = arg;
+        return 0;
+    case O_JSON:
+        c->json = true;
+        return 0;
     case O_TIMEOUT:
         if (parse_u64(arg, &c->timeout) < 0 || c->timeout == 0 || c->timeout > 600000)
             return bad("--timeout", arg, "1..600000 ms");
@@ -234,7 +250,9 @@ static int apply_opt(struct cli *c, int opt, const char *arg)
         c->have_ns = true;
         return 0;
     case 'h':
-    case O_HELP: c->help = true; return 0;
+    case O_HELP:
+        c->help = true;
+        return 0;
     }
     return -EINVAL;
 }
@@ -245,9 +263,18 @@ static int check_args(struct cli *c, const char *op_name, const char *pos)
     struct kvn_client_req *q = &c->q;
     bool want_tokens = false, want_slots = false, want_handle = false;
     switch (q->op) {
-    case KVN_RPC_INSERT: case KVN_RPC_LOAD_BACK: want_tokens = true; break; /* no --slots: auto */
-    case KVN_RPC_MATCH: case KVN_RPC_LOCK: case KVN_RPC_BACKUP: want_tokens = true; break;
-    case KVN_RPC_UNLOCK: want_handle = true; break;
+    case KVN_RPC_INSERT:
+    case KVN_RPC_LOAD_BACK:
+        want_tokens = true;
+        break; /* no --slots: auto */
+    case KVN_RPC_MATCH:
+    case KVN_RPC_LOCK:
+    case KVN_RPC_BACKUP:
+        want_tokens = true;
+        break;
+    case KVN_RPC_UNLOCK:
+        want_handle = true;
+        break;
     case KVN_RPC_L1_FILL:
         want_slots = true;
         if (!c->have_seed) {
@@ -255,7 +282,9 @@ static int check_args(struct cli *c, const char *op_name, const char *pos)
             return -EINVAL;
         }
         break;
-    case KVN_RPC_L1_CHECKSUM: want_slots = true; break;
+    case KVN_RPC_L1_CHECKSUM:
+        want_slots = true;
+        break;
     case KVN_RPC_EVICT:
         if (!c->have_tier || !c->have_pages) {
             fprintf(stderr, "kvctl: evict needs --tier l1|l2 and --pages N\n");
@@ -268,7 +297,8 @@ static int check_args(struct cli *c, const char *op_name, const char *pos)
             return -EINVAL;
         }
         break;
-    default: break;
+    default:
+        break;
     }
     if (want_tokens) {
         if (!pos) {
@@ -294,15 +324,20 @@ static int check_args(struct cli *c, const char *op_name, const char *pos)
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"connect", required_argument, NULL, 'c'}, {"json", no_argument, NULL, O_JSON},
-        {"timeout", required_argument, NULL, O_TIMEOUT}, {"slots", required_argument, NULL, O_SLOTS},
-        {"lease", required_argument, NULL, O_LEASE}, {"tier", required_argument, NULL, O_TIER},
-        {"pages", required_argument, NULL, O_PAGES}, {"seed", required_argument, NULL, O_SEED},
-        {"desc", required_argument, NULL, O_DESC}, {"addr", required_argument, NULL, O_ADDR},
-        {"page-bytes", required_argument, NULL, O_PAGE_BYTES},
-        {"n-slots", required_argument, NULL, O_N_SLOTS}, {"help", no_argument, NULL, O_HELP},
-        {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"connect", required_argument, NULL, 'c'},
+                                         {"json", no_argument, NULL, O_JSON},
+                                         {"timeout", required_argument, NULL, O_TIMEOUT},
+                                         {"slots", required_argument, NULL, O_SLOTS},
+                                         {"lease", required_argument, NULL, O_LEASE},
+                                         {"tier", required_argument, NULL, O_TIER},
+                                         {"pages", required_argument, NULL, O_PAGES},
+                                         {"seed", required_argument, NULL, O_SEED},
+                                         {"desc", required_argument, NULL, O_DESC},
+                                         {"addr", required_argument, NULL, O_ADDR},
+                                         {"page-bytes", required_argument, NULL, O_PAGE_BYTES},
+                                         {"n-slots", required_argument, NULL, O_N_SLOTS},
+                                         {"help", no_argument, NULL, O_HELP},
+                                         {NULL, 0, NULL, 0}};
     struct cli c = {.timeout = 5000};
     int rc = 2, opt;
     opterr = 0;

@@ -37,20 +37,20 @@ struct kvn_config {
     uint32_t page_size;                 /* tokens per page */
     uint64_t page_bytes;                /* KV bytes per page */
     enum kvn_write_policy write_policy;
-    char events[KVN_CONFIG_STR_MAX];    /* PUB endpoint, "" = off */
-    char replay[KVN_CONFIG_STR_MAX];    /* replay ROUTER endpoint, "" = off */
+    char events[KVN_CONFIG_STR_MAX]; /* PUB endpoint, "" = off */
+    char replay[KVN_CONFIG_STR_MAX]; /* replay ROUTER endpoint, "" = off */
     char topic[KVN_CONFIG_STR_MAX];
-    bool replay_topic;                  /* add the topic frame to replay replies */
+    bool replay_topic; /* add the topic frame to replay replies */
     enum kvn_node_evfmt events_format;
-    uint32_t buffer_steps;              /* replay history, in batches */
-    uint64_t l1;                        /* bytes of the L1 stand-in, 0 = none */
+    uint32_t buffer_steps; /* replay history, in batches */
+    uint64_t l1;           /* bytes of the L1 stand-in, 0 = none */
     uint32_t inject_ack_delay_ms;
     enum kvn_log_level log_level;
-    char storage[KVN_CONFIG_STR_MAX];   /* L3 directory, "" = off */
-    int numa_node;                      /* -1 = no binding */
-    bool hugepages;                     /* try MAP_HUGETLB first */
+    char storage[KVN_CONFIG_STR_MAX]; /* L3 directory, "" = off */
+    int numa_node;                    /* -1 = no binding */
+    bool hugepages;                   /* try MAP_HUGETLB first */
     int dp_rank;
-    bool help;                          /* --help was given */
+    bool help; /* --help was given */
 };
 
 /* Fills cfg with the embedded defaults. */

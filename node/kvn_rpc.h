@@ -95,11 +95,11 @@
 #define KVN_RPC_MAX_FRAME (1u << 20)
 /* Largest token or slot list in one request. */
 #define KVN_RPC_MAX_TOKENS (1u << 18)
-#define KVN_RPC_MAX_SLOTS (1u << 18)
+#define KVN_RPC_MAX_SLOTS  (1u << 18)
 /* Largest register_l1 descriptor or address blob. */
-#define KVN_RPC_MAX_BLOB 4096u
+#define KVN_RPC_MAX_BLOB         4096u
 #define KVN_RPC_LEASE_DEFAULT_MS 30000u
-#define KVN_RPC_LEASE_MAX_MS 3600000u
+#define KVN_RPC_LEASE_MAX_MS     3600000u
 
 enum kvn_rpc_op {
     KVN_RPC_HELLO = 0,
@@ -176,8 +176,7 @@ void kvn_rpc_req_fini(struct kvn_rpc_req *req);
  * Errors: -EINVAL (args or schema), -EPROTO (not msgpack, not a map, trailing
  * bytes, wrong version), -EMSGSIZE (len > KVN_RPC_MAX_FRAME), -ENOTSUP.
  */
-int kvn_rpc_parse(const void *buf, size_t len, struct kvn_rpc_req *req,
-                  struct kvn_err *err);
+int kvn_rpc_parse(const void *buf, size_t len, struct kvn_rpc_req *req, struct kvn_err *err);
 
 /* FNV-1a 64 over len bytes: the l1_checksum function. */
 uint64_t kvn_rpc_fnv1a(const void *buf, size_t len);

@@ -12,13 +12,26 @@
 #include <string.h>
 
 enum rpc_key {
-    K_V = 0, K_OP, K_ID, K_TOKENS, K_SLOTS, K_DESC, K_ADDR, K_PAGE_BYTES,
-    K_N_SLOTS, K_HANDLE, K_LEASE_MS, K_TIER, K_PAGES, K_SEED, K_COUNT
+    K_V = 0,
+    K_OP,
+    K_ID,
+    K_TOKENS,
+    K_SLOTS,
+    K_DESC,
+    K_ADDR,
+    K_PAGE_BYTES,
+    K_N_SLOTS,
+    K_HANDLE,
+    K_LEASE_MS,
+    K_TIER,
+    K_PAGES,
+    K_SEED,
+    K_COUNT
 };
 
 static const char *const key_names[K_COUNT] = {
-    "v", "op", "id", "tokens", "slots", "desc", "addr", "page_bytes",
-    "n_slots", "handle", "lease_ms", "tier", "pages", "seed",
+    "v",          "op",      "id",     "tokens",   "slots", "desc",  "addr",
+    "page_bytes", "n_slots", "handle", "lease_ms", "tier",  "pages", "seed",
 };
 
 #define B(k) (1u << (k))
@@ -31,8 +44,7 @@ struct op_spec {
 
 static const struct op_spec op_specs[KVN_RPC_OP_COUNT] = {
     [KVN_RPC_HELLO] = {"hello", 0, 0},
-    [KVN_RPC_REGISTER_L1] = {"register_l1",
-                             B(K_DESC) | B(K_ADDR) | B(K_PAGE_BYTES) | B(K_N_SLOTS),
+    [KVN_RPC_REGISTER_L1] = {"register_l1", B(K_DESC) | B(K_ADDR) | B(K_PAGE_BYTES) | B(K_N_SLOTS),
                              B(K_DESC) | B(K_ADDR) | B(K_PAGE_BYTES) | B(K_N_SLOTS)},
     [KVN_RPC_INSERT] = {"insert", B(K_TOKENS) | B(K_SLOTS), B(K_TOKENS)},
     [KVN_RPC_MATCH] = {"match", B(K_TOKENS), B(K_TOKENS)},
@@ -118,8 +130,8 @@ static int get_tokens(const msgpack_object *o, struct kvn_rpc_req *req, struct k
     if (o->type != MSGPACK_OBJECT_ARRAY)
         return kvn_err_set(err, -EINVAL, "\"tokens\" must be an array of int32");
     if (o->via.array.size > req->cap_tokens)
-        return kvn_err_set(err, -EINVAL, "\"tokens\" has %u entries (max %u)",
-                           o->via.array.size, req->cap_tokens);
+        return kvn_err_set(err, -EINVAL, "\"tokens\" has %u entries (max %u)", o->via.array.size,
+                           req->cap_tokens);
     for (uint32_t i = 0; i < o->via.array.size; i++) {
         const msgpack_object *t = &o->via.array.ptr[i];
         int64_t v;
@@ -146,8 +158,8 @@ static int get_slots(const msgpack_object *o, struct kvn_rpc_req *req, struct kv
     if (o->type != MSGPACK_OBJECT_ARRAY)
         return kvn_err_set(err, -EINVAL, "\"slots\" must be an array of uint32");
     if (o->via.array.size > req->cap_slots)
-        return kvn_err_set(err, -EINVAL, "\"slots\" has %u entries (max %u)",
-                           o->via.array.size, req->cap_slots);
+        return kvn_err_set(err, -EINVAL, "\"slots\" has %u entries (max %u)", o->via.array.size,
+                           req->cap_slots);
     for (uint32_t i = 0; i < o->via.array.size; i++) {
         const msgpack_object *t = &o->via.array.ptr[i];
         if (t->type != MSGPACK_OBJECT_POSITIVE_INTEGER || t->via.u64 > UINT32_MAX)
@@ -159,8 +171,8 @@ static int get_slots(const msgpack_object *o, struct kvn_rpc_req *req, struct kv
     return 0;
 }
 
-static int get_blob(const msgpack_object *o, const char *key, const uint8_t **ptr,
-                    uint32_t *len, struct kvn_err *err)
+static int get_blob(const msgpack_object *o, const char *key, const uint8_t **ptr, uint32_t *len,
+                    struct kvn_err *err)
 {
     if (o->type != MSGPACK_OBJECT_BIN)
         return kvn_err_set(err, -EINVAL, "\"%s\" must be bin", key);
@@ -183,8 +195,7 @@ static int find_key(const msgpack_object *k)
 }
 
 /* Reads v, op, id first so that every later error can name the op and id. */
-static int parse_header(const msgpack_object_map *m, struct kvn_rpc_req *req,
-                        struct kvn_err *err)
+static int parse_header(const msgpack_object_map *m, struct kvn_rpc_req *req, struct kvn_err *err)
 {
     bool have_v = false, have_op = false;
     for (uint32_t i = 0; i < m->size; i++) {
@@ -237,8 +248,7 @@ static int parse_map(const msgpack_object_map *m, struct kvn_rpc_req *req, struc
             if (k->type != MSGPACK_OBJECT_STR)
                 return kvn_err_set(err, -EINVAL, "%s: map keys must be strings", spec->name);
             return kvn_err_set(err, -EINVAL, "%s: unknown argument \"%.*s\"", spec->name,
-                               (int)(k->via.str.size > 64 ? 64 : k->via.str.size),
-                               k->via.str.ptr);
+                               (int)(k->via.str.size > 64 ? 64 : k->via.str.size), k->via.str.ptr);
         }
         if (seen & B(key))
             return kvn_err_set(err, -EINVAL, "%s: duplicate key \"%s\"", spec->name,
@@ -250,20 +260,38 @@ static int parse_map(const msgpack_object_map *m, struct kvn_rpc_req *req, struc
             return kvn_err_set(err, -EINVAL, "%s takes no argument \"%s\"", spec->name,
                                key_names[key]);
         switch (key) {
-        case K_TOKENS: rc = get_tokens(v, req, err); break;
-        case K_SLOTS: rc = get_slots(v, req, err); break;
-        case K_DESC: rc = get_blob(v, "desc", &req->desc, &req->desc_len, err); break;
-        case K_ADDR: rc = get_blob(v, "addr", &req->addr, &req->addr_len, err); break;
-        case K_PAGE_BYTES: rc = get_uint(v, "page_bytes", 1ull << 30, &req->page_bytes, err); break;
-        case K_N_SLOTS: rc = get_uint(v, "n_slots", UINT32_MAX, &req->l1_slots, err); break;
-        case K_HANDLE: rc = get_uint(v, "handle", INT64_MAX, &req->handle, err); break;
+        case K_TOKENS:
+            rc = get_tokens(v, req, err);
+            break;
+        case K_SLOTS:
+            rc = get_slots(v, req, err);
+            break;
+        case K_DESC:
+            rc = get_blob(v, "desc", &req->desc, &req->desc_len, err);
+            break;
+        case K_ADDR:
+            rc = get_blob(v, "addr", &req->addr, &req->addr_len, err);
+            break;
+        case K_PAGE_BYTES:
+            rc = get_uint(v, "page_bytes", 1ull << 30, &req->page_bytes, err);
+            break;
+        case K_N_SLOTS:
+            rc = get_uint(v, "n_slots", UINT32_MAX, &req->l1_slots, err);
+            break;
+        case K_HANDLE:
+            rc = get_uint(v, "handle", INT64_MAX, &req->handle, err);
+            break;
         case K_LEASE_MS:
             rc = get_uint(v, "lease_ms", KVN_RPC_LEASE_MAX_MS, &req->lease_ms, err);
             if (rc == 0 && req->lease_ms == 0)
                 rc = kvn_err_set(err, -EINVAL, "\"lease_ms\" must be >= 1");
             break;
-        case K_PAGES: rc = get_uint(v, "pages", UINT32_MAX, &req->pages, err); break;
-        case K_SEED: rc = get_uint(v, "seed", UINT64_MAX, &req->seed, err); break;
+        case K_PAGES:
+            rc = get_uint(v, "pages", UINT32_MAX, &req->pages, err);
+            break;
+        case K_SEED:
+            rc = get_uint(v, "seed", UINT64_MAX, &req->seed, err);
+            break;
         case K_TIER:
             if (str_is(v, "l1"))
                 req->tier = KVN_RPC_TIER_L1;
@@ -272,7 +300,8 @@ static int parse_map(const msgpack_object_map *m, struct kvn_rpc_req *req, struc
             else
                 rc = kvn_err_set(err, -EINVAL, "\"tier\" must be \"l1\" or \"l2\"");
             break;
-        default: break;
+        default:
+            break;
         }
         if (rc < 0)
             return rc;

@@ -118,11 +118,15 @@ int kvn_storage_backup(struct kvn_storage *s, const struct kvn_storage_fragment 
         return kvn_err_set(err, rc, "mkdir %s: %s", dir, strerror(-rc));
     }
     for (uint32_t i = 0; i < f->n_pages; i++) {
-        struct kvp_header h = {
-            .magic = KVP_MAGIC, .version = 1, .page_size = f->page_size,
-            .flags = (i > 0 || f->has_parent) ? 1u : 0u, .hash = f->hashes[i],
-            .parent_hash = i > 0 ? f->hashes[i - 1] : (f->has_parent ? f->parent_hash : 0),
-            .ns = f->ns, .page_bytes = s->pool->page_bytes};
+        struct kvp_header h = {.magic = KVP_MAGIC,
+                               .version = 1,
+                               .page_size = f->page_size,
+                               .flags = (i > 0 || f->has_parent) ? 1u : 0u,
+                               .hash = f->hashes[i],
+                               .parent_hash =
+                                   i > 0 ? f->hashes[i - 1] : (f->has_parent ? f->parent_hash : 0),
+                               .ns = f->ns,
+                               .page_bytes = s->pool->page_bytes};
         for (uint32_t t = 0; t < f->page_size; t++)
             s->tokbuf[t] = (uint32_t)f->tokens[(size_t)i * f->page_size + t];
         snprintf(path, sizeof(path), "%s/%016" PRIx64 ".kvp", dir, (uint64_t)f->hashes[i]);

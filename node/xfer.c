@@ -19,8 +19,8 @@
 
 #include "transport/kvn_xport.h"
 
-#define RUN_RING (1u << 19)
-#define POST_BATCH 128u
+#define RUN_RING      (1u << 19)
+#define POST_BATCH    128u
 #define MAX_RUN_BYTES (4ull << 20)
 
 struct run {
@@ -33,8 +33,8 @@ struct job {
     uint64_t due;
     uint32_t gen;
     uint32_t n_runs;
-    uint32_t runs_left;  /* not yet posted (in the ring) */
-    uint32_t inflight;   /* posted, not completed */
+    uint32_t runs_left; /* not yet posted (in the ring) */
+    uint32_t inflight;  /* posted, not completed */
     uint32_t next_free;
     enum kvn_xfer_dir dir;
     bool used, failed, queued;
@@ -216,15 +216,17 @@ int kvn_xfer_l1_standin(struct kvn_xfer *x, uint64_t bytes, struct kvn_err *err)
         return kvn_err_set(err, -EINVAL, "xfer is NULL");
     uint64_t pb = x->pool->page_bytes;
     if (bytes < pb || bytes / pb > UINT32_MAX)
-        return kvn_err_set(err, -EINVAL, "L1 stand-in of %" PRIu64 " bytes: want 1..2^32 pages of %"
-                           PRIu64, bytes, pb);
+        return kvn_err_set(err, -EINVAL,
+                           "L1 stand-in of %" PRIu64 " bytes: want 1..2^32 pages of %" PRIu64,
+                           bytes, pb);
     if (x->n_active)
         return kvn_err_set(err, -EBUSY, "%u copy jobs in flight", x->n_active);
     if (x->standin)
         return kvn_err_set(err, -EBUSY, "the L1 stand-in exists already");
     uint32_t slots = (uint32_t)(bytes / pb);
     size_t map = (size_t)(slots * pb);
-    void *m = mmap(NULL, map, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *m =
+        mmap(NULL, map, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
     if (m == MAP_FAILED)
         return kvn_err_set(err, -ENOMEM, "mmap of the %zu-byte L1 stand-in failed", map);
     struct kvn_xport_mr *mr;
@@ -255,8 +257,7 @@ int kvn_xfer_l1_standin(struct kvn_xfer *x, uint64_t bytes, struct kvn_err *err)
 }
 
 int kvn_xfer_l1_attach(struct kvn_xfer *x, const void *desc, size_t desc_len, const void *addr,
-                       size_t addr_len, uint64_t page_bytes, uint64_t n_slots,
-                       struct kvn_err *err)
+                       size_t addr_len, uint64_t page_bytes, uint64_t n_slots, struct kvn_err *err)
 {
     if (!x || !desc || !addr || !desc_len || !addr_len)
         return kvn_err_set(err, -EINVAL, "desc and addr must be non-empty");
@@ -282,8 +283,9 @@ int kvn_xfer_l1_attach(struct kvn_xfer *x, const void *desc, size_t desc_len, co
     if (rlen / page_bytes < n_slots) {
         kvn_xport_rmr_free(rmr);
         kvn_xport_disconnect(p);
-        return kvn_err_set(err, -EINVAL, "L1 region of %zu bytes holds fewer than %" PRIu64
-                           " slots", rlen, n_slots);
+        return kvn_err_set(err, -EINVAL,
+                           "L1 region of %zu bytes holds fewer than %" PRIu64 " slots", rlen,
+                           n_slots);
     }
     l1_detach(x);
     x->l1_peer = p;
@@ -392,7 +394,9 @@ static void post_queued(struct kvn_xfer *x, uint64_t now_ms)
                                                     .len = (uint64_t)r->count * pb};
                 x->ops[i] = (struct kvn_xport_op){
                     .kind = jb->dir == KVN_XFER_TO_L2 ? KVN_XPORT_READ : KVN_XPORT_WRITE,
-                    .local = &x->sges[i], .n_local = 1, .remote = x->l1_rmr,
+                    .local = &x->sges[i],
+                    .n_local = 1,
+                    .remote = x->l1_rmr,
                     .remote_offset = (uint64_t)r->slot * pb,
                     .cookie = ((uint64_t)jb->gen << 32) | j};
             }

@@ -45,12 +45,12 @@ enum kvn_xfer_dir {
 };
 
 struct kvn_xfer_cfg {
-    const char *uri;          /* transport URI ("auto", "ofi+tcp", ...) */
+    const char *uri;            /* transport URI ("auto", "ofi+tcp", ...) */
     struct kvn_host_pool *pool; /* registered once; must outlive the xfer */
-    uint32_t delay_ms;        /* hold finished jobs this long (test aid) */
-    uint32_t max_jobs;        /* jobs in flight; 0 = 4096 */
-    uint32_t max_outstanding; /* transport ops in flight; 0 = 1024 */
-    uint32_t op_timeout_ms;   /* 0 = transport default */
+    uint32_t delay_ms;          /* hold finished jobs this long (test aid) */
+    uint32_t max_jobs;          /* jobs in flight; 0 = 4096 */
+    uint32_t max_outstanding;   /* transport ops in flight; 0 = 1024 */
+    uint32_t op_timeout_ms;     /* 0 = transport default */
 };
 
 /* Called once per job, in completion order (FIFO for held jobs). */
@@ -97,8 +97,7 @@ int kvn_xfer_l1_standin(struct kvn_xfer *x, uint64_t bytes, struct kvn_err *err)
  * flight), transport errors. On error the previous L1 stays attached.
  */
 int kvn_xfer_l1_attach(struct kvn_xfer *x, const void *desc, size_t desc_len, const void *addr,
-                       size_t addr_len, uint64_t page_bytes, uint64_t n_slots,
-                       struct kvn_err *err);
+                       size_t addr_len, uint64_t page_bytes, uint64_t n_slots, struct kvn_err *err);
 
 /* Slots of the attached L1 (0 when none). */
 uint32_t kvn_xfer_l1_slots(const struct kvn_xfer *x);

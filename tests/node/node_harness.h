@@ -57,7 +57,8 @@ static __attribute__((unused)) void h_untrack(pid_t p)
 }
 
 /* Starts argv with stdout (and stderr unless err_path) redirected to out_path. */
-static __attribute__((unused)) pid_t h_spawn(char *const argv[], const char *out_path, const char *err_path)
+static __attribute__((unused)) pid_t h_spawn(char *const argv[], const char *out_path,
+                                             const char *err_path)
 {
     pid_t p = fork();
     if (p == 0) {
@@ -249,7 +250,8 @@ static __attribute__((unused)) bool h_quiesce(struct h_node *n)
 }
 
 /* Runs kvctl -c <node> args...; returns exit code, output (malloc'd) in *out. */
-static __attribute__((unused)) int h_kvctl(struct h_node *n, char **out, char **errout, const char *const args[])
+static __attribute__((unused)) int h_kvctl(struct h_node *n, char **out, char **errout,
+                                           const char *const args[])
 {
     char *argv[32];
     int k = 0;
@@ -272,8 +274,8 @@ static __attribute__((unused)) int h_kvctl(struct h_node *n, char **out, char **
 }
 
 /* Starts a python script (consumer or dump) with args; waits for its ready file. */
-static __attribute__((unused)) pid_t h_python(const char *script, const char *out_path, const char *ready,
-                      const char *const args[])
+static __attribute__((unused)) pid_t h_python(const char *script, const char *out_path,
+                                              const char *ready, const char *const args[])
 {
     char *argv[32];
     int k = 0;

@@ -57,8 +57,9 @@ static void assert_baseline(const struct baseline *b)
 static int setup(void **state)
 {
     (void)state;
-    const char *flags[] = {"--transport", "ofi+tcp", "--page-size", "2", "--page-bytes", "4K",
-                           "--host-pool", "4M", "--l1", "256K", NULL};
+    const char *flags[] = {"--transport",  "ofi+tcp", "--page-size", "2",
+                           "--page-bytes", "4K",      "--host-pool", "4M",
+                           "--l1",         "256K",    NULL};
     if (h_node_start(&N, flags) != 0)
         return -1;
     /* some state, so that "unchanged" means something */
@@ -193,14 +194,15 @@ static void test_out_of_range_and_unaligned(void **state)
     uint32_t ok2[] = {10, 11};
     assert_int_equal(kvn_client_insert(N.c, toks, 3, ok2, 2, NULL, &e), -EINVAL); /* unaligned */
     assert_non_null(strstr(e.msg, "whole number"));
-    assert_int_equal(kvn_client_insert(N.c, toks, 4, ok2, 1, NULL, &e), -EINVAL); /* 1 slot, 2 pages */
+    assert_int_equal(kvn_client_insert(N.c, toks, 4, ok2, 1, NULL, &e),
+                     -EINVAL); /* 1 slot, 2 pages */
     uint32_t dup[] = {10, 10};
     assert_int_equal(kvn_client_insert(N.c, toks, 4, dup, 2, NULL, &e), -EBUSY);
     uint32_t owned[] = {0, 12}; /* slot 0 belongs to the tree already */
     assert_int_equal(kvn_client_insert(N.c, toks, 4, owned, 2, NULL, &e), -EBUSY);
     assert_int_equal(kvn_client_insert(N.c, toks, 0, ok2, 0, NULL, &e), -EINVAL);
-    struct kvn_client_req lb = {.op = KVN_RPC_LOAD_BACK, .tokens = toks, .n_tokens = 3,
-                                .slots = ok2, .n_slots = 2};
+    struct kvn_client_req lb = {
+        .op = KVN_RPC_LOAD_BACK, .tokens = toks, .n_tokens = 3, .slots = ok2, .n_slots = 2};
     assert_int_equal(kvn_client_call(N.c, &lb, NULL, &e), -EINVAL);
     struct kvn_client_req lk = {.op = KVN_RPC_LOCK, .tokens = toks, .n_tokens = 1};
     assert_int_equal(kvn_client_call(N.c, &lk, NULL, &e), -EINVAL);
@@ -212,8 +214,12 @@ static void test_out_of_range_and_unaligned(void **state)
     struct kvn_client_req fl = {.op = KVN_RPC_L1_FILL, .slots = far, .n_slots = 1, .seed = 1};
     assert_int_equal(kvn_client_call(N.c, &fl, NULL, &e), -EINVAL);
     uint8_t blob[4] = {1, 2, 3, 4};
-    struct kvn_client_req rl = {.op = KVN_RPC_REGISTER_L1, .desc = blob, .desc_len = 4,
-                                .addr = blob, .addr_len = 4, .page_bytes = 4096,
+    struct kvn_client_req rl = {.op = KVN_RPC_REGISTER_L1,
+                                .desc = blob,
+                                .desc_len = 4,
+                                .addr = blob,
+                                .addr_len = 4,
+                                .page_bytes = 4096,
                                 .l1_slots = 8};
     assert_true(kvn_client_call(N.c, &rl, NULL, &e) < 0); /* garbage descriptor */
     assert_baseline(&b);
@@ -224,8 +230,9 @@ static void test_out_of_range_and_unaligned(void **state)
     assert_true(h_quiesce(&N));
     assert_int_equal(h_stat(&N, "l2_used"), b.l2_used + 1);
     assert_int_equal(kvn_client_reset(N.c, &e), 0);
-    assert_int_equal(kvn_client_insert(N.c, (int32_t[]){1, 2, 3, 4, 5, 6}, 6,
-                                       (uint32_t[]){0, 1, 2}, 3, NULL, &e), 0);
+    assert_int_equal(kvn_client_insert(N.c, (int32_t[]){1, 2, 3, 4, 5, 6}, 6, (uint32_t[]){0, 1, 2},
+                                       3, NULL, &e),
+                     0);
     assert_baseline(&b);
 }
 
@@ -336,12 +343,12 @@ static void test_wrong_frame_counts(void **state)
     void *rp = zmq_socket(ctx, ZMQ_DEALER);
     zmq_setsockopt(rp, ZMQ_LINGER, &linger, sizeof(linger));
     assert_int_equal(zmq_connect(rp, N.rep), 0);
-    zmq_send(rp, "x", 1, 0);                      /* [id, "x"] */
+    zmq_send(rp, "x", 1, 0); /* [id, "x"] */
     zmq_send(rp, "", 0, ZMQ_SNDMORE);
-    zmq_send(rp, "abc", 3, 0);                    /* start_seq of 3 bytes */
+    zmq_send(rp, "abc", 3, 0); /* start_seq of 3 bytes */
     zmq_send(rp, "", 0, ZMQ_SNDMORE);
     zmq_send(rp, "12345678", 8, ZMQ_SNDMORE);
-    zmq_send(rp, "extra", 5, 0);                  /* one frame too many */
+    zmq_send(rp, "extra", 5, 0); /* one frame too many */
     uint64_t bad = 0;
     for (int i = 0; i < 500 && (bad = h_stat(&N, "replay_bad")) < 3; i++)
         h_sleep_ms(10);
@@ -385,8 +392,8 @@ static void test_no_l1_registered(void **state)
     (void)state;
     /* a second node without --l1: every data op says so, stats work */
     struct h_node m;
-    const char *flags[] = {"--transport", "ofi+tcp", "--host-pool", "1M", "--page-bytes", "4K",
-                           NULL};
+    const char *flags[] = {"--transport",  "ofi+tcp", "--host-pool", "1M",
+                           "--page-bytes", "4K",      NULL};
     assert_int_equal(h_node_start(&m, flags), 0);
     struct kvn_err e;
     int32_t t[16] = {0};

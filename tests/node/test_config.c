@@ -28,8 +28,8 @@ static void test_sizes(void **state)
     assert_int_equal(kvn_config_parse_size("0", &v, &e), 0);
     assert_int_equal(v, 0);
     v = 5;
-    const char *bad[] = {"", "K", "-1", "1T", "1KK", "12x", " 1", "18446744073709551616",
-                         "17179869184G"};
+    const char *bad[] = {
+        "", "K", "-1", "1T", "1KK", "12x", " 1", "18446744073709551616", "17179869184G"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         assert_int_equal(kvn_config_parse_size(bad[i], &v, &e), -EINVAL);
         assert_int_equal(v, 5); /* unchanged on error */
@@ -64,13 +64,41 @@ static void test_all_flags(void **state)
     (void)state;
     struct kvn_config c;
     struct kvn_err e;
-    const char *argv[] = {"kvnode", "--listen", "tcp://127.0.0.1:7200", "--transport", "ofi+tcp",
-                          "--host-pool", "64M", "--page-size", "2", "--page-bytes", "4K",
-                          "--write-policy", "write_back", "--events", "tcp://127.0.0.1:7201",
-                          "--replay", "tcp://127.0.0.1:7202", "--topic", "t1", "--replay-topic",
-                          "--events-format", "map", "--buffer-steps", "50", "--l1", "1M",
-                          "--inject-ack-delay", "500", "--log-level", "debug", "--storage",
-                          "/tmp/x", "--no-hugepages", "--dp-rank", "3"};
+    const char *argv[] = {"kvnode",
+                          "--listen",
+                          "tcp://127.0.0.1:7200",
+                          "--transport",
+                          "ofi+tcp",
+                          "--host-pool",
+                          "64M",
+                          "--page-size",
+                          "2",
+                          "--page-bytes",
+                          "4K",
+                          "--write-policy",
+                          "write_back",
+                          "--events",
+                          "tcp://127.0.0.1:7201",
+                          "--replay",
+                          "tcp://127.0.0.1:7202",
+                          "--topic",
+                          "t1",
+                          "--replay-topic",
+                          "--events-format",
+                          "map",
+                          "--buffer-steps",
+                          "50",
+                          "--l1",
+                          "1M",
+                          "--inject-ack-delay",
+                          "500",
+                          "--log-level",
+                          "debug",
+                          "--storage",
+                          "/tmp/x",
+                          "--no-hugepages",
+                          "--dp-rank",
+                          "3"};
     assert_int_equal(parse(&c, &e, (int)(sizeof(argv) / sizeof(argv[0])), argv), 0);
     assert_string_equal(c.listen, "tcp://127.0.0.1:7200");
     assert_string_equal(c.transport, "ofi+tcp");
@@ -118,7 +146,13 @@ static void test_bad_flags(void **state)
         {3, {"kvnode", "--listen", "http://x"}},
         {3, {"kvnode", "--replay", "tcp://127.0.0.1:1"}}, /* replay without events */
         {3, {"kvnode", "--page-bytes", "0"}},
-        {5, {"kvnode", "--host-pool", "1K", "--page-bytes", }},
+        {5,
+         {
+             "kvnode",
+             "--host-pool",
+             "1K",
+             "--page-bytes",
+         }},
         {3, {"kvnode", "--l1", "100"}}, /* smaller than a page */
         {2, {"kvnode", "stray"}},
         {3, {"kvnode", "--inject-ack-delay", "-5"}},
@@ -147,10 +181,12 @@ static void test_usage_mentions_every_flag(void **state)
     assert_non_null(f);
     kvn_config_usage(f, "kvnode");
     fclose(f);
-    const char *flags[] = {"--listen", "--transport", "--host-pool", "--page-size",
-                           "--page-bytes", "--write-policy", "--events", "--replay", "--topic",
-                           "--replay-topic", "--events-format", "--buffer-steps", "--l1",
-                           "--inject-ack-delay", "--log-level", "--storage", "--help"};
+    const char *flags[] = {
+        "--listen",     "--transport",        "--host-pool",     "--page-size",
+        "--page-bytes", "--write-policy",     "--events",        "--replay",
+        "--topic",      "--replay-topic",     "--events-format", "--buffer-steps",
+        "--l1",         "--inject-ack-delay", "--log-level",     "--storage",
+        "--help"};
     for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
         assert_non_null(strstr(buf, flags[i]));
     assert_string_equal(kvn_config_write_policy_name(KVN_WRITE_BACK), "write_back");

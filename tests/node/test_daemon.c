@@ -62,9 +62,21 @@ static int64_t jint(const cJSON *a)
 static void race(const char *transport)
 {
     struct h_node n;
-    const char *flags[] = {"--transport", transport, "--page-size", "2", "--page-bytes", "4K",
-                           "--host-pool", "4M", "--inject-ack-delay", "500",
-                           "--write-policy", "write_through", "--l1", "1M", NULL};
+    const char *flags[] = {"--transport",
+                           transport,
+                           "--page-size",
+                           "2",
+                           "--page-bytes",
+                           "4K",
+                           "--host-pool",
+                           "4M",
+                           "--inject-ack-delay",
+                           "500",
+                           "--write-policy",
+                           "write_through",
+                           "--l1",
+                           "1M",
+                           NULL};
     int rc = h_node_start(&n, flags);
     if (rc == -ENOTSUP) {
         skip();
@@ -76,8 +88,8 @@ static void race(const char *transport)
     h_path(dump_out, sizeof(dump_out), "race_dump.json");
     h_path(ready1, sizeof(ready1), "ready1");
     h_path(ready2, sizeof(ready2), "ready2");
-    const char *cargs[] = {"--endpoint", n.pub, "--topic", "kv-events", "--page-size", "2",
-                           "--seconds", "3", NULL};
+    const char *cargs[] = {"--endpoint", n.pub,       "--topic", "kv-events", "--page-size",
+                           "2",          "--seconds", "3",       NULL};
     pid_t cons = h_python(H.consumer, cons_out, ready1, cargs);
     const char *dargs[] = {"--endpoint", n.pub, "--seconds", "3", NULL};
     pid_t dump = h_python(H.dump, dump_out, ready2, dargs);
@@ -131,10 +143,26 @@ static void race(const char *transport)
     assert_int_equal(h_node_stop(&n), 0);
 }
 
-static void test_race_ofi_tcp(void **s) { (void)s; race("ofi+tcp"); }
-static void test_race_ofi_shm(void **s) { (void)s; race("ofi+shm"); }
-static void test_race_ucx_tcp(void **s) { (void)s; race("ucx+tcp"); }
-static void test_race_ucx_sm(void **s) { (void)s; race("ucx+sm"); }
+static void test_race_ofi_tcp(void **s)
+{
+    (void)s;
+    race("ofi+tcp");
+}
+static void test_race_ofi_shm(void **s)
+{
+    (void)s;
+    race("ofi+shm");
+}
+static void test_race_ucx_tcp(void **s)
+{
+    (void)s;
+    race("ucx+tcp");
+}
+static void test_race_ucx_sm(void **s)
+{
+    (void)s;
+    race("ucx+sm");
+}
 
 static void l1_sums(struct h_node *n, const uint32_t *slots, uint32_t k, uint64_t *sums)
 {
@@ -151,8 +179,9 @@ static void l1_sums(struct h_node *n, const uint32_t *slots, uint32_t k, uint64_
 static void integrity(const char *transport)
 {
     struct h_node n;
-    const char *flags[] = {"--transport", transport, "--page-size", "4", "--page-bytes", "64K",
-                           "--host-pool", "8M", "--l1", "2M", NULL};
+    const char *flags[] = {"--transport",  transport, "--page-size", "4",
+                           "--page-bytes", "64K",     "--host-pool", "8M",
+                           "--l1",         "2M",      NULL};
     int rc = h_node_start(&n, flags);
     if (rc == -ENOTSUP) {
         skip();
@@ -203,8 +232,8 @@ static void integrity(const char *transport)
     kvn_client_reply_free(r);
     /* load back into other slots: the original bytes come back */
     uint32_t back[] = {20, 21, 22, 23, 24, 25, 26, 27};
-    struct kvn_client_req lb = {.op = KVN_RPC_LOAD_BACK, .tokens = toks, .n_tokens = 32,
-                                .slots = back, .n_slots = 8};
+    struct kvn_client_req lb = {
+        .op = KVN_RPC_LOAD_BACK, .tokens = toks, .n_tokens = 32, .slots = back, .n_slots = 8};
     assert_int_equal(kvn_client_call(n.c, &lb, &r, &e), 0);
     uint64_t pages;
     assert_int_equal(kvn_client_reply_u64(r, "pages", &pages), 0);
@@ -228,17 +257,35 @@ static void integrity(const char *transport)
     assert_int_equal(h_node_stop(&n), 0);
 }
 
-static void test_integrity_ofi_tcp(void **s) { (void)s; integrity("ofi+tcp"); }
-static void test_integrity_ofi_shm(void **s) { (void)s; integrity("ofi+shm"); }
-static void test_integrity_ucx_tcp(void **s) { (void)s; integrity("ucx+tcp"); }
-static void test_integrity_ucx_sm(void **s) { (void)s; integrity("ucx+sm"); }
+static void test_integrity_ofi_tcp(void **s)
+{
+    (void)s;
+    integrity("ofi+tcp");
+}
+static void test_integrity_ofi_shm(void **s)
+{
+    (void)s;
+    integrity("ofi+shm");
+}
+static void test_integrity_ucx_tcp(void **s)
+{
+    (void)s;
+    integrity("ucx+tcp");
+}
+static void test_integrity_ucx_sm(void **s)
+{
+    (void)s;
+    integrity("ucx+sm");
+}
 
 static void test_sigterm_drains(void **state)
 {
     (void)state;
     struct h_node n;
-    const char *flags[] = {"--transport", "ofi+tcp", "--page-size", "2", "--page-bytes", "4K",
-                           "--host-pool", "4M", "--inject-ack-delay", "1500", "--l1", "1M", NULL};
+    const char *flags[] = {
+        "--transport", "ofi+tcp", "--page-size",        "2",    "--page-bytes", "4K",
+        "--host-pool", "4M",      "--inject-ack-delay", "1500", "--l1",         "1M",
+        NULL};
     assert_int_equal(h_node_start(&n, flags), 0);
     char dump_out[128], ready[128];
     h_path(dump_out, sizeof(dump_out), "term_dump.json");
@@ -266,8 +313,9 @@ static void test_locks_and_leases(void **state)
 {
     (void)state;
     struct h_node n;
-    const char *flags[] = {"--transport", "ofi+tcp", "--page-size", "2", "--page-bytes", "4K",
-                           "--host-pool", "4M", "--l1", "1M", NULL};
+    const char *flags[] = {"--transport",  "ofi+tcp", "--page-size", "2",
+                           "--page-bytes", "4K",      "--host-pool", "4M",
+                           "--l1",         "1M",      NULL};
     assert_int_equal(h_node_start(&n, flags), 0);
     struct kvn_err e;
     int32_t toks[] = {1, 2, 3, 4};
@@ -324,8 +372,9 @@ static void test_kvctl_cli(void **state)
 {
     (void)state;
     struct h_node n;
-    const char *flags[] = {"--transport", "ofi+tcp", "--page-size", "2", "--page-bytes", "4K",
-                           "--host-pool", "4M", "--l1", "1M", NULL};
+    const char *flags[] = {"--transport",  "ofi+tcp", "--page-size", "2",
+                           "--page-bytes", "4K",      "--host-pool", "4M",
+                           "--l1",         "1M",      NULL};
     assert_int_equal(h_node_start(&n, flags), 0);
     char *out, *err;
     const char *a1[] = {"insert", "1,2,3,4", "--slots", "0,1", NULL};
@@ -410,8 +459,9 @@ static void test_storage_tier(void **state)
     char dir[128];
     h_path(dir, sizeof(dir), "l3");
     struct h_node n;
-    const char *flags[] = {"--transport", "ofi+tcp", "--page-size", "2", "--page-bytes", "4K",
-                           "--host-pool", "4M", "--l1", "1M", "--storage", dir, NULL};
+    const char *flags[] = {"--transport", "ofi+tcp",     "--page-size", "2",    "--page-bytes",
+                           "4K",          "--host-pool", "4M",          "--l1", "1M",
+                           "--storage",   dir,           NULL};
     assert_int_equal(h_node_start(&n, flags), 0);
     struct kvn_err e;
     int32_t toks[] = {1, 2, 3, 4, 5, 6};
@@ -456,8 +506,8 @@ static void *engine_main(void *arg)
 static void register_l1(const char *transport)
 {
     struct h_node n;
-    const char *flags[] = {"--transport", transport, "--page-size", "2", "--page-bytes", "8K",
-                           "--host-pool", "4M", NULL};
+    const char *flags[] = {"--transport", transport,     "--page-size", "2", "--page-bytes",
+                           "8K",          "--host-pool", "4M",          NULL};
     int rc = h_node_start(&n, flags);
     if (rc == -ENOTSUP) {
         skip();
@@ -473,7 +523,8 @@ static void register_l1(const char *transport)
     for (uint32_t s = 0; s < SLOTS; s++)
         kvn_rpc_fill_pattern(l1 + (size_t)s * PB, PB, 5, s);
     struct kvn_xport_mr *mr;
-    assert_int_equal(kvn_xport_mr_reg(g.x, l1, (size_t)SLOTS * PB, KVN_XPORT_ACCESS_ALL, &mr, &e), 0);
+    assert_int_equal(kvn_xport_mr_reg(g.x, l1, (size_t)SLOTS * PB, KVN_XPORT_ACCESS_ALL, &mr, &e),
+                     0);
     uint8_t desc[KVN_XPORT_DESC_MAX], addr[KVN_XPORT_ADDR_MAX];
     size_t dl = sizeof(desc), al = sizeof(addr);
     assert_int_equal(kvn_xport_mr_pack(mr, desc, &dl, &e), 0);
@@ -484,8 +535,12 @@ static void register_l1(const char *transport)
     kvn_client_reply_free(r);
     assert_int_equal(pthread_create(&g.th, NULL, engine_main, &g), 0);
 
-    struct kvn_client_req q = {.op = KVN_RPC_REGISTER_L1, .desc = desc, .desc_len = (uint32_t)dl,
-                               .addr = addr, .addr_len = (uint32_t)al, .page_bytes = PB,
+    struct kvn_client_req q = {.op = KVN_RPC_REGISTER_L1,
+                               .desc = desc,
+                               .desc_len = (uint32_t)dl,
+                               .addr = addr,
+                               .addr_len = (uint32_t)al,
+                               .page_bytes = PB,
                                .l1_slots = SLOTS};
     /* refusals first: wrong page bytes, more slots than the region holds */
     q.page_bytes = 4096;
@@ -510,8 +565,8 @@ static void register_l1(const char *transport)
     assert_int_equal(kvn_client_call(n.c, &ev, NULL, &e), 0);
     memset(l1, 0, (size_t)SLOTS * PB); /* the engine reuses its memory */
     uint32_t back[] = {10, 11, 12};
-    struct kvn_client_req lb = {.op = KVN_RPC_LOAD_BACK, .tokens = toks, .n_tokens = 6,
-                                .slots = back, .n_slots = 3};
+    struct kvn_client_req lb = {
+        .op = KVN_RPC_LOAD_BACK, .tokens = toks, .n_tokens = 6, .slots = back, .n_slots = 3};
     assert_int_equal(kvn_client_call(n.c, &lb, NULL, &e), 0);
     assert_true(h_quiesce(&n));
     assert_int_equal(h_stat(&n, "jobs_failed"), 0);
@@ -527,8 +582,16 @@ static void register_l1(const char *transport)
     free(l1);
 }
 
-static void test_register_l1_ofi_tcp(void **s) { (void)s; register_l1("ofi+tcp"); }
-static void test_register_l1_ucx_tcp(void **s) { (void)s; register_l1("ucx+tcp"); }
+static void test_register_l1_ofi_tcp(void **s)
+{
+    (void)s;
+    register_l1("ofi+tcp");
+}
+static void test_register_l1_ucx_tcp(void **s)
+{
+    (void)s;
+    register_l1("ucx+tcp");
+}
 
 static void test_bad_flags_exit_2(void **state)
 {

@@ -74,8 +74,13 @@ static void test_storage(void **state)
     int32_t toks[] = {1, 2, 3, 4};
     int64_t hashes[] = {-5, 77};
     uint32_t pages[] = {2, 3};
-    struct kvn_storage_fragment f = {.ns = 0, .node_id = 1, .page_size = 2, .n_pages = 2,
-                                     .tokens = toks, .hashes = hashes, .l2_pages = pages,
+    struct kvn_storage_fragment f = {.ns = 0,
+                                     .node_id = 1,
+                                     .page_size = 2,
+                                     .n_pages = 2,
+                                     .tokens = toks,
+                                     .hashes = hashes,
+                                     .l2_pages = pages,
                                      .has_parent = false};
     assert_int_equal(kvn_storage_backup(s, &f, &e), 0);
     int32_t got[2];

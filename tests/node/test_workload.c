@@ -18,7 +18,7 @@
 #include "node/kvn_rpc.h"
 #include "node_harness.h"
 
-#define N_REQUESTS 10000
+#define N_REQUESTS  10000
 #define MAX_HANDLES 64
 
 static const char *g_transport = "ofi+tcp";
@@ -78,9 +78,10 @@ static void test_random_workload(void **state)
 {
     (void)state;
     struct h_node n;
-    const char *flags[] = {"--transport", g_transport, "--page-size", "2", "--page-bytes", "4K",
-                           "--host-pool", "512K", "--l1", "256K", "--inject-ack-delay", "2",
-                           "--buffer-steps", "200000", NULL};
+    const char *flags[] = {
+        "--transport",    g_transport, "--page-size", "2",    "--page-bytes",       "4K",
+        "--host-pool",    "512K",      "--l1",        "256K", "--inject-ack-delay", "2",
+        "--buffer-steps", "200000",    NULL};
     int rc = h_node_start(&n, flags);
     if (rc == -ENOTSUP) {
         skip();
@@ -176,8 +177,8 @@ static void test_random_workload(void **state)
     const char *largs[] = {"--replay", n.rep, "--seconds", "5", NULL};
     pid_t pl = h_python(H.dump, late, NULL, largs);
     assert_int_equal(h_wait(pl, 120000), 0);
-    const char *lcargs[] = {"--endpoint", n.pub, "--replay", n.rep, "--page-size", "2",
-                            "--seconds", "2", NULL};
+    const char *lcargs[] = {"--endpoint", n.pub,       "--replay", n.rep, "--page-size",
+                            "2",          "--seconds", "2",        NULL};
     pid_t plc = h_python(H.consumer, late_cons, NULL, lcargs);
     assert_int_equal(h_wait(plc, 120000), 0);
     assert_clean(late_cons);
@@ -190,8 +191,8 @@ static void test_random_workload(void **state)
     assert_true(cJSON_GetNumberValue(cJSON_GetObjectItem(a, "last_seq")) > 0);
     assert_true(cJSON_Compare(cJSON_GetObjectItem(a, "last_seq"),
                               cJSON_GetObjectItem(b, "last_seq"), true));
-    assert_true(cJSON_Compare(cJSON_GetObjectItem(a, "index"), cJSON_GetObjectItem(b, "index"),
-                              true));
+    assert_true(
+        cJSON_Compare(cJSON_GetObjectItem(a, "index"), cJSON_GetObjectItem(b, "index"), true));
     assert_true(cJSON_Compare(cJSON_GetObjectItem(a, "cpu_stored"),
                               cJSON_GetObjectItem(b, "cpu_stored"), true));
     assert_true(cJSON_GetArraySize(cJSON_GetObjectItem(a, "cpu_stored")) > 100);

@@ -22,7 +22,7 @@
 #include "node/xfer.h"
 #include "transport/kvn_xport.h"
 
-#define PB 4096u
+#define PB     4096u
 #define NPAGES 32u
 #define NSLOTS 16u
 
@@ -117,10 +117,26 @@ static void roundtrip(const char *uri)
     kvn_host_pool_destroy(pool);
 }
 
-static void test_ofi_tcp(void **state) { (void)state; roundtrip("ofi+tcp"); }
-static void test_ofi_shm(void **state) { (void)state; roundtrip("ofi+shm"); }
-static void test_ucx_tcp(void **state) { (void)state; roundtrip("ucx+tcp"); }
-static void test_ucx_sm(void **state) { (void)state; roundtrip("ucx+sm"); }
+static void test_ofi_tcp(void **state)
+{
+    (void)state;
+    roundtrip("ofi+tcp");
+}
+static void test_ofi_shm(void **state)
+{
+    (void)state;
+    roundtrip("ofi+shm");
+}
+static void test_ucx_tcp(void **state)
+{
+    (void)state;
+    roundtrip("ucx+tcp");
+}
+static void test_ucx_sm(void **state)
+{
+    (void)state;
+    roundtrip("ucx+sm");
+}
 
 static void test_held_completions(void **state)
 {
@@ -299,8 +315,8 @@ static void test_bad_args(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_ofi_tcp),   cmocka_unit_test(test_ofi_shm),
-        cmocka_unit_test(test_ucx_tcp),   cmocka_unit_test(test_ucx_sm),
+        cmocka_unit_test(test_ofi_tcp),          cmocka_unit_test(test_ofi_shm),
+        cmocka_unit_test(test_ucx_tcp),          cmocka_unit_test(test_ucx_sm),
         cmocka_unit_test(test_held_completions), cmocka_unit_test(test_dead_engine),
         cmocka_unit_test(test_bad_args),
     };
