@@ -195,7 +195,8 @@ static void run(uint32_t seed, uint32_t ps, enum kvn_write_policy wp, enum kvn_e
             uint32_t pages[64];
             assert_int_equal(kvn_radix_match_l2(s->t, ns, tok, n, tick, pages, 64, &ml, NULL), 0);
             assert_int_equal(ml.n_pages * ps, ml.tokens);
-            assert_true(ml.tokens <= m.device_tokens + m.host_tokens);
+            /* loading nodes stop a match, not a peer read of their L2 copy */
+            assert_true(ml.tokens <= n);
             for (uint32_t i = 0; i < ml.n_pages; i++)
                 assert_true(pages[i] < cfg.l2_pages);
             if (m.last_host_node && rnd(s, 3) == 0 && s->n_prots < 256) {
