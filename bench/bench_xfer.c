@@ -46,6 +46,7 @@
  */
 #include "bench/bench.h"
 #include "transport/kvn_xport.h"
+#include "transport/ucx/kvn_xport_ucx.h"
 #include "util/kvn_err.h"
 
 #include <arpa/inet.h>
@@ -126,6 +127,17 @@ struct xb_result {
     double lat_p99_us;
     int verified; /* -1: not checked, 0: mismatch, 1: ok */
 };
+
+/*
+ * UCX domains get their buffers from kvn_xport_ucx_mem_alloc(): over ucx+sm
+ * only UCX-allocated memory is put/get directly (caller memory falls back to
+ * UCX 1.13's software RMA, ~50x slower; see transport/ucx/kvn_xport_ucx.h),
+ * and that is what a node's host pool uses too.  Weak, because the UCX
+ * backend is optional at build time: without it the symbols are NULL and
+ * every backend gets plain pages.
+ */
+#pragma weak kvn_xport_ucx_mem_alloc
+#pragma weak kvn_xport_ucx_mem_free
 
 /* --- small helpers ------------------------------------------------------- */
 
@@ -534,6 +546,7 @@ struct xb_session {
     struct kvn_xport_rmr *rmr; /* client: the server's buffer */
     unsigned char *buf;
     uint64_t buf_len;
+    bool buf_ucx; /* buf came from kvn_xport_ucx_mem_alloc */
     struct xb_conn conn;
     uint64_t runs; /* client: sizes run so far (the end-of-run number) */
 };
@@ -546,9 +559,12 @@ static void session_close(struct xb_session *s)
         kvn_xport_disconnect(s->peer);
     if (s->mr)
         kvn_xport_mr_dereg(s->mr, NULL);
+    if (s->buf_ucx)
+        kvn_xport_ucx_mem_free(s->x, s->buf, NULL);
+    else
+        free(s->buf);
     if (s->x)
         kvn_xport_close(s->x);
-    free(s->buf);
     if (s->conn.fd >= 0)
         close(s->conn.fd);
     memset(s, 0, sizeof(*s));
@@ -565,7 +581,17 @@ static int session_open(struct xb_session *s, uint64_t buf_len, struct kvn_err *
     if (rc < 0)
         return rc;
     s->buf_len = buf_len;
-    s->buf = buf_alloc(buf_len);
+    if (kvn_xport_ucx_mem_alloc && kvn_xport_backend(s->x) == KVN_XPORT_BACKEND_UCX) {
+        void *p = NULL;
+        rc = kvn_xport_ucx_mem_alloc(s->x, buf_len, &p, err);
+        if (rc < 0)
+            return rc;
+        s->buf = p;
+        s->buf_ucx = true;
+        memset(s->buf, 0, buf_len); /* fault the pages in before timing */
+    } else {
+        s->buf = buf_alloc(buf_len);
+    }
     if (!s->buf)
         return kvn_err_set(err, -ENOMEM, "cannot allocate a %" PRIu64 "-byte buffer", buf_len);
     return kvn_xport_mr_reg(s->x, s->buf, buf_len,
