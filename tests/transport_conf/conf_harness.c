@@ -261,6 +261,12 @@ int conf_child_spawn(struct conf_child *c, int (*fn)(int chan, void *arg), void 
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != parent)
             _exit(127); /* the parent died before prctl took effect */
+        /* The child is a copy of the cmocka process: cmocka's handlers for
+         * fatal signals would longjmp into the copy of the test runner and go
+         * on running tests in the child.  A crash must end the child. */
+        static const int fatal[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGSYS};
+        for (size_t i = 0; i < sizeof(fatal) / sizeof(fatal[0]); i++)
+            signal(fatal[i], SIG_DFL);
         signal(SIGALRM, SIG_DFL);
         signal(SIGPIPE, SIG_IGN);
         alarm(alarm_s);

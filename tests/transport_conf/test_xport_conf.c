@@ -7,6 +7,8 @@
  * socketpair (conf_harness.c).  Usage:
  *
  *     test_xport_conf [URI...]     (default: every URI of conf_backends[])
+ *     KVN_CONF_FILTER=test_sg*     only the matching tests
+ *     KVN_CONF_PENDING=1           also the tests the backends do not pass yet
  *
  * A backend the API refuses as not built (-ENOTSUP) or whose provider or
  * device is missing (-ENODEV, -EPROTONOSUPPORT, -ENOSYS) is reported as
@@ -209,13 +211,21 @@ static int fx_setup(void **state)
 static int fx_teardown(void **state)
 {
     struct fx *f = *state;
+    /* Release explicitly, in the order an orderly user would (closing with
+     * live objects is test_close_with_live_objects' business). */
+    for (int i = 0; i < f->nkids; i++) {
+        kvn_xport_rmr_free(f->rmr[i]);
+        kvn_xport_disconnect(f->peer[i]);
+    }
+    if (f->mr && kvn_xport_outstanding(f->x) == 0)
+        kvn_xport_mr_dereg(f->mr, NULL);
     for (int i = 0; i < f->nkids; i++) {
         if (f->kid[i].chan >= 0)
             conf_chan_send(f->kid[i].chan, TGT_EXIT, NULL, 0);
         conf_child_reap(&f->kid[i], 10000);
     }
     kvn_xport_close(f->x2);
-    kvn_xport_close(f->x); /* releases peers, mrs, rmrs */
+    kvn_xport_close(f->x); /* releases whatever a failed test left */
     for (size_t i = 0; i < sizeof(f->own) / sizeof(f->own[0]); i++)
         free(f->own[i]);
     if (f->buf)
@@ -298,6 +308,17 @@ static size_t fx_recv(struct fx *f, int k, uint32_t want, void *buf, size_t cap)
     }
 }
 
+/* Sends a command to target k; a target that died is reported with its end. */
+static void tgt_send(struct fx *f, int k, uint32_t type, const void *buf, size_t len)
+{
+    int rc = conf_chan_send(f->kid[k].chan, type, buf, len);
+    if (rc != 0) {
+        int st = conf_child_reap(&f->kid[k], 1000);
+        fail_msg("target %d: command %u not sent (%s); the target ended with %s %d", k, type,
+                 strerror(-rc), st >= 128 ? "signal" : "exit code", st >= 128 ? st - 128 : st);
+    }
+}
+
 static void fx_expect_ok(struct fx *f, int k)
 {
     struct conf_status s;
@@ -308,7 +329,7 @@ static void fx_expect_ok(struct fx *f, int k)
 static void tgt_fill(struct fx *f, int k, uint64_t off, uint64_t len, uint64_t seed)
 {
     struct conf_range r = {off, len, seed};
-    assert_int_equal(conf_chan_send(f->kid[k].chan, TGT_FILL, &r, sizeof(r)), 0);
+    tgt_send(f, k, TGT_FILL, &r, sizeof(r));
     fx_expect_ok(f, k);
 }
 
@@ -316,7 +337,7 @@ static uint64_t tgt_hash(struct fx *f, int k, uint64_t off, uint64_t len)
 {
     struct conf_range r = {off, len, 0};
     struct conf_range_r a;
-    assert_int_equal(conf_chan_send(f->kid[k].chan, TGT_HASH, &r, sizeof(r)), 0);
+    tgt_send(f, k, TGT_HASH, &r, sizeof(r));
     assert_int_equal(fx_recv(f, k, TGT_HASH_R, &a, sizeof(a)), sizeof(a));
     return a.hash;
 }
@@ -325,14 +346,14 @@ static int64_t tgt_check(struct fx *f, int k, uint64_t off, uint64_t len, uint64
 {
     struct conf_range r = {off, len, seed};
     struct conf_range_r a;
-    assert_int_equal(conf_chan_send(f->kid[k].chan, TGT_CHECK, &r, sizeof(r)), 0);
+    tgt_send(f, k, TGT_CHECK, &r, sizeof(r));
     assert_int_equal(fx_recv(f, k, TGT_CHECK_R, &a, sizeof(a)), sizeof(a));
     return a.mismatch;
 }
 
 static void tgt_simple(struct fx *f, int k, uint32_t type)
 {
-    assert_int_equal(conf_chan_send(f->kid[k].chan, type, NULL, 0), 0);
+    tgt_send(f, k, type, NULL, 0);
     fx_expect_ok(f, k);
 }
 
@@ -438,7 +459,7 @@ static void fx_start(struct fx *f, int n, const size_t *region_len, size_t local
         if (rc < 0)
             fail_msg("rmr_unpack of target %d: %s", i, err.msg);
         assert_int_equal(kvn_xport_rmr_len(f->rmr[i]), region_len[i]);
-        assert_int_equal(conf_chan_send(f->kid[i].chan, TGT_PEER_ADDR, my_addr, my_len), 0);
+        tgt_send(f, i, TGT_PEER_ADDR, my_addr, my_len);
         fx_expect_ok(f, i);
     }
 }
@@ -1094,7 +1115,8 @@ static void test_peer_killed_mid_transfer(void **state)
                                        f->rmr[0], (uint64_t)k * KILL_OPB, 100 + k};
     }
     post_ok(f, 0, ops, KILL_OPS);
-    fx_progress(f);
+    /* No progress before the kill: backends that move bytes from the
+     * initiator's poll (shm's CMA, rxm's socket writes) still hold most ops. */
     size_t done_before = f->n_cq;
     int64_t t_kill = conf_now_ms();
     assert_int_equal(conf_child_kill(&f->kid[0]), 128 + 9);
@@ -1303,8 +1325,7 @@ static void test_notify_bytes_and_limits(void **state)
         struct conf_notify_req q = {77 + i};
         memcpy(msg, &q, sizeof(q));
         conf_pattern_fill(msg + sizeof(q), lens[i], 700 + i, 0);
-        assert_int_equal(
-            conf_chan_send(f->kid[0].chan, TGT_NOTIFY, msg, sizeof(q) + lens[i]), 0);
+        tgt_send(f, 0, TGT_NOTIFY, msg, sizeof(q) + lens[i]);
         struct conf_status st;
         fx_recv(f, 0, TGT_NOTIFY_R, &st, sizeof(st));
         if (st.status != 0)
@@ -1446,6 +1467,57 @@ static void test_bad_input(void **state)
     assert_string_equal(kvn_xport_name(NULL), "");
 }
 
+/* ---- 9. closing a domain with everything still live --------------------------- */
+
+/*
+ * kvn_xport_close(): outstanding ops are dropped without completions and every
+ * peer, mr and rmr is released.  Closed with ops in flight, peers, mrs and
+ * rmrs live; the target must not notice beyond losing its peer, and a new
+ * domain in this process works with it right away.
+ */
+static void test_close_with_live_objects(void **state)
+{
+    struct fx *f = *state;
+    NEED_BACKEND(f);
+    size_t region = 4 * MiB;
+    fx_start(f, 1, &region, 4 * MiB, NULL);
+    struct kvn_err err;
+    struct kvn_xport_mr *extra = NULL;
+    assert_int_equal(
+        kvn_xport_mr_reg(f->x, f->buf, 4096, KVN_XPORT_ACCESS_LOCAL, &extra, &err), 0);
+    struct kvn_xport_sge sge[16];
+    struct kvn_xport_op ops[16];
+    for (uint32_t k = 0; k < 16; k++) {
+        sge[k] = (struct kvn_xport_sge){f->mr, (uint64_t)k * 256 * 1024, 256 * 1024};
+        ops[k] = (struct kvn_xport_op){k % 2 ? KVN_XPORT_READ : KVN_XPORT_WRITE, &sge[k], 1,
+                                       f->rmr[0], (uint64_t)k * 256 * 1024, 1 + k};
+    }
+    post_ok(f, 0, ops, 16);
+    struct conf_note n = {CONF_NOTE_MAGIC, 1, 0, 1};
+    assert_int_equal(kvn_xport_notify(f->peer[0], &n, sizeof(n), 99, &err), 0);
+    assert_int_equal(kvn_xport_outstanding(f->x), 17);
+    kvn_xport_close(f->x);
+    f->x = NULL;
+    f->mr = NULL;
+    for (int i = 0; i < CONF_MAX_KIDS; i++) {
+        f->peer[i] = NULL;
+        f->rmr[i] = NULL;
+    }
+    f->n_cq = 0;
+
+    /* A fresh domain reaches the same target. */
+    assert_int_equal(kvn_xport_open(f->be->uri, NULL, &f->x, &err), 0);
+    assert_int_equal(
+        kvn_xport_mr_reg(f->x, f->buf, f->buf_len, KVN_XPORT_ACCESS_ALL, &f->mr, &err), 0);
+    assert_int_equal(kvn_xport_connect(f->x, f->addr[0], f->addr_len[0], &f->peer[0], &err), 0);
+    assert_int_equal(
+        kvn_xport_rmr_unpack(f->peer[0], f->desc[0], f->desc_len[0], &f->rmr[0], &err), 0);
+    tgt_fill(f, 0, 0, 65536, 31);
+    memset(f->buf, 0, 65536);
+    xfer(f, 0, KVN_XPORT_READ, 0, 0, 65536, 500);
+    assert_int_equal(conf_pattern_check(f->buf, 65536, 31, 0), -1);
+}
+
 /* ---- main ------------------------------------------------------------------- */
 
 #define CONF_TEST(fn, be)                                                               \
@@ -1453,12 +1525,38 @@ static void test_bad_input(void **state)
         #fn, fn, fx_setup, fx_teardown, be                                              \
     }
 
+/*
+ * Known failures, reported to the room that owns the backend: a (backend,
+ * test) pair listed here runs only with KVN_CONF_PENDING=1, so that a test
+ * registered with meson never fails for a known, reported reason.  The run
+ * prints each one with its reason.  Delete the line once the backend passes.
+ */
+static const struct {
+    const char *uri; /* "*" = every backend */
+    const char *test;
+    const char *why;
+} conf_pending[] = {
+    {"*", "test_dead_peer_refused",
+     "posts to a failed peer are accepted instead of -ENOTCONN (kvn_xport.h); ofi+tcp: a post "
+     "to a peer that died idle blocks op_timeout_ms per op and a 4 KiB WRITE to it completes "
+     "with status 0"},
+    {"ofi+shm", "test_close_with_live_objects",
+     "the TARGET process dies of SIGSEGV in libfabric shm progress (fi_cq_read) when the "
+     "initiator closes its domain with RMA ops in flight"},
+};
+
+static const char *pending_why(const char *uri, const char *test)
+{
+    for (size_t i = 0; i < sizeof(conf_pending) / sizeof(conf_pending[0]); i++)
+        if ((strcmp(conf_pending[i].uri, "*") == 0 || strcmp(conf_pending[i].uri, uri) == 0) &&
+            strcmp(conf_pending[i].test, test) == 0)
+            return conf_pending[i].why;
+    return NULL;
+}
+
 static int run_backend(struct conf_backend *be)
 {
-    const struct CMUnitTest pending[] = {
-        CONF_TEST(test_dead_peer_refused, be),
-    };
-    const struct CMUnitTest tests[] = {
+    const struct CMUnitTest all[] = {
         CONF_TEST(test_bad_input, be),
         CONF_TEST(test_write_sizes, be),
         CONF_TEST(test_read_sizes, be),
@@ -1469,14 +1567,27 @@ static int run_backend(struct conf_backend *be)
         CONF_TEST(test_notify_after_write, be),
         CONF_TEST(test_notify_bytes_and_limits, be),
         CONF_TEST(test_peer_killed_mid_transfer, be),
+        CONF_TEST(test_close_with_live_objects, be),
+        CONF_TEST(test_dead_peer_refused, be),
     };
+    enum { N_ALL = sizeof(all) / sizeof(all[0]) };
+    struct CMUnitTest run[N_ALL], pending[N_ALL];
+    size_t n_run = 0, n_pending = 0;
+    for (size_t i = 0; i < N_ALL; i++) {
+        const char *why = pending_why(be->uri, all[i].name);
+        if (!why) {
+            run[n_run++] = all[i];
+            continue;
+        }
+        printf("# PENDING %s %s: %s\n", be->uri, all[i].name, why);
+        pending[n_pending++] = all[i];
+    }
     char name[128];
     snprintf(name, sizeof(name), "xport_conf[%s]", be->uri);
-    int rc = _cmocka_run_group_tests(name, tests, sizeof(tests) / sizeof(tests[0]), NULL, NULL);
-    if (getenv("KVN_CONF_PENDING")) {
+    int rc = _cmocka_run_group_tests(name, run, n_run, NULL, NULL);
+    if (n_pending && getenv("KVN_CONF_PENDING")) {
         snprintf(name, sizeof(name), "xport_conf_pending[%s]", be->uri);
-        rc += _cmocka_run_group_tests(name, pending, sizeof(pending) / sizeof(pending[0]), NULL,
-                                      NULL);
+        rc += _cmocka_run_group_tests(name, pending, n_pending, NULL, NULL);
     }
     return rc;
 }
@@ -1501,6 +1612,9 @@ int main(int argc, char **argv)
             be[n].notify_ordered = conf_backends[k].notify_ordered;
         }
     }
+    /* KVN_CONF_FILTER=test_sg* runs only the matching tests (debugging). */
+    if (getenv("KVN_CONF_FILTER"))
+        cmocka_set_test_filter(getenv("KVN_CONF_FILTER"));
     int failed = 0, ran = 0;
     for (int i = 0; i < n; i++) {
         probe_backend(&be[i]);
