@@ -5,8 +5,11 @@
  *   ofi+verbs -> provider "verbs;ofi_rxm"
  *
  * One domain = fabric + domain + AV (FI_AV_TABLE) + one CQ (FI_WAIT_FD when
- * the provider has it; else no fd and the common layer ticks) + one RDM
- * endpoint.  Peers are AV entries.
+ * the provider has it and KVN_XPORT_F_BUSY_POLL is not set; else no fd and
+ * the common layer ticks) + one RDM endpoint, whose name is the address
+ * peers connect to.  Peers are AV entries; on shm each peer also gets its
+ * own initiator endpoint (see open_peer_ep: a dead shm peer must not stall
+ * the others).
  *
  * Memory registration follows the provider's mr_mode:
  *   FI_MR_VIRT_ADDR  descriptors carry the virtual base address, RMA
@@ -21,8 +24,11 @@
  * at most tx iov_limit local iovs (and at most max_msg_size bytes), so a
  * 1024-entry SG list over tcp (iov_limit 4) is 256 parts completing the op
  * once.  The op context (struct xport_op) is the fi context of every part
- * (the provider must not need FI_CONTEXT: we ask for mode 0).  -FI_EAGAIN
- * on post progresses the CQ and retries, bounded by op_timeout_ms.
+ * (the provider must not need FI_CONTEXT: we ask for mode 0).  A part the
+ * provider refuses with -FI_EAGAIN (rxm connecting to a new peer, shm
+ * handshaking, a full tx queue) is parked in a backlog that progress
+ * retries, in order per peer: posting never blocks (in one process, or
+ * when the peer must progress first, blocking would deadlock).
  *
  * Completion semantics: writes are posted with FI_DELIVERY_COMPLETE (the
  * provider's default op flag once requested), so a WRITE completion means
@@ -33,9 +39,13 @@
  * Notifications: a ring of pre-posted receive buffers (hdr + max_msg_size
  * each) and a pool of send buffers; fi_send with a completion.
  *
- * Ordering: rxm over tcp and shm give no ordering guarantee between an RMA
- * write and a later send that we rely on: wait for write completions before
- * notifying (documented in kvn_xport.h).
+ * Ordering: rxm over tcp reports FI_ORDER_SAW, shm does not; portable
+ * callers wait for write completions before notifying (kvn_xport.h).
+ *
+ * Peer death: rxm/tcp turns a broken connection into error completions
+ * (canceled with ENOTCONN/ECONNRESET -> connection errors).  shm has no
+ * connection: peers with parts in flight are checked every 100 ms and
+ * failed when their process is gone; op_timeout_ms bounds the rest.
  *
  * Progress: rxm/tcp and shm use manual data progress - the TARGET of a
  * WRITE/READ must keep calling kvn_xport_poll() (a node's event loop does).
@@ -84,8 +94,8 @@ struct ofi_pending {
     fi_addr_t addr;
     uint64_t raddr, len, key;
     size_t n;
-    struct iovec iov[16];
-    void *desc[16];
+    struct iovec iov[OFI_MAX_IOV];
+    void *desc[OFI_MAX_IOV];
     char *msg; /* SEND: heap copy of hdr + payload (len bytes) */
 };
 
