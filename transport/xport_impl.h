@@ -23,9 +23,11 @@
  * set by the backend).  The caller's completion may be reported earlier
  * (timeout, disconnect): the op is then a "zombie" - it still holds its MR
  * and peer references, keeps its slot, and is recycled silently when the
- * backend finally returns it.  A backend must return every op eventually
- * (or on ops->disconnect / ops->close, where it calls xport_op_done for any
- * op it still owns or simply stops: close frees everything afterwards).
+ * backend finally returns it.  A backend must return every op eventually,
+ * or, when it knows it never will (it closed the peer's endpoint in
+ * ops->disconnect), call xport_peer_abandon(p) to recycle p's zombies;
+ * ops->close may simply stop: close frees everything afterwards.  A
+ * backend that learns a peer is gone calls xport_peer_fail().
  *
  * Receives.  The backend pre-posts buffers; on arrival it calls
  * xport_recv_deliver(x, data, len, token).  The common layer parses the
