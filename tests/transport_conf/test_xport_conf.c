@@ -1536,13 +1536,12 @@ static const struct {
     const char *test;
     const char *why;
 } conf_pending[] = {
-    {"*", "test_dead_peer_refused",
-     "posts to a failed peer are accepted instead of -ENOTCONN (kvn_xport.h); ofi+tcp: a post "
-     "to a peer that died idle blocks op_timeout_ms per op and a 4 KiB WRITE to it completes "
-     "with status 0"},
-    {"ofi+shm", "test_close_with_live_objects",
-     "the TARGET process dies of SIGSEGV in libfabric shm progress (fi_cq_read) when the "
-     "initiator closes its domain with RMA ops in flight"},
+    {"ucx+tcp", "test_dead_peer_refused",
+     "the first WRITE (4 KiB) posted to a peer that already died completes with status 0 "
+     "(put completion is local; the other 7 ops fail)"},
+    {"ucx+sm", "test_dead_peer_refused",
+     "every WRITE posted to a peer that already died completes with status 0 (bytes go to "
+     "the dead peer's shared segment); READs fail only by op_timeout_ms"},
 };
 
 static const char *pending_why(const char *uri, const char *test)
