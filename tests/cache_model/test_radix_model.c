@@ -226,7 +226,14 @@ struct model {
     uint32_t n_hist;
     char failure[512];
     bool failed;
-    bool storage_ok_frag; /* set by the storage hook when a fragment was checked */
+    struct frag_rec { /* storage fragments handed over during this step */
+        int64_t hashes[64];
+        uint32_t l2[64];
+        uint32_t n;
+        bool has_parent, stored;
+        int64_t parent;
+    } frags[64];
+    uint32_t n_frags;
     uint64_t counts[20];
 };
 
@@ -450,7 +457,48 @@ static int storage_backup(void *ctx, const struct kvn_storage_fragment *f)
         prev = d;
     }
     m->counts[15]++;
-    return rng_below(&m->cb_rng, 8) == 0 ? -EIO : 0;
+    bool stored = rng_below(&m->cb_rng, 8) != 0;
+    if (m->n_frags < 64 && f->n_pages <= 64) {
+        struct frag_rec *fr = &m->frags[m->n_frags++];
+        memcpy(fr->hashes, f->hashes, f->n_pages * sizeof(int64_t));
+        memcpy(fr->l2, f->l2_pages, f->n_pages * sizeof(uint32_t));
+        fr->n = f->n_pages;
+        fr->has_parent = f->has_parent;
+        fr->parent = f->parent_hash;
+        fr->stored = stored;
+    }
+    return stored ? 0 : -EIO;
+}
+
+static struct vpage *view_find(struct model *m, int64_t h);
+
+/*
+ * After the step: a fragment the hook stored is on DISK (BlockStored per page)
+ * when its parent is on DISK or it starts at the root, and its l2_pages were the
+ * node's L2 pages.
+ */
+static void check_fragments(struct model *m)
+{
+    for (uint32_t i = 0; i < m->n_frags && !m->failed; i++) {
+        const struct frag_rec *fr = &m->frags[i];
+        bool parent_on_disk = !fr->has_parent || announced(m, fr->parent, KVN_MEDIUM_DISK);
+        for (uint32_t p = 0; p < fr->n; p++) {
+            struct vpage *vp = view_find(m, fr->hashes[p]);
+            if (!vp)
+                continue; /* gone within the same step */
+            if (vp->in_l2 && vp->l2 != fr->l2[p])
+                FAIL("storage fragment page %lld: l2 page %u, the node holds %u",
+                     (long long)fr->hashes[p], fr->l2[p], vp->l2);
+            if (fr->stored && parent_on_disk && !announced(m, fr->hashes[p], KVN_MEDIUM_DISK))
+                FAIL("storage fragment page %lld stored (parent on DISK or root) but no DISK "
+                     "BlockStored",
+                     (long long)fr->hashes[p]);
+            if (fr->stored && parent_on_disk && !vp->in_l3)
+                FAIL("storage fragment page %lld stored but its node is not in L3",
+                     (long long)fr->hashes[p]);
+        }
+        m->counts[19] += fr->stored && parent_on_disk;
+    }
 }
 
 /* ------------------------------------------------------------ snapshot */
@@ -1681,6 +1729,7 @@ static void run_seed(uint64_t seed, uint64_t n_ops)
         m->n_log = 0;
         m->step_failed_ack = false;
         m->submit_refused = false;
+        m->n_frags = 0;
         /* occasionally the next copy job is refused by its submitter */
         m->submit_fail_next = rng_below(&m->rng, 40) == 0;
         uint32_t nk = keepers(m, keep);
@@ -1723,6 +1772,7 @@ static void run_seed(uint64_t seed, uint64_t n_ops)
         if (!was_reset && !m->failed)
             check_keepers(m, keep, nk);
         check_step(m);
+        check_fragments(m);
         if (m->failed)
             break;
     }
@@ -1733,7 +1783,8 @@ static void run_seed(uint64_t seed, uint64_t n_ops)
     printf("seed %llu ps %u l1 %u l2 %u wp %d ep %d storage %d: %llu ops; inserts %llu (revive "
            "%llu, enospc %llu), matches %llu (host hits %llu), locks %llu, backups %llu, acks "
            "ok %llu fail %llu, evicted L1 %llu L2 %llu pages, loads %llu, resets %llu, storage "
-           "%llu, namespace refusals %llu, victim order checks %llu, write-through jobs %llu\n",
+           "%llu (on DISK %llu), namespace refusals %llu, victim order checks %llu, write-through "
+           "jobs %llu\n",
            (unsigned long long)seed, m->ps, m->cfg.l1_pages, m->cfg.l2_pages,
            (int)m->cfg.write_policy, (int)m->cfg.evict_policy, (int)m->cfg.storage_enabled,
            (unsigned long long)n_ops, (unsigned long long)m->counts[1],
@@ -1743,8 +1794,9 @@ static void run_seed(uint64_t seed, uint64_t n_ops)
            (unsigned long long)m->counts[8], (unsigned long long)m->counts[9],
            (unsigned long long)m->counts[10], (unsigned long long)m->counts[11],
            (unsigned long long)m->counts[13], (unsigned long long)m->counts[14],
-           (unsigned long long)m->counts[15], (unsigned long long)m->counts[16],
-           (unsigned long long)m->counts[17], (unsigned long long)m->counts[18]);
+           (unsigned long long)m->counts[15], (unsigned long long)m->counts[19],
+           (unsigned long long)m->counts[16], (unsigned long long)m->counts[17],
+           (unsigned long long)m->counts[18]);
     model_fini(m);
     free(m);
 }
