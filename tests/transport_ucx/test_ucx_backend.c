@@ -33,7 +33,7 @@
 
 #define BUF_LEN (4u * 1024u * 1024u)
 #define WAIT_MS 30000
-#define MAX_CQ 4096
+#define MAX_CQ  4096
 
 static const char *g_uri = "ucx+tcp";
 
@@ -226,8 +226,7 @@ static void take_ok(struct fx *f, int on_b, enum kvn_xport_op_kind kind, uint64_
 /* A notification from A to B naming a range of B's buffer; returns once
  * B received it and reports whether B's range equals A's source bytes at
  * the moment the RECV was polled. */
-static int notify_and_check(struct fx *f, uint64_t lo, uint64_t ro, uint64_t len,
-                            uint64_t cookie)
+static int notify_and_check(struct fx *f, uint64_t lo, uint64_t ro, uint64_t len, uint64_t cookie)
 {
     struct kvn_err ke;
     uint64_t note[3] = {cookie, ro, len};
@@ -281,8 +280,7 @@ static void test_name_and_backend(void **state)
 static void test_write_read_sizes(void **state)
 {
     struct fx *f = *state;
-    static const uint64_t sizes[] = {1, 7, 4095, 4097, 65536, 65537, 1024 * 1024 + 3,
-                                     BUF_LEN / 2};
+    static const uint64_t sizes[] = {1, 7, 4095, 4097, 65536, 65537, 1024 * 1024 + 3, BUF_LEN / 2};
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
         uint64_t len = sizes[i], lo = (i * 17) % 64, ro = (i * 1031 + 3) % 4096;
         fill(f->a.buf + lo, len, (uint32_t)i + 1);
@@ -472,8 +470,8 @@ static void test_disconnect_cancels(void **state)
     f->a.peer = NULL;
     int canceled = 0;
     for (uint64_t i = 0; i < 16; i++) {
-        struct kvn_xport_cqe c = take(f, 0, i % 2 ? KVN_XPORT_READ : KVN_XPORT_WRITE, 600 + i,
-                                      NULL);
+        struct kvn_xport_cqe c =
+            take(f, 0, i % 2 ? KVN_XPORT_READ : KVN_XPORT_WRITE, 600 + i, NULL);
         assert_true(c.status == 0 || c.status == -ECANCELED);
         assert_null(c.peer);
         canceled += c.status == -ECANCELED;

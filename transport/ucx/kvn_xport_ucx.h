@@ -44,15 +44,13 @@
  * Errors: -EINVAL (NULL args, len 0), -ENOTSUP (x is not a UCX domain),
  *         -ENOMEM / UCX errors.
  */
-int kvn_xport_ucx_mem_alloc(struct kvn_xport *x, size_t len, void **addr,
-                            struct kvn_err *err);
+int kvn_xport_ucx_mem_alloc(struct kvn_xport *x, size_t len, void **addr, struct kvn_err *err);
 
 /*
  * Frees memory from kvn_xport_ucx_mem_alloc().  -EBUSY while an mr of x
  * still lies in it (deregister first); -EINVAL for an address that is not
  * the start of such an allocation, or NULL args.
  */
-int kvn_xport_ucx_mem_free(struct kvn_xport *x, void *addr,
-                           struct kvn_err *err);
+int kvn_xport_ucx_mem_free(struct kvn_xport *x, void *addr, struct kvn_err *err);
 
 #endif /* KVN_XPORT_UCX_H */

@@ -75,11 +75,11 @@
 #include "transport/ucx/kvn_xport_ucx.h"
 #include "transport/xport_impl.h"
 
-#define UCX_AM_ID 0x4b56u      /* "KV" */
-#define UCX_N_RX 128u          /* receive buffers per domain */
-#define UCX_PROGRESS_ROUNDS 64 /* ucp_worker_progress calls per poll, at most */
-#define UCX_KEY_MAGIC 0x4b584355u /* "UCXK" */
-#define UCX_KEY_HDR 8u            /* u32 magic, u32 packed rkey length */
+#define UCX_AM_ID           0x4b56u     /* "KV" */
+#define UCX_N_RX            128u        /* receive buffers per domain */
+#define UCX_PROGRESS_ROUNDS 64          /* ucp_worker_progress calls per poll, at most */
+#define UCX_KEY_MAGIC       0x4b584355u /* "UCXK" */
+#define UCX_KEY_HDR         8u          /* u32 magic, u32 packed rkey length */
 
 enum ucx_req_kind { UCX_REQ_RMA = 1, UCX_REQ_FLUSH, UCX_REQ_SEND };
 
@@ -88,14 +88,14 @@ struct ucx_peer;
 
 /* A notification waiting to be sent or in flight (a send buffer). */
 struct ucx_sbuf {
-    struct ucx_sbuf *next;     /* free list or the peer's pending FIFO */
+    struct ucx_sbuf *next; /* free list or the peer's pending FIFO */
     struct xport_op *op;
-    uint32_t gen;              /* op generation when queued */
-    uint32_t len;              /* bytes in data */
-    int status;                /* flush result */
-    bool ready;                /* flush done (or not needed): may be sent */
-    bool flushing;             /* a flush request refers to it */
-    unsigned char data[];      /* xport_notify_hdr + payload */
+    uint32_t gen;         /* op generation when queued */
+    uint32_t len;         /* bytes in data */
+    int status;           /* flush result */
+    bool ready;           /* flush done (or not needed): may be sent */
+    bool flushing;        /* a flush request refers to it */
+    unsigned char data[]; /* xport_notify_hdr + payload */
 };
 
 /* Our context inside every UCX request (UCP_PARAM_FIELD_REQUEST_SIZE). */
@@ -117,7 +117,7 @@ struct ucx_region {
     void *addr;
     size_t len;
     ucp_mem_h memh;
-    uint32_t n_mrs;            /* mrs registered inside it */
+    uint32_t n_mrs; /* mrs registered inside it */
 };
 
 /* An endpoint being closed, reaped by progress. */
@@ -136,21 +136,21 @@ struct ucx_domain {
     ucp_err_handling_mode_t err_mode;
 
     /* notifications */
-    size_t sbuf_size;          /* sizeof(ucx_sbuf) + hdr + max_msg_size */
+    size_t sbuf_size; /* sizeof(ucx_sbuf) + hdr + max_msg_size */
     struct ucx_sbuf *free_sbufs;
     struct ucx_chunk *chunks;
-    uint32_t n_sbufs;          /* allocated */
-    struct ucx_peer *drain;    /* peers whose FIFO head may be sendable */
-    unsigned char *rx_mem;     /* UCX_N_RX * rx_size */
+    uint32_t n_sbufs;       /* allocated */
+    struct ucx_peer *drain; /* peers whose FIFO head may be sendable */
+    unsigned char *rx_mem;  /* UCX_N_RX * rx_size */
     size_t rx_size;
-    uint32_t *rx_free;         /* stack of free receive buffer indexes */
+    uint32_t *rx_free; /* stack of free receive buffer indexes */
     uint32_t n_rx_free;
     uint64_t rx_dropped;
 
     /* disconnects and stale requests */
     struct ucx_grave *graves;
-    uint64_t n_stale;          /* UCX requests whose op was handed back */
-    ucp_mem_h *dead_memh;      /* unmaps deferred while n_stale > 0 */
+    uint64_t n_stale;     /* UCX requests whose op was handed back */
+    ucp_mem_h *dead_memh; /* unmaps deferred while n_stale > 0 */
     uint32_t n_dead_memh, cap_dead_memh;
     ucp_rkey_h *dead_rkey;
     uint32_t n_dead_rkey, cap_dead_rkey;
@@ -162,13 +162,13 @@ struct ucx_domain {
 struct ucx_peer {
     struct kvn_xport_peer base;
     ucp_ep_h ep;
-    bool ep_failed;            /* error handler ran */
-    bool dirty;                /* RMA posted since the last flush */
+    bool ep_failed; /* error handler ran */
+    bool dirty;     /* RMA posted since the last flush */
     bool in_drain;
-    char why[80];              /* the error handler's status text */
+    char why[80]; /* the error handler's status text */
     struct ucx_peer *drain_next;
     struct ucx_sbuf *q_head, *q_tail; /* notifications in order */
-    struct xport_link owned;   /* ops UCX still holds (via op scratch) */
+    struct xport_link owned;          /* ops UCX still holds (via op scratch) */
 };
 
 struct ucx_mr {
@@ -349,8 +349,7 @@ static void ucx_recv_repost(struct kvn_xport *x, uint64_t token)
     d->rx_free[d->n_rx_free++] = (uint32_t)token;
 }
 
-static ucs_status_t am_recv_cb(void *arg, const void *header, size_t hlen,
-                               void *data, size_t len,
+static ucs_status_t am_recv_cb(void *arg, const void *header, size_t hlen, void *data, size_t len,
                                const ucp_am_recv_param_t *param)
 {
     struct ucx_domain *d = arg;
@@ -358,8 +357,7 @@ static ucs_status_t am_recv_cb(void *arg, const void *header, size_t hlen,
     (void)hlen;
     if (d->base.in_close)
         return UCS_OK;
-    if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) ||
-        len > d->rx_size || d->n_rx_free == 0) {
+    if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) || len > d->rx_size || d->n_rx_free == 0) {
         /* never sent by us (eager only) or no buffer left: drop */
         d->rx_dropped++;
         return UCS_OK;
@@ -454,16 +452,14 @@ static void ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t st)
     struct ucx_peer *up = arg;
     (void)ep;
     up->ep_failed = true;
-    snprintf(up->why, sizeof(up->why), "peer endpoint failed: %s",
-             ucs_status_string(st));
+    snprintf(up->why, sizeof(up->why), "peer endpoint failed: %s", ucs_status_string(st));
 }
 
 /* ------------------------------------------------------------------ */
 /* open / close                                                        */
 
-static int ucx_open(const struct xport_uri *uri,
-                    const struct kvn_xport_attr *attr, struct kvn_xport **out,
-                    struct kvn_err *err)
+static int ucx_open(const struct xport_uri *uri, const struct kvn_xport_attr *attr,
+                    struct kvn_xport **out, struct kvn_err *err)
 {
     const char *tls = NULL;
     const char *name = "ucx";
@@ -476,8 +472,7 @@ static int ucx_open(const struct xport_uri *uri,
         name = "ucx+sm";
         mode = UCP_ERR_HANDLING_MODE_NONE; /* no shm peer failure in 1.13 */
     } else if (uri->sub[0]) {
-        return kvn_err_set(err, -EINVAL,
-                           "unknown UCX transport '%s' (ucx, ucx+tcp, ucx+sm)",
+        return kvn_err_set(err, -EINVAL, "unknown UCX transport '%s' (ucx, ucx+tcp, ucx+sm)",
                            uri->sub);
     }
 
@@ -510,15 +505,13 @@ static int ucx_open(const struct xport_uri *uri,
     ucp_config_t *cfg = NULL;
     ucs_status_t st = ucp_config_read(NULL, NULL, &cfg);
     if (st != UCS_OK) {
-        rc = kvn_err_set(err, ucx_errno(st), "ucp_config_read: %s",
-                    ucs_status_string(st));
+        rc = kvn_err_set(err, ucx_errno(st), "ucp_config_read: %s", ucs_status_string(st));
         goto fail;
     }
     (void)ucp_config_modify(cfg, "LOG_LEVEL", "error");
     if (tls && (st = ucp_config_modify(cfg, "TLS", tls)) != UCS_OK) {
         ucp_config_release(cfg);
-        rc = kvn_err_set(err, ucx_errno(st), "UCX TLS=%s: %s", tls,
-                    ucs_status_string(st));
+        rc = kvn_err_set(err, ucx_errno(st), "UCX TLS=%s: %s", tls, ucs_status_string(st));
         goto fail;
     }
     ucp_params_t pp = {
@@ -532,8 +525,8 @@ static int ucx_open(const struct xport_uri *uri,
     ucp_config_release(cfg);
     if (st != UCS_OK) {
         d->ctx = NULL;
-        rc = kvn_err_set(err, st == UCS_ERR_NO_ELEM ? -ENODEV : ucx_errno(st),
-                    "ucp_init (%s): %s", name, ucs_status_string(st));
+        rc = kvn_err_set(err, st == UCS_ERR_NO_ELEM ? -ENODEV : ucx_errno(st), "ucp_init (%s): %s",
+                         name, ucs_status_string(st));
         goto fail;
     }
     ucp_worker_params_t wp = {
@@ -544,33 +537,28 @@ static int ucx_open(const struct xport_uri *uri,
     if (st != UCS_OK) {
         d->worker = NULL;
         rc = kvn_err_set(err, ucx_errno(st), "ucp_worker_create (%s): %s", name,
-                    ucs_status_string(st));
+                         ucs_status_string(st));
         goto fail;
     }
     st = ucp_worker_get_address(d->worker, &d->addr, &d->addr_len);
     if (st != UCS_OK) {
         d->addr = NULL;
-        rc = kvn_err_set(err, ucx_errno(st), "ucp_worker_get_address: %s",
-                    ucs_status_string(st));
+        rc = kvn_err_set(err, ucx_errno(st), "ucp_worker_get_address: %s", ucs_status_string(st));
         goto fail;
     }
     if (d->addr_len > KVN_XPORT_ADDR_MAX - 64) {
-        rc = kvn_err_set(err, -EMSGSIZE, "UCX worker address of %zu bytes too long",
-                    d->addr_len);
+        rc = kvn_err_set(err, -EMSGSIZE, "UCX worker address of %zu bytes too long", d->addr_len);
         goto fail;
     }
     st = ucp_worker_get_efd(d->worker, &d->efd);
     if (st != UCS_OK) {
         d->efd = -1;
-        rc = kvn_err_set(err, ucx_errno(st), "ucp_worker_get_efd: %s",
-                    ucs_status_string(st));
+        rc = kvn_err_set(err, ucx_errno(st), "ucp_worker_get_efd: %s", ucs_status_string(st));
         goto fail;
     }
     ucp_am_handler_param_t ap = {
-        .field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID |
-                      UCP_AM_HANDLER_PARAM_FIELD_CB |
-                      UCP_AM_HANDLER_PARAM_FIELD_ARG |
-                      UCP_AM_HANDLER_PARAM_FIELD_FLAGS,
+        .field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
+                      UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS,
         .id = UCX_AM_ID,
         .flags = UCP_AM_FLAG_WHOLE_MSG,
         .cb = am_recv_cb,
@@ -579,7 +567,7 @@ static int ucx_open(const struct xport_uri *uri,
     st = ucp_worker_set_am_recv_handler(d->worker, &ap);
     if (st != UCS_OK) {
         rc = kvn_err_set(err, ucx_errno(st), "ucp_worker_set_am_recv_handler: %s",
-                    ucs_status_string(st));
+                         ucs_status_string(st));
         goto fail;
     }
     *out = &d->base;
@@ -654,32 +642,31 @@ static void ucx_close(struct kvn_xport *x)
 /* ------------------------------------------------------------------ */
 /* addresses and peers                                                 */
 
-static int ucx_address(struct kvn_xport *x, void *buf, size_t *len,
-                       struct kvn_err *err)
+static int ucx_address(struct kvn_xport *x, void *buf, size_t *len, struct kvn_err *err)
 {
     struct ucx_domain *d = dom(x);
     if (*len < d->addr_len) {
         *len = d->addr_len;
-        return kvn_err_set(err, -ENOSPC, "UCX address needs %zu bytes",
-                           d->addr_len);
+        return kvn_err_set(err, -ENOSPC, "UCX address needs %zu bytes", d->addr_len);
     }
     memcpy(buf, d->addr, d->addr_len);
     *len = d->addr_len;
     return 0;
 }
 
-static int ucx_connect(struct kvn_xport *x, struct kvn_xport_peer *p,
-                       const void *raw, size_t len, struct kvn_err *err)
+static int ucx_connect(struct kvn_xport *x, struct kvn_xport_peer *p, const void *raw, size_t len,
+                       struct kvn_err *err)
 {
     struct ucx_domain *d = dom(x);
     struct ucx_peer *up = upeer(p);
     if (len < 8)
-        return kvn_err_set(err, -EINVAL, "UCX worker address of %zu bytes "
-                           "is too short", len);
+        return kvn_err_set(err, -EINVAL,
+                           "UCX worker address of %zu bytes "
+                           "is too short",
+                           len);
     link_init_(&up->owned);
     ucp_ep_params_t ep = {
-        .field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS |
-                      UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE,
+        .field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE,
         .address = raw,
         .err_mode = d->err_mode,
     };
@@ -691,10 +678,8 @@ static int ucx_connect(struct kvn_xport *x, struct kvn_xport_peer *p,
     ucs_status_t st = ucp_ep_create(d->worker, &ep, &up->ep);
     if (st != UCS_OK) {
         up->ep = NULL;
-        return kvn_err_set(err, ucx_errno(st) == -EINVAL ? -EPROTO
-                                                        : ucx_errno(st),
-                           "ucp_ep_create (%s): %s", d->base.name,
-                           ucs_status_string(st));
+        return kvn_err_set(err, ucx_errno(st) == -EINVAL ? -EPROTO : ucx_errno(st),
+                           "ucp_ep_create (%s): %s", d->base.name, ucs_status_string(st));
     }
     return 0;
 }
@@ -809,8 +794,7 @@ static void defer_push(void ***arr, uint32_t *n, uint32_t *cap, void *v);
 
 /* The allocated region holding [addr, addr+len), or NULL.  Linear over
  * the (few, large) allocations; registration is not a data path. */
-static struct ucx_region *region_of(struct ucx_domain *d, const void *addr,
-                                    size_t len)
+static struct ucx_region *region_of(struct ucx_domain *d, const void *addr, size_t len)
 {
     uintptr_t a = (uintptr_t)addr;
     for (uint32_t i = 0; i < d->n_regions; i++) {
@@ -822,14 +806,12 @@ static struct ucx_region *region_of(struct ucx_domain *d, const void *addr,
     return NULL;
 }
 
-int kvn_xport_ucx_mem_alloc(struct kvn_xport *x, size_t len, void **addr,
-                            struct kvn_err *err)
+int kvn_xport_ucx_mem_alloc(struct kvn_xport *x, size_t len, void **addr, struct kvn_err *err)
 {
     if (!x || !addr)
         return kvn_err_set(err, -EINVAL, "x and addr must not be NULL");
     if (x->ops != &xport_ucx_ops)
-        return kvn_err_set(err, -ENOTSUP,
-                           "domain '%s' is not a UCX domain", x->name);
+        return kvn_err_set(err, -ENOTSUP, "domain '%s' is not a UCX domain", x->name);
     if (len == 0)
         return kvn_err_set(err, -EINVAL, "cannot allocate 0 bytes");
     struct ucx_domain *d = dom(x);
@@ -845,8 +827,7 @@ int kvn_xport_ucx_mem_alloc(struct kvn_xport *x, size_t len, void **addr,
     if (!r)
         return kvn_err_set(err, -ENOMEM, "out of memory");
     ucp_mem_map_params_t mp = {
-        .field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS |
-                      UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+        .field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
                       UCP_MEM_MAP_PARAM_FIELD_FLAGS,
         .address = NULL,
         .length = len,
@@ -855,19 +836,16 @@ int kvn_xport_ucx_mem_alloc(struct kvn_xport *x, size_t len, void **addr,
     ucs_status_t st = ucp_mem_map(d->ctx, &mp, &r->memh);
     if (st != UCS_OK) {
         free(r);
-        return kvn_err_set(err, ucx_errno(st),
-                           "ucp_mem_map(ALLOCATE) of %zu bytes: %s", len,
+        return kvn_err_set(err, ucx_errno(st), "ucp_mem_map(ALLOCATE) of %zu bytes: %s", len,
                            ucs_status_string(st));
     }
-    ucp_mem_attr_t ma = {.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS |
-                                       UCP_MEM_ATTR_FIELD_LENGTH};
+    ucp_mem_attr_t ma = {.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH};
     st = ucp_mem_query(r->memh, &ma);
     if (st != UCS_OK || !ma.address || ma.length < len) {
         ucp_mem_unmap(d->ctx, r->memh);
         free(r);
         return kvn_err_set(err, -EIO, "ucp_mem_query: %s",
-                           st != UCS_OK ? ucs_status_string(st)
-                                        : "no address or short length");
+                           st != UCS_OK ? ucs_status_string(st) : "no address or short length");
     }
     r->addr = ma.address;
     r->len = len;
@@ -877,38 +855,31 @@ int kvn_xport_ucx_mem_alloc(struct kvn_xport *x, size_t len, void **addr,
     return 0;
 }
 
-int kvn_xport_ucx_mem_free(struct kvn_xport *x, void *addr,
-                           struct kvn_err *err)
+int kvn_xport_ucx_mem_free(struct kvn_xport *x, void *addr, struct kvn_err *err)
 {
     if (!x || !addr)
         return kvn_err_set(err, -EINVAL, "x and addr must not be NULL");
     if (x->ops != &xport_ucx_ops)
-        return kvn_err_set(err, -ENOTSUP,
-                           "domain '%s' is not a UCX domain", x->name);
+        return kvn_err_set(err, -ENOTSUP, "domain '%s' is not a UCX domain", x->name);
     struct ucx_domain *d = dom(x);
     for (uint32_t i = 0; i < d->n_regions; i++) {
         struct ucx_region *r = d->regions[i];
         if (r->addr != addr)
             continue;
         if (r->n_mrs)
-            return kvn_err_set(err, -EBUSY,
-                               "%u registrations still lie in this memory",
-                               r->n_mrs);
+            return kvn_err_set(err, -EBUSY, "%u registrations still lie in this memory", r->n_mrs);
         if (d->n_stale) /* a stale request may still touch it */
-            defer_push((void ***)&d->dead_memh, &d->n_dead_memh,
-                       &d->cap_dead_memh, r->memh);
+            defer_push((void ***)&d->dead_memh, &d->n_dead_memh, &d->cap_dead_memh, r->memh);
         else
             ucp_mem_unmap(d->ctx, r->memh);
         d->regions[i] = d->regions[--d->n_regions];
         free(r);
         return 0;
     }
-    return kvn_err_set(err, -EINVAL,
-                       "%p is not memory from kvn_xport_ucx_mem_alloc", addr);
+    return kvn_err_set(err, -EINVAL, "%p is not memory from kvn_xport_ucx_mem_alloc", addr);
 }
 
-static int ucx_mr_reg(struct kvn_xport *x, struct kvn_xport_mr *mr,
-                      struct kvn_err *err)
+static int ucx_mr_reg(struct kvn_xport *x, struct kvn_xport_mr *mr, struct kvn_err *err)
 {
     struct ucx_domain *d = dom(x);
     struct ucx_mr *um = (struct ucx_mr *)mr;
@@ -918,15 +889,13 @@ static int ucx_mr_reg(struct kvn_xport *x, struct kvn_xport_mr *mr,
         um->memh = rg->memh; /* UCX's own memory: keep its mapping */
     } else {
         ucp_mem_map_params_t mp = {
-            .field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS |
-                          UCP_MEM_MAP_PARAM_FIELD_LENGTH,
+            .field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH,
             .address = mr->addr,
             .length = mr->len,
         };
         st = ucp_mem_map(d->ctx, &mp, &um->memh);
         if (st != UCS_OK)
-            return kvn_err_set(err, ucx_errno(st),
-                               "ucp_mem_map of %zu bytes: %s", mr->len,
+            return kvn_err_set(err, ucx_errno(st), "ucp_mem_map of %zu bytes: %s", mr->len,
                                ucs_status_string(st));
     }
     void *rkb = NULL;
@@ -934,12 +903,10 @@ static int ucx_mr_reg(struct kvn_xport *x, struct kvn_xport_mr *mr,
     int rc = 0;
     st = ucp_rkey_pack(d->ctx, um->memh, &rkb, &rkl);
     if (st != UCS_OK) {
-        rc = kvn_err_set(err, ucx_errno(st), "ucp_rkey_pack: %s",
-                         ucs_status_string(st));
+        rc = kvn_err_set(err, ucx_errno(st), "ucp_rkey_pack: %s", ucs_status_string(st));
         rkb = NULL;
     } else if (rkl + UCX_KEY_HDR > KVN_XPORT_KEY_MAX) {
-        rc = kvn_err_set(err, -EMSGSIZE, "UCX rkey of %zu bytes too long",
-                         rkl);
+        rc = kvn_err_set(err, -EMSGSIZE, "UCX rkey of %zu bytes too long", rkl);
     } else if (!(um->packed = malloc(rkl))) {
         rc = kvn_err_set(err, -ENOMEM, "out of memory for an rkey");
     }
@@ -981,16 +948,15 @@ static void ucx_mr_dereg(struct kvn_xport_mr *mr)
     if (um->region)
         um->region->n_mrs--; /* the region keeps the mapping */
     else if (d->n_stale || mr->x->in_close)
-        defer_push((void ***)&d->dead_memh, &d->n_dead_memh,
-                   &d->cap_dead_memh, um->memh);
+        defer_push((void ***)&d->dead_memh, &d->n_dead_memh, &d->cap_dead_memh, um->memh);
     else
         ucp_mem_unmap(d->ctx, um->memh);
     free(um->packed);
     um->packed = NULL;
 }
 
-static int ucx_mr_pack_key(const struct kvn_xport_mr *mr, void *key,
-                           size_t *len, struct kvn_err *err)
+static int ucx_mr_pack_key(const struct kvn_xport_mr *mr, void *key, size_t *len,
+                           struct kvn_err *err)
 {
     const struct ucx_mr *um = (const struct ucx_mr *)mr;
     size_t need = UCX_KEY_HDR + um->packed_len;
@@ -1008,8 +974,7 @@ static int ucx_mr_pack_key(const struct kvn_xport_mr *mr, void *key,
     return 0;
 }
 
-static int ucx_rmr_unpack_key(struct kvn_xport_peer *p,
-                              struct kvn_xport_rmr *r, const void *key,
+static int ucx_rmr_unpack_key(struct kvn_xport_peer *p, struct kvn_xport_rmr *r, const void *key,
                               size_t len, struct kvn_err *err)
 {
     struct ucx_peer *up = upeer(p);
@@ -1017,23 +982,20 @@ static int ucx_rmr_unpack_key(struct kvn_xport_peer *p,
     const unsigned char *b = key;
     uint32_t magic, kl;
     if (len < UCX_KEY_HDR + 8)
-        return kvn_err_set(err, -EINVAL, "UCX key of %zu bytes truncated",
-                           len);
+        return kvn_err_set(err, -EINVAL, "UCX key of %zu bytes truncated", len);
     memcpy(&magic, b, 4);
     memcpy(&kl, b + 4, 4);
     if (magic != UCX_KEY_MAGIC)
         return kvn_err_set(err, -EPROTO, "UCX key: bad magic 0x%08x", magic);
     if (kl != len - UCX_KEY_HDR)
-        return kvn_err_set(err, -EINVAL,
-                           "UCX key: rkey length %u but %zu bytes follow", kl,
+        return kvn_err_set(err, -EINVAL, "UCX key: rkey length %u but %zu bytes follow", kl,
                            len - UCX_KEY_HDR);
     if (!up->ep)
         return kvn_err_set(err, -ENOTCONN, "peer is disconnected");
     ucs_status_t st = ucp_ep_rkey_unpack(up->ep, b + UCX_KEY_HDR, &ur->rkey);
     if (st != UCS_OK) {
         ur->rkey = NULL;
-        return kvn_err_set(err, -EINVAL, "ucp_ep_rkey_unpack: %s",
-                           ucs_status_string(st));
+        return kvn_err_set(err, -EINVAL, "ucp_ep_rkey_unpack: %s", ucs_status_string(st));
     }
     return 0;
 }
@@ -1045,8 +1007,7 @@ static void ucx_rmr_free(struct kvn_xport_rmr *r)
     if (!ur->rkey)
         return;
     if (d->n_stale || d->base.in_close)
-        defer_push((void ***)&d->dead_rkey, &d->n_dead_rkey,
-                   &d->cap_dead_rkey, ur->rkey);
+        defer_push((void ***)&d->dead_rkey, &d->n_dead_rkey, &d->cap_dead_rkey, ur->rkey);
     else
         ucp_rkey_destroy(ur->rkey);
     ur->rkey = NULL;
@@ -1055,8 +1016,8 @@ static void ucx_rmr_free(struct kvn_xport_rmr *r)
 /* ------------------------------------------------------------------ */
 /* posting                                                             */
 
-static int ucx_post(struct kvn_xport_peer *p, struct xport_op *op,
-                    const struct xport_post_req *req, struct kvn_err *err)
+static int ucx_post(struct kvn_xport_peer *p, struct xport_op *op, const struct xport_post_req *req,
+                    struct kvn_err *err)
 {
     struct ucx_domain *d = dom(p->x);
     struct ucx_peer *up = upeer(p);
@@ -1066,8 +1027,8 @@ static int ucx_post(struct kvn_xport_peer *p, struct xport_op *op,
         return kvn_err_set(err, -ECONNRESET, "%s", up->why);
     ucp_rkey_h rkey = ((struct ucx_rmr *)req->remote)->rkey;
     ucp_request_param_t rp = {
-        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK |
-                        UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_MEMH,
+        .op_attr_mask =
+            UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_MEMH,
         .cb.send = rma_cb,
         .user_data = op,
     };
@@ -1080,9 +1041,8 @@ static int ucx_post(struct kvn_xport_peer *p, struct xport_op *op,
         const struct kvn_xport_sge *s = &req->local[i];
         void *laddr = (char *)s->mr->addr + s->offset;
         rp.memh = ((struct ucx_mr *)s->mr)->memh;
-        ucs_status_ptr_t r =
-            is_write ? ucp_put_nbx(up->ep, laddr, s->len, raddr, rkey, &rp)
-                     : ucp_get_nbx(up->ep, laddr, s->len, raddr, rkey, &rp);
+        ucs_status_ptr_t r = is_write ? ucp_put_nbx(up->ep, laddr, s->len, raddr, rkey, &rp)
+                                      : ucp_get_nbx(up->ep, laddr, s->len, raddr, rkey, &rp);
         raddr += s->len;
         if (r == NULL) {
             part_done(op, 0, NULL);
@@ -1116,14 +1076,13 @@ static void am_send(struct ucx_peer *up, struct ucx_sbuf *sb)
         return;
     }
     ucp_request_param_t rp = {
-        .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK |
-                        UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS,
+        .op_attr_mask =
+            UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS,
         .cb.send = send_cb,
         .user_data = op,
         .flags = UCP_AM_SEND_FLAG_EAGER,
     };
-    ucs_status_ptr_t r =
-        ucp_am_send_nbx(up->ep, UCX_AM_ID, NULL, 0, sb->data, sb->len, &rp);
+    ucs_status_ptr_t r = ucp_am_send_nbx(up->ep, UCX_AM_ID, NULL, 0, sb->data, sb->len, &rp);
     if (r == NULL) {
         sbuf_put(d, sb);
         part_done(op, 0, NULL);
@@ -1155,8 +1114,8 @@ static void peer_drain(struct ucx_peer *up)
 }
 
 static int ucx_notify(struct kvn_xport_peer *p, struct xport_op *op,
-                      const struct xport_notify_hdr *hdr, const void *buf,
-                      size_t len, struct kvn_err *err)
+                      const struct xport_notify_hdr *hdr, const void *buf, size_t len,
+                      struct kvn_err *err)
 {
     struct ucx_domain *d = dom(p->x);
     struct ucx_peer *up = upeer(p);
@@ -1188,8 +1147,7 @@ static int ucx_notify(struct kvn_xport_peer *p, struct xport_op *op,
     if (up->dirty) {
         up->dirty = false;
         ucp_request_param_t rp = {
-            .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK |
-                            UCP_OP_ATTR_FIELD_USER_DATA,
+            .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
             .cb.send = flush_cb,
             .user_data = up,
         };
