@@ -59,7 +59,7 @@ static int64_t jint(const cJSON *a)
     return (int64_t)cJSON_GetNumberValue(a); /* hashes: compared via the raw text below */
 }
 
-static void race(const char *transport)
+static void race(const char *transport, const char *format)
 {
     struct h_node n;
     const char *flags[] = {"--transport",
@@ -76,6 +76,8 @@ static void race(const char *transport)
                            "write_through",
                            "--l1",
                            "1M",
+                           "--events-format",
+                           format,
                            NULL};
     int rc = h_node_start(&n, flags);
     if (rc == -ENOTSUP) {
@@ -146,22 +148,27 @@ static void race(const char *transport)
 static void test_race_ofi_tcp(void **s)
 {
     (void)s;
-    race("ofi+tcp");
+    race("ofi+tcp", "array");
 }
 static void test_race_ofi_shm(void **s)
 {
     (void)s;
-    race("ofi+shm");
+    race("ofi+shm", "array");
 }
 static void test_race_ucx_tcp(void **s)
 {
     (void)s;
-    race("ucx+tcp");
+    race("ucx+tcp", "array");
+}
+static void test_race_map_ofi_tcp(void **s)
+{
+    (void)s;
+    race("ofi+tcp", "map"); /* vLLM's map encoding, same checks */
 }
 static void test_race_ucx_sm(void **s)
 {
     (void)s;
-    race("ucx+sm");
+    race("ucx+sm", "array");
 }
 
 static void l1_sums(struct h_node *n, const uint32_t *slots, uint32_t k, uint64_t *sums)
@@ -633,6 +640,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_race_ofi_shm, teardown),
         cmocka_unit_test_teardown(test_race_ucx_tcp, teardown),
         cmocka_unit_test_teardown(test_race_ucx_sm, teardown),
+        cmocka_unit_test_teardown(test_race_map_ofi_tcp, teardown),
         cmocka_unit_test_teardown(test_integrity_ofi_tcp, teardown),
         cmocka_unit_test_teardown(test_integrity_ofi_shm, teardown),
         cmocka_unit_test_teardown(test_integrity_ucx_tcp, teardown),
