@@ -440,6 +440,40 @@ static void test_corrupted_keys_refused(void **state)
     reseal(e, KVN_XPORT_DESC_HDR + 8);
     assert_true(kvn_xport_rmr_unpack(f->a.peer, e, KVN_XPORT_DESC_HDR + 8, &r, &ke) < 0);
 
+    /* the packed UCX rkey inside: no memory domain, an unknown one, a
+     * non-host memory type, cut short, stray bytes after it */
+    const size_t rk = KVN_XPORT_DESC_HDR + 8; /* where the UCX rkey starts */
+    memcpy(e, d, dl);
+    memset(e + rk, 0, 8);
+    reseal(e, dl);
+    assert_int_equal(kvn_xport_rmr_unpack(f->a.peer, e, dl, &r, &ke), -EINVAL);
+    assert_non_null(strstr(ke.msg, "no memory domain"));
+    memcpy(e, d, dl);
+    e[rk + 7] |= 0x80; /* md index 63 */
+    reseal(e, dl);
+    assert_int_equal(kvn_xport_rmr_unpack(f->a.peer, e, dl, &r, &ke), -EINVAL);
+    assert_non_null(strstr(ke.msg, "unknown"));
+    memcpy(e, d, dl);
+    e[rk + 8] = 3; /* not UCS_MEMORY_TYPE_HOST */
+    reseal(e, dl);
+    assert_int_equal(kvn_xport_rmr_unpack(f->a.peer, e, dl, &r, &ke), -EINVAL);
+    assert_non_null(strstr(ke.msg, "memory type"));
+    for (int delta = -1; delta <= 2; delta += 3) { /* one byte short, two stray bytes */
+        size_t el = dl + (size_t)(ssize_t)delta;
+        memcpy(e, d, dl);
+        e[dl] = e[dl + 1] = 0x77;
+        uint16_t k16 = (uint16_t)(kl + delta);
+        memcpy(e + 24, &k16, 2);
+        uint32_t k32;
+        memcpy(&k32, e + KVN_XPORT_DESC_HDR + 4, 4);
+        k32 = (uint32_t)(k32 + (uint32_t)delta);
+        memcpy(e + KVN_XPORT_DESC_HDR + 4, &k32, 4);
+        reseal(e, el);
+        kvn_err_clear(&ke);
+        assert_int_equal(kvn_xport_rmr_unpack(f->a.peer, e, el, &r, &ke), -EINVAL);
+        assert_non_null(strstr(ke.msg, delta < 0 ? "truncated" : "stray"));
+    }
+
     /* a flipped bit without resealing: caught by the common checksum */
     memcpy(e, d, dl);
     e[dl - 1] ^= 0x10;

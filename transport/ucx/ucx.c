@@ -155,6 +155,8 @@ struct ucx_domain {
     ucp_rkey_h *dead_rkey;
     uint32_t n_dead_rkey, cap_dead_rkey;
 
+    uint64_t md_known; /* memory domains our own rkeys use (validation) */
+
     struct ucx_region **regions; /* kvn_xport_ucx_mem_alloc, unordered */
     uint32_t n_regions, cap_regions;
 };
@@ -458,6 +460,69 @@ static void ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t st)
 /* ------------------------------------------------------------------ */
 /* open / close                                                        */
 
+/* md_map (first 8 bytes) of the rkey of a one-page mapping made with flags. */
+static uint64_t probe_md_map(struct ucx_domain *d, void *page, unsigned flags)
+{
+    ucp_mem_map_params_t mp = {
+        .field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                      UCP_MEM_MAP_PARAM_FIELD_FLAGS,
+        .address = page,
+        .length = 4096,
+        .flags = flags,
+    };
+    ucp_mem_h m;
+    uint64_t map = 0;
+    if (ucp_mem_map(d->ctx, &mp, &m) != UCS_OK)
+        return 0;
+    void *rkb;
+    size_t rkl;
+    if (ucp_rkey_pack(d->ctx, m, &rkb, &rkl) == UCS_OK) {
+        if (rkl >= sizeof(map))
+            memcpy(&map, rkb, sizeof(map));
+        ucp_rkey_buffer_release(rkb);
+    }
+    ucp_mem_unmap(d->ctx, m);
+    return map;
+}
+
+/*
+ * Structural check of a packed UCX 1.13 rkey before ucp_ep_rkey_unpack(),
+ * which takes no length and trusts the bytes:
+ *   u64 md_map | u8 memory type | per md bit: u8 size, size bytes
+ *   | optional: u8 sys_dev, 3 bytes per device distance
+ * The md bits must be memory domains our own context packs (both sides run
+ * the same UCX transports), so UCX never indexes past its md table.
+ */
+static int rkey_check(const struct ucx_domain *d, const unsigned char *b, size_t n,
+                      struct kvn_err *err)
+{
+    uint64_t md_map;
+    if (n < sizeof(md_map) + 1)
+        return kvn_err_set(err, -EINVAL, "UCX key: rkey of %zu bytes truncated", n);
+    memcpy(&md_map, b, sizeof(md_map));
+    if (md_map == 0)
+        return kvn_err_set(err, -EINVAL, "UCX key: rkey names no memory domain");
+    if (md_map & ~d->md_known)
+        return kvn_err_set(err, -EINVAL,
+                           "UCX key: memory domains 0x%llx unknown to this %s domain "
+                           "(other UCX transports on the peer?)",
+                           (unsigned long long)(md_map & ~d->md_known), d->base.name);
+    if (b[sizeof(md_map)] != UCS_MEMORY_TYPE_HOST)
+        return kvn_err_set(err, -EINVAL, "UCX key: memory type %u is not host memory",
+                           b[sizeof(md_map)]);
+    size_t pos = sizeof(md_map) + 1;
+    for (uint64_t m = md_map; m; m &= m - 1) {
+        if (pos >= n)
+            return kvn_err_set(err, -EINVAL, "UCX key: rkey truncated at byte %zu", pos);
+        pos += 1 + (size_t)b[pos];
+        if (pos > n)
+            return kvn_err_set(err, -EINVAL, "UCX key: rkey truncated at byte %zu", n);
+    }
+    if (pos != n && (n - pos - 1) % 3 != 0)
+        return kvn_err_set(err, -EINVAL, "UCX key: %zu stray bytes after the rkey", n - pos);
+    return 0;
+}
+
 static int ucx_open(const struct xport_uri *uri, const struct kvn_xport_attr *attr,
                     struct kvn_xport **out, struct kvn_err *err)
 {
@@ -570,6 +635,14 @@ static int ucx_open(const struct xport_uri *uri, const struct kvn_xport_attr *at
                          ucs_status_string(st));
         goto fail;
     }
+    void *page = aligned_alloc(4096, 4096);
+    if (page) {
+        d->md_known = probe_md_map(d, page, 0);
+        free(page);
+    }
+    d->md_known |= probe_md_map(d, NULL, UCP_MEM_MAP_ALLOCATE);
+    if (d->md_known == 0)
+        d->md_known = ~0ull; /* could not learn it: leave the check to UCX */
     *out = &d->base;
     return 0;
 
@@ -990,6 +1063,9 @@ static int ucx_rmr_unpack_key(struct kvn_xport_peer *p, struct kvn_xport_rmr *r,
     if (kl != len - UCX_KEY_HDR)
         return kvn_err_set(err, -EINVAL, "UCX key: rkey length %u but %zu bytes follow", kl,
                            len - UCX_KEY_HDR);
+    int rc = rkey_check(dom(p->x), b + UCX_KEY_HDR, kl, err);
+    if (rc < 0)
+        return rc;
     if (!up->ep)
         return kvn_err_set(err, -ENOTCONN, "peer is disconnected");
     ucs_status_t st = ucp_ep_rkey_unpack(up->ep, b + UCX_KEY_HDR, &ur->rkey);
