@@ -86,7 +86,10 @@ struct conf_child {
 };
 
 /* Initialiser of a struct conf_child that holds no child (reap is then a no-op). */
-#define CONF_CHILD_INIT {0, -1, 0, 0}
+#define CONF_CHILD_INIT                                                                            \
+    {                                                                                              \
+        0, -1, 0, 0                                                                                \
+    }
 
 /*
  * Forks a child that runs fn(chan_fd, arg) and then _exit()s with its return

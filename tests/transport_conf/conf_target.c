@@ -10,7 +10,7 @@
 
 #include "conf_harness.h"
 
-#define TGT_SETUP_MS 30000 /* waiting for the parent's address */
+#define TGT_SETUP_MS  30000 /* waiting for the parent's address */
 #define TGT_NOTIFY_MS 30000
 
 struct target {
@@ -198,8 +198,8 @@ static int target_setup(struct target *t)
     if (t->cfg->op_timeout_ms)
         attr.op_timeout_ms = t->cfg->op_timeout_ms;
 
-    void *m = mmap(NULL, t->cfg->region_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
+    void *m =
+        mmap(NULL, t->cfg->region_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) {
         rc = kvn_err_set(&err, -ENOMEM, "target: mmap %zu bytes failed", t->cfg->region_len);
         goto fail;

@@ -81,8 +81,8 @@ struct conf_range {
 
 /* TGT_HASH_R / TGT_CHECK_R reply. */
 struct conf_range_r {
-    uint64_t hash;       /* TGT_HASH_R */
-    int64_t mismatch;    /* TGT_CHECK_R: first bad index or -1 */
+    uint64_t hash;    /* TGT_HASH_R */
+    int64_t mismatch; /* TGT_CHECK_R: first bad index or -1 */
 };
 
 /* The payload of a notification the parent sends: which range to checksum. */
@@ -100,8 +100,8 @@ struct conf_recv_r {
     uint64_t seq;         /* from the note, or ~0 when the payload is not a note */
     uint64_t region_hash; /* checksum of [off, off+len) at RECV time */
     uint64_t payload_hash;
-    uint64_t peer_id;     /* cqe.peer_id */
-    int32_t peer_known;   /* cqe.peer != NULL */
+    uint64_t peer_id;   /* cqe.peer_id */
+    int32_t peer_known; /* cqe.peer != NULL */
     uint32_t pad;
 };
 
