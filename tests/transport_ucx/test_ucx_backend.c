@@ -681,6 +681,55 @@ static void test_ucx_mem_alloc(void **state)
     assert_int_equal(kvn_xport_ucx_mem_free(f->b.x, pb, &ke), -EINVAL); /* twice */
 }
 
+/* Notifications up to KVN_XPORT_MAX_MSG bytes (eager multi-fragment in UCX)
+ * arrive whole, in order. */
+static void test_big_notifications(void **state)
+{
+    (void)state;
+    struct kvn_err ke;
+    struct kvn_xport_attr a;
+    kvn_xport_attr_init(&a);
+    a.max_msg_size = KVN_XPORT_MAX_MSG;
+    struct kvn_xport *x, *y;
+    assert_int_equal(kvn_xport_open(g_uri, &a, &x, &ke), 0);
+    assert_int_equal(kvn_xport_open(g_uri, &a, &y, &ke), 0);
+    unsigned char blob[KVN_XPORT_ADDR_MAX];
+    size_t bl = sizeof(blob);
+    assert_int_equal(kvn_xport_address(y, blob, &bl, &ke), 0);
+    struct kvn_xport_peer *p;
+    assert_int_equal(kvn_xport_connect(x, blob, bl, &p, &ke), 0);
+    static unsigned char msg[KVN_XPORT_MAX_MSG];
+    static const size_t lens[] = {KVN_XPORT_MAX_MSG, 1, 8192 + 17, KVN_XPORT_MAX_MSG - 1, 30000};
+    const size_t n = sizeof(lens) / sizeof(lens[0]);
+    for (size_t i = 0; i < n; i++) {
+        fill(msg, lens[i], (uint32_t)(70 + i));
+        assert_int_equal(kvn_xport_notify(p, msg, lens[i], i, &ke), 0);
+    }
+    size_t got = 0, sent = 0;
+    int64_t end = now_ms() + WAIT_MS;
+    while ((got < n || sent < n) && now_ms() < end) {
+        struct kvn_xport_cqe c[8];
+        int k = kvn_xport_poll(x, c, 8);
+        for (int i = 0; i < k; i++) {
+            assert_int_equal(c[i].status, 0);
+            sent += c[i].kind == KVN_XPORT_SEND;
+        }
+        k = kvn_xport_poll(y, c, 8);
+        for (int i = 0; i < k; i++) {
+            assert_int_equal(c[i].kind, KVN_XPORT_RECV);
+            assert_int_equal(c[i].len, lens[got]);
+            fill(msg, lens[got], (uint32_t)(70 + got));
+            assert_memory_equal(c[i].data, msg, lens[got]);
+            assert_null(c[i].peer); /* y never connected to x */
+            got++;
+        }
+    }
+    assert_int_equal(got, n);
+    assert_int_equal(sent, n);
+    kvn_xport_close(x);
+    kvn_xport_close(y);
+}
+
 static void test_bad_uris(void **state)
 {
     (void)state;
@@ -751,6 +800,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_wait_fd, setup, teardown),
         cmocka_unit_test_setup_teardown(test_peer_gone, setup_short_timeout, teardown),
         cmocka_unit_test_setup_teardown(test_ucx_mem_alloc, setup, teardown),
+        cmocka_unit_test(test_big_notifications),
         cmocka_unit_test(test_bad_uris),
     };
     return cmocka_run_group_tests_name(g_uri, tests, NULL, NULL);
