@@ -584,8 +584,29 @@ static void register_l1(const char *transport)
     }
     atomic_store(&g.stop, 1);
     pthread_join(g.th, NULL);
-    assert_int_equal(h_node_stop(&n), 0);
+    /* the engine dies: a write-through from its L1 fails, frees its L2 pages, publishes
+     * nothing, and the node keeps serving (bounded by the transport's op timeout) */
     kvn_xport_close(g.x);
+    uint64_t l2_before = h_stat(&n, "l2_used"), failed_before = h_stat(&n, "acks_failed");
+    int32_t t2[] = {50, 51, 52, 53};
+    uint32_t s2[] = {20, 21};
+    assert_int_equal(kvn_client_insert(n.c, t2, 4, s2, 2, NULL, &e), 0);
+    for (int i = 0; i < 2000 && h_stat(&n, "acks_failed") == failed_before &&
+                    h_stat(&n, "copy_submit_failures") == 0;
+         i++)
+        h_sleep_ms(10);
+    assert_true(h_quiesce(&n));
+    assert_true(h_stat(&n, "acks_failed") + h_stat(&n, "copy_submit_failures") > failed_before);
+    assert_int_equal(h_stat(&n, "l2_used"), l2_before);
+    printf("%s, engine gone: acks_failed %llu, copy_submit_failures %llu\n", transport,
+           (unsigned long long)h_stat(&n, "acks_failed"),
+           (unsigned long long)h_stat(&n, "copy_submit_failures"));
+    assert_int_equal(kvn_client_match(n.c, t2, 4, &r, &e), 0);
+    uint64_t backed;
+    assert_int_equal(kvn_client_reply_u64(r, "backed_tokens", &backed), 0);
+    assert_int_equal(backed, 0);
+    kvn_client_reply_free(r);
+    assert_int_equal(h_node_stop(&n), 0);
     free(l1);
 }
 
