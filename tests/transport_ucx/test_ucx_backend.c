@@ -730,6 +730,54 @@ static void test_big_notifications(void **state)
     kvn_xport_close(y);
 }
 
+/* bind_host picks the TCP interface UCX may use (NET_DEVICES). */
+static void test_bind_host(void **state)
+{
+    (void)state;
+    struct kvn_err ke;
+    struct kvn_xport_attr a;
+    kvn_xport_attr_init(&a);
+    struct kvn_xport *x = NULL;
+    a.bind_host = "192.0.2.1"; /* TEST-NET-1: not an address of this host */
+    int rc = kvn_xport_open(g_uri, &a, &x, &ke);
+    if (strcmp(g_uri, "ucx+sm") == 0) {
+        assert_int_equal(rc, 0); /* no TCP: ignored */
+        kvn_xport_close(x);
+    } else {
+        assert_int_equal(rc, -EADDRNOTAVAIL);
+        assert_non_null(strstr(ke.msg, "192.0.2.1"));
+    }
+    /* "any" and an explicit loopback address both work end to end */
+    static const char *const hosts[] = {"any", "127.0.0.1"};
+    for (int h = 0; h < 2; h++) {
+        a.bind_host = hosts[h];
+        struct kvn_xport *y;
+        assert_int_equal(kvn_xport_open(g_uri, &a, &x, &ke), 0);
+        assert_int_equal(kvn_xport_open(g_uri, &a, &y, &ke), 0);
+        unsigned char blob[KVN_XPORT_ADDR_MAX];
+        size_t bl = sizeof(blob);
+        assert_int_equal(kvn_xport_address(y, blob, &bl, &ke), 0);
+        struct kvn_xport_peer *p;
+        assert_int_equal(kvn_xport_connect(x, blob, bl, &p, &ke), 0);
+        uint64_t v = 99;
+        assert_int_equal(kvn_xport_notify(p, &v, sizeof(v), 1, &ke), 0);
+        int got = 0;
+        int64_t end = now_ms() + WAIT_MS;
+        while (got < 2 && now_ms() < end) {
+            struct kvn_xport_cqe c[4];
+            int k = kvn_xport_poll(x, c, 4);
+            for (int i = 0; i < k; i++)
+                got += c[i].kind == KVN_XPORT_SEND && c[i].status == 0;
+            k = kvn_xport_poll(y, c, 4);
+            for (int i = 0; i < k; i++)
+                got += c[i].kind == KVN_XPORT_RECV && c[i].len == sizeof(v);
+        }
+        assert_int_equal(got, 2);
+        kvn_xport_close(x);
+        kvn_xport_close(y);
+    }
+}
+
 static void test_bad_uris(void **state)
 {
     (void)state;
@@ -801,6 +849,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_peer_gone, setup_short_timeout, teardown),
         cmocka_unit_test_setup_teardown(test_ucx_mem_alloc, setup, teardown),
         cmocka_unit_test(test_big_notifications),
+        cmocka_unit_test(test_bind_host),
         cmocka_unit_test(test_bad_uris),
     };
     return cmocka_run_group_tests_name(g_uri, tests, NULL, NULL);

@@ -66,6 +66,9 @@
  * unmapping and rkey destruction are deferred to domain close.
  */
 #include <errno.h>
+#include <ifaddrs.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -460,6 +463,54 @@ static void ep_err_cb(void *arg, ucp_ep_h ep, ucs_status_t st)
 /* ------------------------------------------------------------------ */
 /* open / close                                                        */
 
+/*
+ * The network interface that carries bind_host ("127.0.0.1" -> "lo"), for
+ * UCX's NET_DEVICES (ucx+tcp: default 127.0.0.1; ucx: only when given; "any"
+ * and ucx+sm: no restriction): UCX listens on every interface it is allowed to, and its
+ * address blob lists them all, so the restriction is by device.  UCX picks
+ * its own ports (TCP_PORT_RANGE cannot be set through ucp_config_modify in
+ * 1.13): attr.port is not used.
+ */
+static int bind_ifname(const char *host, char *ifname, size_t cap, struct kvn_err *err)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *ai = NULL;
+    int gr = getaddrinfo(host, NULL, &hints, &ai);
+    if (gr != 0)
+        return kvn_err_set(err, -EINVAL, "bind_host '%s': %s", host, gai_strerror(gr));
+    struct ifaddrs *ifs = NULL;
+    if (getifaddrs(&ifs) < 0) {
+        int e = errno;
+        freeaddrinfo(ai);
+        return kvn_err_set(err, -e, "getifaddrs: %s", strerror(e));
+    }
+    int rc =
+        kvn_err_set(err, -EADDRNOTAVAIL, "bind_host '%s' is not an address of this host", host);
+    for (struct addrinfo *a = ai; a && rc < 0; a = a->ai_next) {
+        for (struct ifaddrs *i = ifs; i; i = i->ifa_next) {
+            if (!i->ifa_addr || i->ifa_addr->sa_family != a->ai_family)
+                continue;
+            bool same = false;
+            if (a->ai_family == AF_INET)
+                same = ((struct sockaddr_in *)(void *)i->ifa_addr)->sin_addr.s_addr ==
+                       ((struct sockaddr_in *)(void *)a->ai_addr)->sin_addr.s_addr;
+            else if (a->ai_family == AF_INET6)
+                same = memcmp(&((struct sockaddr_in6 *)(void *)i->ifa_addr)->sin6_addr,
+                              &((struct sockaddr_in6 *)(void *)a->ai_addr)->sin6_addr,
+                              sizeof(struct in6_addr)) == 0;
+            if (same && strlen(i->ifa_name) < cap) {
+                snprintf(ifname, cap, "%s", i->ifa_name);
+                kvn_err_clear(err);
+                rc = 0;
+                break;
+            }
+        }
+    }
+    freeifaddrs(ifs);
+    freeaddrinfo(ai);
+    return rc;
+}
+
 /* md_map (first 8 bytes) of the rkey of a one-page mapping made with flags. */
 static uint64_t probe_md_map(struct ucx_domain *d, void *page, unsigned flags)
 {
@@ -574,6 +625,22 @@ static int ucx_open(const struct xport_uri *uri, const struct kvn_xport_attr *at
         goto fail;
     }
     (void)ucp_config_modify(cfg, "LOG_LEVEL", "error");
+    /* ucx+tcp: only bind_host's interface (default loopback).  ucx: only
+     * when bind_host is given, since NET_DEVICES also filters RDMA ports. */
+    const char *host = attr->bind_host;
+    if (!host && strcmp(uri->sub, "tcp") == 0)
+        host = "127.0.0.1";
+    if (host && strcmp(uri->sub, "sm") != 0 && strcmp(host, "any") != 0) {
+        char ifname[64];
+        rc = bind_ifname(host, ifname, sizeof(ifname), err);
+        if (rc == 0 && (st = ucp_config_modify(cfg, "NET_DEVICES", ifname)) != UCS_OK)
+            rc = kvn_err_set(err, ucx_errno(st), "UCX NET_DEVICES=%s: %s", ifname,
+                             ucs_status_string(st));
+        if (rc < 0) {
+            ucp_config_release(cfg);
+            goto fail;
+        }
+    }
     if (tls && (st = ucp_config_modify(cfg, "TLS", tls)) != UCS_OK) {
         ucp_config_release(cfg);
         rc = kvn_err_set(err, ucx_errno(st), "UCX TLS=%s: %s", tls, ucs_status_string(st));
