@@ -1583,6 +1583,11 @@ static const struct {
     {"ucx", "test_dead_peer_refused",
      "as ucx+tcp (auto and ucx open UCX's own choice, TCP between processes here): a WRITE "
      "posted to a peer that already died completes with status 0"},
+    {"ucx+tcp", "test_close_with_live_objects",
+     "about 1 run in 3: the TARGET process aborts in UCX (ucp_request.c:684 assertion 'got REP "
+     "message', from uct_tcp_ep_handle_io_err -> ucp_ep_set_failed) when the initiator closes "
+     "its domain with ops in flight and a new domain connects"},
+    {"ucx", "test_close_with_live_objects", "as ucx+tcp (auto opens ucx here)"},
     {"ucx+sm", "test_dead_peer_refused",
      "every WRITE posted to a peer that already died completes with status 0 (bytes go to "
      "the dead peer's shared segment); READs fail only by op_timeout_ms"},
