@@ -6,8 +6,11 @@
  *
  *     tokens = synthesized blocks cut to input_length        (not timed)
  *     match  = kvn_radix_match_prefix(tokens cut to pages)   (timed)
- *     evict L1 until the request's new pages fit --capacity  (timed, in insert)
  *     insert = kvn_radix_insert(whole request, full pages)   (timed)
+ *              in auto mode: the tree evicts L1 leaves itself when the new
+ *              pages do not fit --capacity (l1_pages = capacity / page size;
+ *              no L2 tier, so victims are deleted); a request longer than
+ *              the whole capacity inserts its first l1_pages pages
  *     floor  = memcmp(tokens, copy) and the SHA-256 page chain over the same
  *              full-page bytes                                (timed)
  *              memcmp again with copy flushed from the caches (timed): the
