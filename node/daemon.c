@@ -162,7 +162,8 @@ static void on_job_done(void *ctx, uint64_t ack_id, enum kvn_xfer_dir dir, bool 
 
 /* ---- the tree ------------------------------------------------------------------------ */
 
-static int tree_create(struct kvn_node *n, uint32_t l1_slots, struct kvn_err *err)
+static int tree_create(struct kvn_node *n, uint32_t l1_slots, struct kvn_radix **out,
+                       struct kvn_err *err)
 {
     struct kvn_radix_config rc;
     kvn_radix_config_init(&rc);
@@ -175,7 +176,7 @@ static int tree_create(struct kvn_node *n, uint32_t l1_slots, struct kvn_err *er
     rc.sink = (struct kvn_kv_event_sink){.emit = on_event, .ctx = n};
     rc.copy = (struct kvn_copy_ops){.submit = on_copy_submit, .ctx = n};
     rc.storage = (struct kvn_storage_ops){.backup = on_storage_backup, .ctx = n};
-    return kvn_radix_create(&rc, &n->tree, err);
+    return kvn_radix_create(&rc, out, err);
 }
 
 static void locks_clear(struct kvn_node *n)
@@ -334,25 +335,23 @@ static int h_register_l1(struct kvn_node *n, const struct kvn_rpc_req *q, struct
         if (st.pending_jobs || !kvn_xfer_idle(n->xfer))
             return kvn_err_set(err, -EBUSY, "%" PRIu64 " copy jobs pending", st.pending_jobs);
     }
-    int rc = kvn_xfer_l1_attach(n->xfer, q->desc, q->desc_len, q->addr, q->addr_len, q->page_bytes,
-                                q->l1_slots, err);
+    /* the new tree first (it can fail without side effects), then the transport, then swap */
+    struct kvn_radix *fresh = NULL;
+    int rc = tree_create(n, (uint32_t)q->l1_slots, &fresh, err);
     if (rc < 0)
         return rc;
-    struct kvn_radix *old = n->tree;
-    n->tree = NULL;
-    rc = tree_create(n, (uint32_t)q->l1_slots, err);
+    rc = kvn_xfer_l1_attach(n->xfer, q->desc, q->desc_len, q->addr, q->addr_len, q->page_bytes,
+                            q->l1_slots, err);
     if (rc < 0) {
-        n->tree = old; /* the old L1 is gone from the transport; the tree stays coherent */
+        kvn_radix_destroy(fresh); /* emits nothing; the previous L1 and tree stay */
         return rc;
     }
-    if (old) {
-        /* the previous L1's contents are meaningless now: say so, then forget them */
-        struct kvn_radix *fresh = n->tree;
-        n->tree = old;
-        kvn_radix_reset(old, NULL);
-        kvn_radix_destroy(old);
-        n->tree = fresh;
+    if (n->tree) {
+        /* the previous L1's contents are meaningless now: say so (AllBlocksCleared) */
+        kvn_radix_reset(n->tree, NULL);
+        kvn_radix_destroy(n->tree);
     }
+    n->tree = fresh;
     locks_clear(n);
     r_u64(&n->rep, "l1_slots", q->l1_slots);
     return 0;
@@ -892,7 +891,7 @@ int kvn_node_create(const struct kvn_config *cfg, struct kvn_node **out, struct 
     if (cfg->l1) {
         if ((rc = kvn_xfer_l1_standin(n->xfer, cfg->l1, err)) < 0)
             goto fail;
-        if ((rc = tree_create(n, kvn_xfer_l1_slots(n->xfer), err)) < 0)
+        if ((rc = tree_create(n, kvn_xfer_l1_slots(n->xfer), &n->tree, err)) < 0)
             goto fail;
         logf_(n, KVN_LOG_INFO, "L1 stand-in: %u slots", kvn_xfer_l1_slots(n->xfer));
     }

@@ -47,7 +47,9 @@
  *                (desc = the engine's packed remote descriptor of its L1
  *                region, addr = its transport endpoint blob; the node
  *                connects its transport to addr; refused with -EBUSY while
- *                copies are outstanding)
+ *                copies are outstanding. A new L1 starts a new index: the
+ *                previous one is cleared (AllBlocksCleared) and its locks
+ *                dropped. On error the previous L1 and index stay.)
  *   insert       tokens, slots           -> pages, prefix_tokens, revived_tokens,
  *                                           new_tokens, inserted_tokens, last_node,
  *                                           backup_ack_id, backup_pages
