@@ -39,8 +39,8 @@
  *
  * KVN_MODEL_OPS (environment) overrides the operations per seed (default
  * 25,000), KVN_MODEL_SEED runs that one seed only (to replay a failure), and
- * KVN_MODEL_STRICT=1 also drives the scenarios of known index bugs (see
- * op_insert_host) instead of steering around them.
+ * KVN_MODEL_STRICT=1 also checks what known index bugs break (see
+ * op_insert_host, first_victims) instead of steering around them.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -1428,10 +1428,10 @@ static bool freed_at_once(struct model *m, uint32_t i, bool l2)
  * The nodes an eviction may pick first, from the snapshot before the call: the
  * candidates with the smallest key, last_access_tick under LRU, (hit_count,
  * last_access_tick) under LFU. radix.h breaks the remaining ties by node id,
- * radix.c (81c726c) by slab slot, which is not the id order: any of the tied
- * nodes is accepted. Writes their first page hashes to ties[]; returns their
- * number, or 0 when some of them would be scheduled behind a backup instead of
- * freed at once (then the first removal says nothing about the order).
+ * radix.c (81c726c..0de4e78) by slab slot, which is not the id order: any of
+ * the tied nodes is accepted (only the smallest id with KVN_MODEL_STRICT=1). Writes their first
+ * page hashes to ties[]; returns their number, or 0 when some of them would be scheduled behind a
+ * backup instead of freed at once (then the first removal says nothing about the order).
  */
 static uint32_t first_victims(struct model *m, bool l2, int64_t *ties)
 {
@@ -1454,6 +1454,7 @@ static uint32_t first_victims(struct model *m, bool l2, int64_t *ties)
         return 0;
     const struct kvn_radix_node_info *b = &m->nodes[best].info;
     uint32_t n = 0;
+    uint64_t min_id = 0;
     for (uint32_t i = 0; i < m->n_nodes; i++) {
         const struct kvn_radix_node_info *in = &m->nodes[i].info;
         if (!is_candidate(m, i, l2) || in->last_access_tick != b->last_access_tick ||
@@ -1461,6 +1462,10 @@ static uint32_t first_victims(struct model *m, bool l2, int64_t *ties)
             continue;
         if (!freed_at_once(m, i, l2))
             return 0;
+        if (m->strict && n && in->id > min_id)
+            continue; /* radix.h: the smallest id among the tied */
+        if (m->strict)
+            n = 0, min_id = in->id;
         ties[n++] = m->nodes[i].hash0;
     }
     return n;
@@ -1508,9 +1513,10 @@ static void op_evict(struct model *m, bool l2)
             ok |= first->hash0 == ties[i];
         if (!ok)
             FAIL("evict_%s: the first %s BlockRemoved (%lld) is none of the %u candidates "
-                 "with the smallest %s key",
+                 "with the smallest %s%s",
                  l2 ? "l2" : "l1", kvn_medium_name(med), first ? (long long)first->hash0 : 0LL,
-                 n_ties, m->cfg.evict_policy == KVN_EVICT_LFU ? "LFU" : "LRU");
+                 n_ties, m->cfg.evict_policy == KVN_EVICT_LFU ? "LFU key" : "LRU key",
+                 m->strict ? ", then id" : "");
         m->counts[17]++;
     }
     m->counts[l2 ? 11 : 10] += res.freed_pages;
