@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # node/bench_wt.sh - write-through throughput of kvnode against `kvbench read`, side by side.
-#   node/bench_wt.sh BUILD_DIR [ROUNDS] [PAGE_BYTES] [TRANSPORTS...]
+#   [PPI=64] node/bench_wt.sh BUILD_DIR [ROUNDS] [PAGE_BYTES] [TRANSPORTS...]
 # For each transport and round: kvbench read (server + client, -s PAGE_BYTES -q 16), then a
 # kvnode whose L1 is an engine in another process (kvn-wtbench --engine: the production
 # path), then a kvnode with its own --l1 stand-in (loopback in one process). Prints one line
 # per measurement and the medians and ratios per transport. Ports: 127.0.0.1, 17600-17610.
 set -uo pipefail
+PPI=${PPI:-64} # pages per insert (64 pages of 16 tokens: a 1024-token prompt)
 B=${1:?build dir}; R=${2:-3}; PB=${3:-1M}; shift 3 2>/dev/null || shift $#
 TS=("$@"); [ ${#TS[@]} -eq 0 ] && TS=(ofi+tcp ofi+shm ucx+tcp ucx+sm)
 med() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
@@ -20,12 +21,12 @@ for T in "${TS[@]}"; do
     "$B/node/kvnode" --listen tcp://127.0.0.1:17605 --events tcp://127.0.0.1:17606 --transport "$T" \
       --page-size 16 --page-bytes "$PB" --host-pool 256M --no-hugepages --log-level warn & K=$!
     sleep 1
-    en=$("$B/node/kvn-wtbench" -c tcp://127.0.0.1:17605 --rounds 5 --pages-per-insert 16 --engine 128 --json)
+    en=$("$B/node/kvn-wtbench" -c tcp://127.0.0.1:17605 --rounds 5 --pages-per-insert "$PPI" --engine 128 --json)
     kill -TERM $K; wait $K
     "$B/node/kvnode" --listen tcp://127.0.0.1:17605 --events tcp://127.0.0.1:17606 --transport "$T" \
       --page-size 16 --page-bytes "$PB" --host-pool 256M --l1 128M --no-hugepages --log-level warn & K=$!
     sleep 1
-    wt=$("$B/node/kvn-wtbench" -c tcp://127.0.0.1:17605 --rounds 5 --pages-per-insert 16 --json)
+    wt=$("$B/node/kvn-wtbench" -c tcp://127.0.0.1:17605 --rounds 5 --pages-per-insert "$PPI" --json)
     kill -TERM $K; wait $K
     g=$(echo "$wt" | python3 -c 'import json,sys; print(json.load(sys.stdin)["gbps"])')
     ge=$(echo "$en" | python3 -c 'import json,sys; print(json.load(sys.stdin)["gbps"])')
