@@ -887,7 +887,13 @@ static void test_out_of_bounds_refused(void **state)
         /* a good op before the bad one in the same batch: nothing posted */
         struct kvn_xport_sge good = {f->mr, 0, 4096};
         struct kvn_xport_op two[2] = {{KVN_XPORT_WRITE, &good, 1, rm, 0, 2}, op};
+        struct kvn_err e2;
+        kvn_err_clear(&e2);
         expect_refused(f, pe, two, 2, bad[i].code, bad[i].what);
+        /* kvn_xport.h: the message names the op at fault */
+        assert_int_equal(kvn_xport_post(pe, two, 2, &e2), bad[i].code);
+        if (!strstr(e2.msg, "op 1"))
+            fail_msg("%s: message \"%s\" does not name op 1", bad[i].what, e2.msg);
     }
 
     struct kvn_xport_sge s = {f->mr, 0, 1};
