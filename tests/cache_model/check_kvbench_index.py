@@ -8,7 +8,8 @@ usage: check_kvbench_index.py KVBENCH TRACE [LIMIT]
    kvbench, and recomputed here independently in Python), and the JSON object
    must carry the documented keys with consistent values.
 2. --page-size 16 unlimited: hits between the full-block and the partial-block
-   exact counts. --page-size 16 with a small capacity: the shape again, hits at
+   exact counts, and equal to the partial-block count rounded down to whole
+   16-token pages per request (recomputed here). --page-size 16 with a small capacity: the shape again, hits at
    most the unlimited ones, nothing cached above capacity, evictions happened.
 3. Bad options exit 2 with a message; a missing trace exits 1.
 Exit status 0 when every check holds; 77 (skip) when the trace is absent.
@@ -24,6 +25,27 @@ def run(args, want_rc=0):
     if p.returncode != want_rc:
         fail(f"{' '.join(args)} exited {p.returncode}, want {want_rc}\n{p.stdout}\n{p.stderr}")
     return p
+
+def exact_partial_paged(path, limit, page):
+    """Leading blocks seen before, a seen partial last block counting its length,
+    each request's hit rounded down to whole pages: what a page-`page` index with
+    unlimited capacity must find (page dividing 512)."""
+    seen, hits = set(), 0
+    with open(path) as f:
+        for i, line in enumerate(f):
+            if i >= limit:
+                break
+            r = json.loads(line)
+            n = r["input_length"]
+            ids = r["hash_ids"][: (n + 511) // 512]
+            h = 0
+            for k, b in enumerate(ids):
+                if b not in seen:
+                    break
+                h += min(512, n - 512 * k)
+            hits += h // page * page
+            seen.update(ids)
+    return hits
 
 def exact_full_blocks(path, limit):
     """Leading full 512-token blocks whose id was seen in an earlier request."""
@@ -98,6 +120,9 @@ def main():
     if not o["exact_hit_tokens"] <= u["hit_tokens"] <= o["exact_partial_hit_tokens"]:
         fail(f"page 16 hit {u['hit_tokens']} outside [{o['exact_hit_tokens']}, "
              f"{o['exact_partial_hit_tokens']}]")
+    want16 = exact_partial_paged(trace, limit, 16)
+    if u["hit_tokens"] != want16:
+        fail(f"page 16 hit {u['hit_tokens']} != {want16} (python: partial rule, whole pages)")
     if u["exact_match"] is not None:
         fail("exact_match must be null off page 512 / unlimited")
     print(f"page 16 unlimited: hit {u['hit_tokens']} within [{o['exact_hit_tokens']}, "
