@@ -1291,18 +1291,17 @@ static void rearm(struct kvn_xport *x)
         }
         x->timer_deadline_ns = 0;
     }
-    if (x->timer_deadline_ns == 0) {
-        uint64_t d = UINT64_MAX;
-        if (!link_empty(&x->fifo))
-            d = XPORT_CONTAINER(x->fifo.next, struct xport_op, fifo)->deadline_ns + 1000000ull;
-        /* no backend fd: tick (1 ms) so that completions and incoming
-         * notifications are noticed */
-        if (x->backend_fd < 0 && now + XPORT_TICK_NS < d)
-            d = now + XPORT_TICK_NS;
-        if (d != UINT64_MAX)
-            timer_arm(x, d);
-    }
-    if (x->ops->arm && x->ops->arm(x) == -EAGAIN) {
+    int armed = x->ops->arm ? x->ops->arm(x) : 0;
+    uint64_t d = UINT64_MAX;
+    if (!link_empty(&x->fifo))
+        d = XPORT_CONTAINER(x->fifo.next, struct xport_op, fifo)->deadline_ns + 1000000ull;
+    /* no backend fd, or backend work that needs a retry soon: tick (1 ms)
+     * so that completions and incoming notifications are noticed */
+    if ((x->backend_fd < 0 || armed == -EINPROGRESS) && now + XPORT_TICK_NS < d)
+        d = now + XPORT_TICK_NS;
+    if (d != UINT64_MAX && (x->timer_deadline_ns == 0 || d < x->timer_deadline_ns))
+        timer_arm(x, d);
+    if (armed == -EAGAIN) {
         v = 1;
         if (write(x->evfd, &v, sizeof(v)) == (ssize_t)sizeof(v))
             x->ev_signaled = true;
@@ -1385,14 +1384,15 @@ int kvn_xport_wait(struct kvn_xport *x, int timeout_ms, struct kvn_err *err)
         uint64_t now = xport_now_ns();
         if (now >= end)
             return kvn_err_set(err, -ETIMEDOUT, "nothing completed in %d ms", timeout_ms);
-        if (x->ops->arm && x->ops->arm(x) == -EAGAIN)
+        int armed = x->ops->arm ? x->ops->arm(x) : 0;
+        if (armed == -EAGAIN)
             continue;
         uint64_t sleep_ns = end - now;
         if (!link_empty(&x->fifo)) {
             uint64_t d = XPORT_CONTAINER(x->fifo.next, struct xport_op, fifo)->deadline_ns;
             sleep_ns = d > now ? (d - now < sleep_ns ? d - now : sleep_ns) : 0;
         }
-        if (x->backend_fd < 0 && sleep_ns > XPORT_TICK_NS)
+        if ((x->backend_fd < 0 || armed == -EINPROGRESS) && sleep_ns > XPORT_TICK_NS)
             sleep_ns = XPORT_TICK_NS;
         int ms = sleep_ns >= (uint64_t)INT32_MAX * 1000000ull
                      ? -1

@@ -224,7 +224,9 @@ struct kvn_xport_ops {
     /* The backend's waitable fd, or -1 (then the common layer wakes
      * periodically while ops are outstanding). */
     int (*get_fd)(struct kvn_xport *x);
-    /* Prepare to sleep on the fd: 0 = safe, -EAGAIN = progress first. */
+    /* Prepare to sleep on the fd: 0 = safe, -EAGAIN = progress first (work
+     * is ready now), -EINPROGRESS = sleep at most a tick (1 ms), then
+     * progress (e.g. parked posts to retry). */
     int (*arm)(struct kvn_xport *x);
 };
 

@@ -1232,12 +1232,14 @@ static int ofi_get_fd(struct kvn_xport *x)
 static int ofi_arm(struct kvn_xport *x)
 {
     struct ofi_domain *d = dom(x);
-    if (d->bl_head)
-        return -EAGAIN; /* parked parts need retries: keep polling */
-    if (d->wait_fd < 0)
-        return 0;
-    struct fid *f = &d->cq->fid;
-    return fi_trywait(d->fabric, &f, 1) == FI_SUCCESS ? 0 : -EAGAIN;
+    int rc = 0;
+    if (d->wait_fd >= 0) {
+        struct fid *f = &d->cq->fid;
+        rc = fi_trywait(d->fabric, &f, 1) == FI_SUCCESS ? 0 : -EAGAIN;
+    }
+    if (rc == 0 && d->bl_head)
+        rc = -EINPROGRESS; /* parked parts: retry within a tick */
+    return rc;
 }
 
 const struct kvn_xport_ops xport_ofi_ops = {
