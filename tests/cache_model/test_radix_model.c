@@ -242,7 +242,7 @@ struct model {
     /* L2 pages the test reserved (kvn_radix_reserve_l2) and has not handed over */
     uint32_t reserved[256];
     uint32_t n_reserved;
-    uint64_t counts[24];
+    uint64_t counts[28];
 };
 
 static void model_fail(struct model *m, const char *fmt, ...)
@@ -1003,7 +1003,7 @@ static void op_insert(struct model *m, bool explicit_slots)
     fmt_tokens(ts, sizeof(ts), tok, n);
     uint32_t slots[MAX_PAGES];
     uint32_t n_pages = n / m->ps;
-    bool bad_slot = false;
+    bool bad_slot = false, busy_slot = false;
     if (explicit_slots) {
         uint32_t fr[256];
         uint32_t nf = free_l1_slots(m, fr, 256);
@@ -1013,14 +1013,30 @@ static void op_insert(struct model *m, bool explicit_slots)
         else {
             for (uint32_t p = 0; p < n_pages; p++)
                 slots[p] = p < ref.device ? 0 : fr[p - ref.device];
-            if (n_pages > ref.device && rng_below(&m->rng, 8) == 0) {
+            uint32_t r = rng_below(&m->rng, 16);
+            bool adopts_two =
+                n_pages >= ref.device + 2 &&
+                (ref.first_loading < 0 || (uint32_t)ref.first_loading > ref.device + 1);
+            if (n_pages > ref.device && r < 2) {
                 slots[n_pages - 1] = m->cfg.l1_pages + rng_below(&m->rng, 3);
                 bad_slot = true;
+            } else if (adopts_two && r == 2) {
+                slots[ref.device + 1] = slots[ref.device]; /* listed twice */
+                busy_slot = true;
+            } else if (adopts_two && r == 3) {
+                for (uint32_t i = 0; i < m->n_view && !busy_slot; i++)
+                    if (m->view[i].l1 != UINT32_MAX) { /* a slot the tree owns */
+                        slots[ref.device] = m->view[i].l1;
+                        busy_slot = true;
+                    }
             }
         }
     }
-    hist(m, "insert ns %llu [%s] %s", (unsigned long long)ns, ts,
-         explicit_slots ? "explicit" : "auto");
+    hist(m, "insert ns %llu [%s] %s%s", (unsigned long long)ns, ts,
+         explicit_slots ? "explicit" : "auto",
+         bad_slot    ? " (a slot out of range)"
+         : busy_slot ? " (a slot owned or twice)"
+                     : "");
     struct kvn_radix_stats before = stats_of(m);
     struct kvn_radix_insert_result res;
     struct kvn_err err;
@@ -1040,6 +1056,10 @@ static void op_insert(struct model *m, bool explicit_slots)
     }
     if (bad_slot)
         REFUSE("insert with a slot >= l1_pages", rc, -EINVAL, &before, &err);
+    if (busy_slot) {
+        m->counts[24]++;
+        REFUSE("insert with a slot owned or listed twice", rc, -EBUSY, &before, &err);
+    }
     if (rc == -ENOSPC && !explicit_slots) {
         m->counts[0]++;
         REFUSE("insert (no L1 room)", rc, -ENOSPC, &before, &err);
@@ -2098,7 +2118,8 @@ static void run_seed(uint64_t seed, uint64_t n_ops)
            "%llu, enospc %llu), matches %llu (host hits %llu), locks %llu, backups %llu, acks "
            "ok %llu fail %llu, evicted L1 %llu L2 %llu pages, loads %llu, resets %llu, storage "
            "%llu (on DISK %llu), namespace refusals %llu, victim order checks %llu, write-through "
-           "jobs %llu, host inserts %llu (adopting %llu, EBUSY %llu), match_l2 hits %llu\n",
+           "jobs %llu, host inserts %llu (adopting %llu, EBUSY %llu), match_l2 hits %llu, busy "
+           "slot refusals %llu\n",
            (unsigned long long)seed, m->ps, m->cfg.l1_pages, m->cfg.l2_pages,
            (int)m->cfg.write_policy, (int)m->cfg.evict_policy, (int)m->cfg.storage_enabled,
            (unsigned long long)n_ops, (unsigned long long)m->counts[1],
@@ -2112,7 +2133,7 @@ static void run_seed(uint64_t seed, uint64_t n_ops)
            (unsigned long long)m->counts[16], (unsigned long long)m->counts[17],
            (unsigned long long)m->counts[18], (unsigned long long)m->counts[21],
            (unsigned long long)m->counts[22], (unsigned long long)m->counts[20],
-           (unsigned long long)m->counts[23]);
+           (unsigned long long)m->counts[23], (unsigned long long)m->counts[24]);
     model_fini(m);
     free(m);
 }
