@@ -1931,6 +1931,7 @@ static void drain(struct model *m, bool ok)
 struct keep {
     uint64_t id;
     bool l1, l2;
+    bool held; /* protected: never deleted (radix.h LOCKS AND PROTECTION) */
     uint64_t pending_ack;
 };
 
@@ -1945,8 +1946,9 @@ static uint32_t keepers(struct model *m, struct keep *k)
         bool l2 = vn->info.in_l2 && vn->sub_protects > 0;
         for (uint32_t p = 0; p < vn->info.n_pages && l2; p++)
             l2 = announced(m, vn->info.hashes[p], KVN_MEDIUM_CPU_PINNED);
-        if (l1 || l2 || vn->info.pending_ack)
-            k[n++] = (struct keep){vn->info.id, l1, l2, vn->info.pending_ack};
+        bool held = vn->sub_protects > 0;
+        if (l1 || l2 || held || vn->info.pending_ack)
+            k[n++] = (struct keep){vn->info.id, l1, l2, held, vn->info.pending_ack};
     }
     return n;
 }
@@ -1965,7 +1967,7 @@ static void check_keepers(struct model *m, const struct keep *k, uint32_t n)
             if (k[i].pending_ack && !acked)
                 model_fail(m, "node %llu with pending job %llu was dropped",
                            (unsigned long long)k[i].id, (unsigned long long)k[i].pending_ack);
-            else if (k[i].l1 || k[i].l2)
+            else if (k[i].l1 || k[i].l2 || k[i].held)
                 model_fail(m, "locked/protected node %llu was dropped",
                            (unsigned long long)k[i].id);
             continue;
