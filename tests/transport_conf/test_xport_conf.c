@@ -63,6 +63,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -819,6 +820,10 @@ static void test_outstanding_depths(void **state)
     kvn_err_clear(&err);
     assert_int_equal(kvn_xport_post(f->peer[0], ops + 1024, 1, &err), -EAGAIN);
     assert_int_equal(err.code, -EAGAIN);
+    /* a notification counts as an outstanding op too */
+    kvn_err_clear(&err);
+    assert_int_equal(kvn_xport_notify(f->peer[0], "x", 1, 1, &err), -EAGAIN);
+    assert_true(err.msg[0] != '\0');
     assert_int_equal(kvn_xport_outstanding(f->x), 1024);
     for (uint32_t k = 0; k < 1024; k++) {
         struct kvn_xport_cqe c = fx_take(f, 8000 + k, conf_now_ms() + CONF_OP_MS);
@@ -955,8 +960,22 @@ static void test_out_of_bounds_refused(void **state)
     struct kvn_xport_op w = {KVN_XPORT_WRITE, &s, 1, ro_rmr, 0, 4};
     expect_refused(f, self, &w, 1, -EACCES, "WRITE to a region without REMOTE_WRITE");
     kvn_xport_rmr_free(ro_rmr);
-    kvn_xport_disconnect(self);
     assert_int_equal(kvn_xport_mr_dereg(ro_mr, &err), 0);
+    /* and a WRITE-only one refuses READs */
+    struct kvn_xport_mr *wo_mr = NULL;
+    struct kvn_xport_rmr *wo_rmr = NULL;
+    dlen = sizeof(desc);
+    assert_int_equal(kvn_xport_mr_reg(f->x, f->buf + 8192, 8192,
+                                      KVN_XPORT_ACCESS_LOCAL | KVN_XPORT_ACCESS_REMOTE_WRITE,
+                                      &wo_mr, &err),
+                     0);
+    assert_int_equal(kvn_xport_mr_pack(wo_mr, desc, &dlen, &err), 0);
+    assert_int_equal(kvn_xport_rmr_unpack(self, desc, dlen, &wo_rmr, &err), 0);
+    struct kvn_xport_op rd = {KVN_XPORT_READ, &s, 1, wo_rmr, 0, 5};
+    expect_refused(f, self, &rd, 1, -EACCES, "READ of a region without REMOTE_READ");
+    kvn_xport_rmr_free(wo_rmr);
+    kvn_xport_disconnect(self);
+    assert_int_equal(kvn_xport_mr_dereg(wo_mr, &err), 0);
 
     /* Nothing reached the target: no completion shows up, its bytes are as
      * they were. */
@@ -1511,6 +1530,82 @@ static void test_bad_input(void **state)
     assert_string_equal(kvn_xport_name(NULL), "");
 }
 
+/* ---- 10. an event loop driven by the wait fd ----------------------------------- */
+
+/*
+ * What node/ does: sleep in poll() on kvn_xport_wait_fd(), and when it fires
+ * (or the loop's own tick comes, here every second) call kvn_xport_poll()
+ * until it returns 0.  Ops and a notification from the target must all
+ * complete that way, and the fd must actually fire (a loop that only ever
+ * wakes on its tick would be a busy loop in disguise).
+ */
+static void test_wait_fd_drives_completions(void **state)
+{
+    struct fx *f = *state;
+    NEED_BACKEND(f);
+    size_t region = 4 * MiB;
+    fx_start(f, 1, &region, 4 * MiB, NULL);
+    int fd = kvn_xport_wait_fd(f->x);
+    assert_true(fd >= 0);
+    enum { N = 16, B = 256 * 1024 };
+    struct kvn_xport_sge sge[N];
+    struct kvn_xport_op ops[N];
+    conf_pattern_fill(f->buf, (size_t)N / 2 * B, 901, 0);
+    tgt_fill(f, 0, (uint64_t)N / 2 * B, (uint64_t)N / 2 * B, 902);
+    for (uint32_t k = 0; k < N; k++) {
+        sge[k] = (struct kvn_xport_sge){f->mr, (uint64_t)k * B, B};
+        ops[k] = (struct kvn_xport_op){k < N / 2 ? KVN_XPORT_WRITE : KVN_XPORT_READ,
+                                       &sge[k],
+                                       1,
+                                       f->rmr[0],
+                                       (uint64_t)k * B,
+                                       1 + k};
+    }
+    post_ok(f, 0, ops, N);
+    unsigned char note[64];
+    struct conf_notify_req q = {4242};
+    memcpy(note, &q, sizeof(q));
+    conf_pattern_fill(note + sizeof(q), sizeof(note) - sizeof(q), 903, 0);
+    tgt_send(f, 0, TGT_NOTIFY, note, sizeof(note));
+
+    int64_t deadline = conf_now_ms() + CONF_OP_MS;
+    unsigned fired = 0;
+    int got_recv = 0;
+    while (f->n_cq < N || !got_recv) {
+        while (fx_progress(f) > 0)
+            ;
+        for (size_t i = 0; i < f->n_rq; i++)
+            got_recv |= f->rq[i].c.len == sizeof(note) - sizeof(q);
+        if (f->n_cq >= N && got_recv)
+            break;
+        if (conf_now_ms() > deadline)
+            fail_msg("%s: %zu of %d ops and %s the notification completed through the wait fd",
+                     f->be->uri, f->n_cq, N, got_recv ? "" : "not");
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int r = poll(&p, 1, 1000);
+        assert_true(r >= 0 || errno == EINTR);
+        fired += r > 0;
+    }
+    if (fired == 0)
+        fail_msg("%s: the wait fd never became readable", f->be->uri);
+    for (size_t i = 0; i < f->n_cq; i++) {
+        uint64_t k = f->cq[i].cookie - 1;
+        assert_true(k < N);
+        expect_ok_cqe(&f->cq[i], k < N / 2 ? KVN_XPORT_WRITE : KVN_XPORT_READ, B);
+    }
+    f->n_cq = 0;
+    struct conf_status st; /* the target's report of its notify comes first */
+    fx_recv(f, 0, TGT_NOTIFY_R, &st, sizeof(st));
+    assert_int_equal(st.status, 0);
+    assert_int_equal(
+        conf_pattern_check(f->buf + (size_t)N / 2 * B, (size_t)N / 2 * B, 902, (uint64_t)N / 2 * B),
+        -1);
+    assert_int_equal(tgt_hash_fenced(f, 0, 0, (uint64_t)N / 2 * B),
+                     conf_pattern_hash((size_t)N / 2 * B, 901, 0));
+    assert_int_equal(f->rq[0].c.kind, KVN_XPORT_RECV);
+    assert_int_equal(conf_pattern_check(f->rq[0].data, sizeof(note) - sizeof(q), 903, 0), -1);
+}
+
 /* ---- 9. closing a domain with everything still live --------------------------- */
 
 /*
@@ -1624,6 +1719,7 @@ static int run_backend(struct conf_backend *be)
         CONF_TEST(test_notify_after_write, be),
         CONF_TEST(test_notify_bytes_and_limits, be),
         CONF_TEST(test_peer_killed_mid_transfer, be),
+        CONF_TEST(test_wait_fd_drives_completions, be),
         CONF_TEST(test_close_with_live_objects, be),
         CONF_TEST(test_dead_peer_refused, be),
     };
