@@ -23,10 +23,16 @@
  * op: UCX takes requests from its own pool, and UCP_PARAM_FIELD_REQUEST_SIZE
  * reserves our per-request context (struct ucx_req) inside them.
  *
- * Completion semantics.  A WRITE completion is UCX's put completion: the
- * local buffer may be reused.  It does NOT promise that the bytes are
- * visible at the target (over tcp they may still be in flight).  What is
- * promised is the notification rule below.
+ * Completion semantics.  A WRITE is remote complete when it completes: after
+ * its puts, ucp_ep_flush_nbx() is posted as one more part of the op, and the
+ * flush completes only once the target acknowledged everything posted
+ * before it (UCX's software RMA over tcp acknowledges every put anyway, so
+ * this costs no extra message there).  So a WRITE to a peer that died
+ * fails instead of completing with the bytes still in a socket buffer, and
+ * a completed WRITE may be acknowledged upwards (write-through acks).  One
+ * exception: over ucx+sm into memory from kvn_xport_ucx_mem_alloc, a put is
+ * a memcpy into the peer's shared segment, complete at once even if the
+ * peer has died (the bytes are in the segment).
  *
  * Notifications and ordering.  kvn_xport_notify() is an active message
  * (ucp_am_send_nbx, eager, whole message = xport_notify_hdr + payload,
@@ -1178,7 +1184,9 @@ static int ucx_post(struct kvn_xport_peer *p, struct xport_op *op, const struct 
     uint32_t gen = op_gen(op);
     uint64_t raddr = req->remote_addr;
     bool is_write = req->kind == KVN_XPORT_WRITE;
-    own(up, op, req->n_local);
+    /* a WRITE has one more part: the endpoint flush that makes it remote
+     * complete (see "Completion semantics" above) */
+    own(up, op, req->n_local + (is_write ? 1u : 0u));
     up->dirty = true;
     for (uint32_t i = 0; i < req->n_local; i++) {
         const struct kvn_xport_sge *s = &req->local[i];
@@ -1192,9 +1200,10 @@ static int ucx_post(struct kvn_xport_peer *p, struct xport_op *op, const struct 
         } else if (UCS_PTR_IS_ERR(r)) {
             ucs_status_t st = UCS_PTR_STATUS(r);
             /* this part and every part not posted yet fail now */
-            for (uint32_t k = i; k < req->n_local; k++)
+            uint32_t left = req->n_local - i + (is_write ? 1u : 0u);
+            for (uint32_t k = 0; k < left; k++)
                 part_done(op, ucx_errno(st), ucs_status_string(st));
-            break;
+            return 0;
         } else {
             struct ucx_req *rq = r;
             rq->d = d;
@@ -1202,6 +1211,27 @@ static int ucx_post(struct kvn_xport_peer *p, struct xport_op *op, const struct 
             rq->sb = NULL;
             rq->gen = gen;
             rq->kind = UCX_REQ_RMA;
+        }
+    }
+    if (is_write) {
+        ucp_request_param_t fp = {
+            .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
+            .cb.send = rma_cb,
+            .user_data = op,
+        };
+        ucs_status_ptr_t r = ucp_ep_flush_nbx(up->ep, &fp);
+        if (r == NULL) {
+            part_done(op, 0, NULL);
+        } else if (UCS_PTR_IS_ERR(r)) {
+            ucs_status_t st = UCS_PTR_STATUS(r);
+            part_done(op, ucx_errno(st), ucs_status_string(st));
+        } else {
+            struct ucx_req *rq = r;
+            rq->d = d;
+            rq->op = op;
+            rq->sb = NULL;
+            rq->gen = gen;
+            rq->kind = UCX_REQ_FLUSH;
         }
     }
     return 0;
