@@ -45,15 +45,17 @@
  * on the domain's completion queue, with status 0 or a negative errno:
  *   -ETIMEDOUT  not completed within attr.op_timeout_ms (enforced by the
  *               common layer; the peer is then marked failed, see below),
- *   -ECANCELED  kvn_xport_disconnect() or kvn_xport_close() was called,
+ *   -ECANCELED  kvn_xport_disconnect() was called (kvn_xport_close()
+ *               drops outstanding ops without completions),
  *   -EIO/-ECONNRESET/...  errors reported by the backend (msg has its text).
  * A backend that splits an op (iov limits) still completes it once.
  *
  * Peer failure: the first op of a peer that times out (or fails with a
  * connection error: -ECONNRESET, -ENOTCONN, -EPIPE, -ECONNREFUSED,
- * -EHOSTUNREACH) marks the peer failed: its other outstanding ops complete
- * with an error and later posts/notifies to it return -ENOTCONN.  Other
- * peers are not affected.
+ * -EHOSTUNREACH), or that the backend finds gone (ofi+shm: its process
+ * exited; checked every 100 ms while ops are in flight), marks the peer
+ * failed: its other outstanding ops complete with an error and later
+ * posts/notifies to it return -ENOTCONN.  Other peers are not affected.
  * Disconnect it and connect again to retry.
  *
  * Progress: every process must keep calling kvn_xport_poll() (or wait)
@@ -73,7 +75,11 @@
  * Thread rules: a domain and every object created from it are used by one
  * thread at a time (the caller serialises); distinct domains are
  * independent.  No global mutable state.  No call blocks except
- * kvn_xport_wait() (and bounded retries inside post/connect).
+ * kvn_xport_wait(); posting never waits (work the provider refuses for now
+ * is parked and retried by poll).  One bounded exception: on ofi+shm,
+ * disconnect/close of a healthy peer with ops in flight first lets the
+ * provider drain them (at most min(op_timeout_ms, 2 s)), because
+ * libfabric 1.17 shm crashes a peer whose initiator vanishes mid-command.
  *
  * Errors: functions return 0 (or a count) on success, a negative errno code
  * on failure and fill struct kvn_err when non-NULL.  A refused call changes
