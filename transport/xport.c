@@ -281,6 +281,8 @@ static int common_init(struct kvn_xport *x, const struct kvn_xport_attr *a, stru
 
     uint32_t mo = a->max_outstanding;
     x->ops_mem = calloc(mo, sizeof(*x->ops_mem));
+    if (x->n_recv_bufs == 0) /* backend did not say: assume a generous pool */
+        x->n_recv_bufs = XPORT_DEF_RECV_BUFS;
     uint32_t cap = mo + x->n_recv_bufs;
     x->ring = calloc(1, sizeof(*x->ring) + (size_t)cap * sizeof(x->ring->ent[0]));
     x->peer_hash_size = XPORT_PEER_HASH;
