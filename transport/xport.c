@@ -37,12 +37,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#define XPORT_ADDR_MAGIC   0x414e564bu /* "KVNA" */
-#define XPORT_DESC_MAGIC   0x524e564bu /* "KVNR" */
-#define XPORT_WIRE_VERSION 1u
-#define XPORT_ADDR_HDR     24u
-#define XPORT_PEER_HASH    256u
-#define XPORT_TICK_NS      1000000ull /* wait fd tick when the backend has no fd */
+#define XPORT_ADDR_MAGIC    0x414e564bu /* "KVNA" */
+#define XPORT_DESC_MAGIC    0x524e564bu /* "KVNR" */
+#define XPORT_WIRE_VERSION  1u
+#define XPORT_ADDR_HDR      24u
+#define XPORT_PEER_HASH     256u
+#define XPORT_DEF_RECV_BUFS 1024u      /* ring room for RECVs if ops->open is silent */
+#define XPORT_TICK_NS       1000000ull /* wait fd tick when the backend has no fd */
 
 #define DESC_F_OFFSET 0x1u
 #define DESC_F_RREAD  0x2u
