@@ -749,10 +749,33 @@ static void graves_reap(struct ucx_domain *d, bool all)
     }
 }
 
+/*
+ * Closing with endpoints open: each was flush-closed by ucx_disconnect; give
+ * those closes a bounded time (min(op_timeout_ms, 1 s)) to finish, so that a
+ * live peer sees an orderly disconnect instead of a connection reset in the
+ * middle of a transfer (UCX 1.13 can assert in the peer on the latter).
+ * Request callbacks meanwhile only free their requests (in_close).
+ */
+static void graves_drain(struct ucx_domain *d)
+{
+    uint64_t ms = d->base.attr.op_timeout_ms < 1000 ? d->base.attr.op_timeout_ms : 1000;
+    uint64_t end = xport_now_ns() + ms * 1000000ull;
+    while (d->graves && xport_now_ns() < end) {
+        ucp_worker_progress(d->worker);
+        bool pending = false;
+        for (struct ucx_grave *g = d->graves; g && !pending; g = g->next)
+            pending = ucp_request_check_status(g->req) == UCS_INPROGRESS;
+        if (!pending)
+            break;
+    }
+}
+
 static void ucx_close(struct kvn_xport *x)
 {
     struct ucx_domain *d = dom(x);
     x->in_close = true;
+    if (d->worker && d->graves)
+        graves_drain(d);
     /* rkeys use the worker: destroy them while it exists (requests that
      * UCX purges below do not touch their rkey any more) */
     for (uint32_t i = 0; i < d->n_dead_rkey; i++)
@@ -870,8 +893,8 @@ static void hand_back_owned(struct ucx_domain *d, struct ucx_peer *up)
 
 /*
  * Disconnect.  Which close, and what happens to ops UCX still holds:
- *   - domain closing: nothing here; ucp_worker_destroy() destroys the
- *     endpoint and cancels its requests;
+ *   - domain closing: the close below is started and ucx_close() gives it a
+ *     bounded time; whatever is left, ucp_worker_destroy() cancels;
  *   - endpoint failed (error handler ran, mode PEER): FORCE close, as UCX
  *     requires; UCX already completed its requests with the error;
  *   - otherwise a flush-close (UCX 1.13 asserts when an endpoint whose
@@ -886,10 +909,6 @@ static void ucx_disconnect(struct kvn_xport_peer *p)
 {
     struct ucx_domain *d = dom(p->x);
     struct ucx_peer *up = upeer(p);
-    if (p->x->in_close) {
-        up->ep = NULL; /* ucp_worker_destroy() takes care of it */
-        return;
-    }
     bool presumed_dead = up->ep_failed || p->failed;
     if (up->ep) {
         ucp_request_param_t cp = {.op_attr_mask = 0};
@@ -910,6 +929,8 @@ static void ucx_disconnect(struct kvn_xport_peer *p)
             }
         }
     }
+    if (p->x->in_close)
+        return; /* ops are dropped; ucx_close drains the closes */
     if (presumed_dead)
         hand_back_owned(d, up);
     else
