@@ -1091,14 +1091,17 @@ static int h_unpin(struct kvn_cluster *c, struct kvn_radix *tree, const struct k
 static int reserve_pages(struct kvn_radix *tree, uint32_t n, uint32_t *pages, struct kvn_err *err)
 {
     int rc = kvn_radix_reserve_l2(tree, n, pages, NULL);
-    if (rc == -ENOSPC) {
-        struct kvn_radix_evict_result er;
-        kvn_radix_evict_l2(tree, n, &er, NULL);
-        rc = kvn_radix_reserve_l2(tree, n, pages, err);
-    } else if (rc < 0) {
-        rc = kvn_radix_reserve_l2(tree, n, pages, err); /* for the message */
-    }
-    return rc;
+    if (rc != -ENOSPC)
+        return rc < 0 ? kvn_radix_reserve_l2(tree, n, pages, err) : 0;
+    /* make room: L2 leaves first; pages also in L1 are no L2 candidates, so demote L1
+     * (every L1 page with an L2 copy stays in L2) and try the L2 leaves again */
+    struct kvn_radix_evict_result er;
+    kvn_radix_evict_l2(tree, n, &er, NULL);
+    if ((rc = kvn_radix_reserve_l2(tree, n, pages, NULL)) != -ENOSPC)
+        return rc < 0 ? kvn_radix_reserve_l2(tree, n, pages, err) : 0;
+    kvn_radix_evict_l1(tree, n, &er, NULL);
+    kvn_radix_evict_l2(tree, n, &er, NULL);
+    return kvn_radix_reserve_l2(tree, n, pages, err);
 }
 
 /* Inserts a host sequence and gives back the reserved pages it did not adopt. */
@@ -1227,6 +1230,7 @@ static int h_fetch(struct kvn_cluster *c, struct kvn_radix *tree, const struct k
     uint32_t id = o.remote_peer, n = o.remote_pages;
     const struct kvn_wire_hello *ph = c->rt[id].hello;
     c->st.fetches++;
+    uint64_t t_pin = mono_us();
     /* 1. pin on the owner */
     struct call_args a = {.tokens = q->tokens, .n_tokens = n * ps, .has_lease = true,
                           .lease_ms = q->lease_ms};
@@ -1262,15 +1266,18 @@ static int h_fetch(struct kvn_cluster *c, struct kvn_radix *tree, const struct k
     kvn_radix_match_l2(tree, NS0, q->tokens, (size_t)n * ps, tick, NULL, 0, &l2, NULL);
     uint32_t skip = l2.tokens / ps; /* already valid here: not adopted, not read */
     /* 3. read */
+    uint64_t t_read = mono_us();
     rc = skip < n ? move_pages(c, id, KVN_XPORT_READ, c->pool_mr, c->pages_a, c->pages_b, skip, n,
                                err)
                   : 0;
     if (c->cfg.fetch_hold_ms)
         sleep_progress(c, c->cfg.fetch_hold_ms);
     /* 4. unpin: only a lease still held proves that the pages were not reused under us */
+    uint64_t t_unpin = mono_us();
     struct kvn_err ue;
     int urc = call_peer(c, id, "unpin", &ua, &r, &ue);
     call_reply_free(&r);
+    uint64_t t_unpin_done = mono_us();
     if (rc == 0 && urc < 0)
         rc = kvn_err_set(err, urc == -ENOENT ? -ESTALE : urc,
                          "fetch from %s: the pin did not hold to the end (%s): nothing inserted",
@@ -1285,6 +1292,11 @@ static int h_fetch(struct kvn_cluster *c, struct kvn_radix *tree, const struct k
         goto failed;
     uint64_t us = mono_us() - t0;
     uint64_t bytes = (uint64_t)(n - skip) * c->self.page_bytes;
+    clog_(c, 3,
+          "fetch %u pages from %s: match %" PRIu64 " us, pin %" PRIu64 " us, read %" PRIu64
+          " us, unpin %" PRIu64 " us, insert %" PRIu64 " us",
+          n - skip, ph->ctl, t_pin - t0, t_read - t_pin, t_unpin - t_read,
+          t_unpin_done - t_unpin, mono_us() - t_unpin_done);
     c->st.fetch_pages += n - skip;
     c->st.fetch_bytes += bytes;
     c->st.fetch_us += us;
