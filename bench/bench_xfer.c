@@ -301,8 +301,8 @@ static uint64_t get_u64(const unsigned char *p)
 struct xb_conn {
     int fd;
     struct kvn_xport *x;
-    int timeout_ms;
-    uint64_t mark; /* server: the last end-of-run notification received */
+    int timeout_ms; /* < 0: no deadline (the client's run; its death shows as EOF) */
+    uint64_t mark;  /* server: the last end-of-run notification received */
 };
 
 /*
@@ -334,7 +334,8 @@ static int progress_domain(struct xb_conn *c, struct kvn_err *err)
 /* Waits until fd is readable (or writable), progressing the domain meanwhile. */
 static int conn_wait(struct xb_conn *c, short events, struct kvn_err *err)
 {
-    uint64_t deadline = now_ns() + (uint64_t)c->timeout_ms * 1000000ull;
+    uint64_t deadline =
+        c->timeout_ms < 0 ? UINT64_MAX : now_ns() + (uint64_t)c->timeout_ms * 1000000ull;
     for (;;) {
         struct pollfd pfd = {.fd = c->fd, .events = events};
         int r = poll(&pfd, 1, c->x ? 0 : 100);
@@ -477,6 +478,18 @@ static int tcp_listen(const char *host, int port, int *out_fd, int *out_port, st
     return 0;
 }
 
+/* Bootstrap sockets: no Nagle, and keepalives so that a peer host that
+ * vanishes without a FIN is noticed within ~25 s. */
+static void tune_socket(int fd)
+{
+    int one = 1, idle = 10, intvl = 5, cnt = 3;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+}
+
 static int tcp_accept(int lfd, int timeout_ms, int *out, struct kvn_err *err)
 {
     struct pollfd pfd = {.fd = lfd, .events = POLLIN};
@@ -491,8 +504,7 @@ static int tcp_accept(int lfd, int timeout_ms, int *out, struct kvn_err *err)
     int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
     if (fd < 0)
         return kvn_err_set(err, -errno, "bootstrap accept: %s", strerror(errno));
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    tune_socket(fd);
     *out = fd;
     return 0;
 }
@@ -518,8 +530,7 @@ static int tcp_connect(const char *host, int port, int timeout_ms, int *out, str
                 continue;
             }
             if (connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
-                int one = 1;
-                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+                tune_socket(fd);
                 freeaddrinfo(ai);
                 *out = fd;
                 return 0;
@@ -767,7 +778,13 @@ static int run_server(struct xb_opts *o, struct kvn_err *err)
             goto refuse;
         if ((rc = frame_send(&s.conn, XB_READY, NULL, 0, err)) < 0)
             goto out;
+        /* A run lasts as long as it lasts (-n, -s): no --timeout here.  A
+         * client that dies closes the socket (or stops answering keepalives),
+         * and a live one is bounded by its own stall detection. */
+        int saved = s.conn.timeout_ms;
+        s.conn.timeout_ms = -1;
         rc = frame_recv(&s.conn, XB_DONE, pay, sizeof(pay), &plen, err);
+        s.conn.timeout_ms = saved;
         if (rc < 0)
             goto out;
         if (plen != 9) {
