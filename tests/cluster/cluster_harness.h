@@ -28,6 +28,7 @@
 
 struct ch_env {
     const char *kvnode, *kvctl;
+    const char *ipbin; /* iproute2's ip, for nodes inside a network namespace */
     pid_t procs[CH_MAX_PROCS];
     int n_procs;
     char tmpdir[64];
@@ -150,7 +151,7 @@ static __attribute__((unused)) int ch_node_start(struct ch_node *n, const char *
     char *argv[64];
     int k = 0;
     if (n->ns[0]) {
-        argv[k++] = "ip";
+        argv[k++] = (char *)(CH.ipbin ? CH.ipbin : "ip");
         argv[k++] = "netns";
         argv[k++] = "exec";
         argv[k++] = n->ns;
