@@ -51,6 +51,13 @@ const char *kvn_err_name(int code)
     case EMSGSIZE: return "EMSGSIZE";
     case EBADMSG: return "EBADMSG";
     case EIO: return "EIO";
+    case EHOSTUNREACH: return "EHOSTUNREACH";
+    case ENETUNREACH: return "ENETUNREACH";
+    case EPIPE: return "EPIPE";
+    case ESHUTDOWN: return "ESHUTDOWN";
+    case ENOBUFS: return "ENOBUFS";
+    case E2BIG: return "E2BIG";
+    case ESRCH: return "ESRCH";
     default: return "E?";
     }
 }
