@@ -82,7 +82,7 @@ static int encode(struct kvn_client *c, const struct kvn_client_req *r, uint64_t
     if (!name)
         return kvn_err_set(err, -EINVAL, "op %d is not an operation", (int)r->op);
     bool tokens = false, slots = false, blobs = false, handle = false, lease = false, evict = false,
-         seed = false;
+         seed = false, hello = false, to = false;
     switch (r->op) {
     case KVN_RPC_REGISTER_L1:
         blobs = true;
@@ -112,16 +112,43 @@ static int encode(struct kvn_client *c, const struct kvn_client_req *r, uint64_t
     case KVN_RPC_L1_CHECKSUM:
         slots = true;
         break;
+    case KVN_RPC_PEER_HELLO:
+        hello = true;
+        break;
+    case KVN_RPC_PIN:
+    case KVN_RPC_RESERVE:
+    case KVN_RPC_FETCH:
+        tokens = true;
+        lease = r->lease_ms != 0;
+        break;
+    case KVN_RPC_UNPIN:
+    case KVN_RPC_ABORT:
+        handle = true;
+        break;
+    case KVN_RPC_PUSH_DONE:
+        handle = true;
+        slots = r->slots != NULL;
+        break;
+    case KVN_RPC_PUSH:
+        to = tokens = true;
+        slots = r->slots != NULL; /* no slots: from this node's L2 */
+        lease = r->lease_ms != 0;
+        break;
     default:
         break;
     }
+    if (hello && (!r->hello || r->hello_len == 0))
+        return kvn_err_set(err, -EINVAL, "%s: hello must not be empty", name);
+    if (to && (!r->to || !r->to[0] || strlen(r->to) >= 256))
+        return kvn_err_set(err, -EINVAL, "%s: \"to\" must be an endpoint", name);
     if ((tokens && r->n_tokens && !r->tokens) || (slots && r->n_slots && !r->slots))
         return kvn_err_set(err, -EINVAL, "%s: token or slot array is NULL", name);
     if (blobs && (!r->desc || !r->addr))
         return kvn_err_set(err, -EINVAL, "%s: desc and addr must not be NULL", name);
     if (evict && r->tier != KVN_RPC_TIER_L1 && r->tier != KVN_RPC_TIER_L2)
         return kvn_err_set(err, -EINVAL, "%s: tier must be L1 or L2", name);
-    size_t n = 3 + tokens + slots + (blobs ? 4 : 0) + handle + lease + (evict ? 2 : 0) + seed;
+    size_t n =
+        3 + tokens + slots + (blobs ? 4 : 0) + handle + lease + (evict ? 2 : 0) + seed + hello + to;
     msgpack_sbuffer_clear(&c->sbuf);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &c->sbuf, msgpack_sbuffer_write);
@@ -173,6 +200,15 @@ static int encode(struct kvn_client *c, const struct kvn_client_req *r, uint64_t
     if (seed) {
         pack_str(&pk, "seed");
         msgpack_pack_uint64(&pk, r->seed);
+    }
+    if (hello) {
+        pack_str(&pk, "hello");
+        msgpack_pack_bin(&pk, r->hello_len);
+        msgpack_pack_bin_body(&pk, r->hello, r->hello_len);
+    }
+    if (to) {
+        pack_str(&pk, "to");
+        pack_str(&pk, r->to);
     }
     return 0;
 }
@@ -384,6 +420,27 @@ int kvn_client_match(struct kvn_client *c, const int32_t *tokens, uint32_t n_tok
 int kvn_client_stats(struct kvn_client *c, struct kvn_client_reply **reply, struct kvn_err *err)
 {
     struct kvn_client_req q = {.op = KVN_RPC_STATS};
+    return kvn_client_call(c, &q, reply, err);
+}
+
+int kvn_client_fetch(struct kvn_client *c, const int32_t *tokens, uint32_t n_tokens,
+                     uint64_t lease_ms, struct kvn_client_reply **reply, struct kvn_err *err)
+{
+    struct kvn_client_req q = {
+        .op = KVN_RPC_FETCH, .tokens = tokens, .n_tokens = n_tokens, .lease_ms = lease_ms};
+    return kvn_client_call(c, &q, reply, err);
+}
+
+int kvn_client_push(struct kvn_client *c, const char *to, const int32_t *tokens, uint32_t n_tokens,
+                    const uint32_t *slots, uint32_t n_slots, struct kvn_client_reply **reply,
+                    struct kvn_err *err)
+{
+    struct kvn_client_req q = {.op = KVN_RPC_PUSH,
+                               .to = to,
+                               .tokens = tokens,
+                               .n_tokens = n_tokens,
+                               .slots = n_slots ? slots : NULL,
+                               .n_slots = n_slots};
     return kvn_client_call(c, &q, reply, err);
 }
 

@@ -27,6 +27,11 @@ enum {
     OPT_NUMA,
     OPT_NO_HUGEPAGES,
     OPT_DP_RANK,
+    OPT_CLUSTER,
+    OPT_PEER,
+    OPT_HEARTBEAT,
+    OPT_PEER_TIMEOUT,
+    OPT_FETCH_HOLD,
     OPT_HELP,
 };
 
@@ -50,6 +55,11 @@ static const struct option long_opts[] = {
     {"numa-node", required_argument, NULL, OPT_NUMA},
     {"no-hugepages", no_argument, NULL, OPT_NO_HUGEPAGES},
     {"dp-rank", required_argument, NULL, OPT_DP_RANK},
+    {"cluster", no_argument, NULL, OPT_CLUSTER},
+    {"peer", required_argument, NULL, OPT_PEER},
+    {"heartbeat-ms", required_argument, NULL, OPT_HEARTBEAT},
+    {"peer-timeout-ms", required_argument, NULL, OPT_PEER_TIMEOUT},
+    {"inject-fetch-hold", required_argument, NULL, OPT_FETCH_HOLD},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -116,6 +126,13 @@ void kvn_config_usage(FILE *f, const char *prog)
         "  --numa-node N                bind the host pool to NUMA node N (default: none)\n"
         "  --no-hugepages               do not try MAP_HUGETLB for the host pool\n"
         "  --dp-rank N                  dp_rank field of event batches (default 0)\n"
+        "  --cluster                    run the cluster layer (peers, replication, fetch, push)\n"
+        "                               even without --peer (others may join this node)\n"
+        "  --peer tcp://HOST:PORT       a peer's control endpoint (repeatable, up to 64;\n"
+        "                               implies --cluster)\n"
+        "  --heartbeat-ms MS            peer heartbeat period (default 200)\n"
+        "  --peer-timeout-ms MS         a peer silent this long is dead (default 1500)\n"
+        "  --inject-fetch-hold MS       hold a fetch MS between reading and unpinning (test aid)\n"
         "  --log-level L                error | warn | info | debug (default info)\n"
         "  --help                       this text\n"
         "\n"
@@ -293,6 +310,26 @@ static int apply(struct kvn_config *c, int opt, const char *arg, struct kvn_err 
         if (rc == 0)
             c->dp_rank = (int)u;
         return rc;
+    case OPT_CLUSTER:
+        c->cluster = true;
+        return 0;
+    case OPT_PEER:
+        if (c->n_peers >= KVN_CONFIG_MAX_PEERS)
+            return kvn_err_set(err, -EINVAL, "--peer: more than %d peers", KVN_CONFIG_MAX_PEERS);
+        rc = copy_str("peer", arg, c->peers[c->n_peers], err);
+        if (rc == 0)
+            rc = check_endpoint("peer", c->peers[c->n_peers], err);
+        if (rc == 0) {
+            c->n_peers++;
+            c->cluster = true;
+        }
+        return rc;
+    case OPT_HEARTBEAT:
+        return parse_u32("heartbeat-ms", arg, 1, 600000, &c->heartbeat_ms, err);
+    case OPT_PEER_TIMEOUT:
+        return parse_u32("peer-timeout-ms", arg, 1, 3600000, &c->peer_timeout_ms, err);
+    case OPT_FETCH_HOLD:
+        return parse_u32("inject-fetch-hold", arg, 0, 600000, &c->fetch_hold_ms, err);
     case OPT_HELP:
         c->help = true;
         return 0;

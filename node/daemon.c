@@ -17,6 +17,7 @@
 #include <zmq.h>
 
 #include "cache/radix.h"
+#include "node/cluster/cluster.h"
 #include "node/evout.h"
 #include "node/host_pool.h"
 #include "node/kvn_rpc.h"
@@ -54,6 +55,7 @@ struct kvn_node {
     struct kvn_radix *tree;
     struct kvn_storage *storage;
     struct kvn_evout *ev;
+    struct kvn_cluster *cluster; /* NULL unless --cluster / --peer */
     struct kvn_rpc_req req;
     struct reply rep;
     msgpack_sbuffer out;
@@ -348,6 +350,8 @@ static int h_register_l1(struct kvn_node *n, const struct kvn_rpc_req *q, struct
     }
     if (n->tree) {
         /* the previous L1's contents are meaningless now: say so (AllBlocksCleared) */
+        if (n->cluster)
+            kvn_cluster_release_all(n->cluster, n->tree);
         kvn_radix_reset(n->tree, NULL);
         kvn_radix_destroy(n->tree);
     }
@@ -411,6 +415,16 @@ static int h_match(struct kvn_node *n, const struct kvn_rpc_req *q, struct kvn_e
     r_u64(r, "last_device_node", m.last_device_node);
     r_u64(r, "last_host_node", m.last_host_node);
     r_u32s(r, "slots", n->slots_buf, m.n_slots);
+    if (n->cluster) {
+        struct kvn_overlap o;
+        uint32_t local = (m.device_tokens + m.host_tokens) / ps;
+        if (kvn_cluster_match(n->cluster, q->tokens, q->n_tokens, local, &o, NULL) == 0) {
+            r_bool(r, "remote_found", o.remote_found);
+            r_u64(r, "remote_peer", o.remote_found ? o.remote_peer : 0);
+            r_u64(r, "remote_pages", o.remote_pages);
+            r_u64(r, "fetchable", o.fetchable);
+        }
+    }
     return 0;
 }
 
@@ -633,6 +647,8 @@ static int h_stats(struct kvn_node *n, struct kvn_err *err)
     }
     r_str(r, "transport", kvn_xfer_transport(n->xfer));
     r_bool(r, "stopping", n->stopping);
+    if (n->cluster)
+        kvn_cluster_pack_stats(n->cluster, &r->pk, &r->n);
     return 0;
 }
 
@@ -640,6 +656,8 @@ static int h_reset(struct kvn_node *n, struct kvn_err *err)
 {
     if (!n->tree)
         return 0;
+    if (n->cluster)
+        kvn_cluster_release_all(n->cluster, n->tree); /* pins and reservations go first */
     int rc = kvn_radix_reset(n->tree, err);
     if (rc == 0)
         locks_clear(n); /* the tree dropped every lock with its nodes */
@@ -680,6 +698,13 @@ static int h_l1_checksum(struct kvn_node *n, const struct kvn_rpc_req *q, struct
 
 static int dispatch(struct kvn_node *n, const struct kvn_rpc_req *q, struct kvn_err *err)
 {
+    if (kvn_cluster_owns_op(q->op)) {
+        if (!n->cluster)
+            return kvn_err_set(err, -ENOTSUP, "%s: this node runs no cluster (--cluster, --peer)",
+                               kvn_rpc_op_name(q->op));
+        return kvn_cluster_rpc(n->cluster, n->tree, q, now_ms(), ++n->tick, &n->rep.pk, &n->rep.n,
+                               err);
+    }
     switch (q->op) {
     case KVN_RPC_HELLO:
         return h_hello(n, err);
@@ -707,7 +732,7 @@ static int dispatch(struct kvn_node *n, const struct kvn_rpc_req *q, struct kvn_
         return h_l1_fill(n, q, err);
     case KVN_RPC_L1_CHECKSUM:
         return h_l1_checksum(n, q, err);
-    case KVN_RPC_OP_COUNT:
+    default: /* the cluster's ops were handled above */
         break;
     }
     return kvn_err_set(err, -ENOTSUP, "unknown op");
@@ -841,6 +866,49 @@ static void publish(struct kvn_node *n)
 
 /* ---- life cycle ------------------------------------------------------------------------ */
 
+static void cluster_log(void *ctx, int level, const char *msg)
+{
+    struct kvn_node *n = ctx;
+    if (level < KVN_LOG_ERROR)
+        level = KVN_LOG_ERROR;
+    if (level > KVN_LOG_DEBUG)
+        level = KVN_LOG_DEBUG;
+    logf_(n, (enum kvn_log_level)level, "cluster: %s", msg);
+}
+
+static int cluster_open(struct kvn_node *n, struct kvn_err *err)
+{
+    const struct kvn_config *cfg = &n->cfg;
+    const char *peers[KVN_CONFIG_MAX_PEERS];
+    for (uint32_t i = 0; i < cfg->n_peers; i++)
+        peers[i] = cfg->peers[i];
+    uint32_t l1_slots = kvn_xfer_l1_slots(n->xfer);
+    void *l1 = kvn_xfer_l1_standin_slot(n->xfer, 0);
+    struct kvn_cluster_cfg cc = {
+        .zctx = n->zctx,
+        .self_ctl = cfg->listen,
+        .events = cfg->events,
+        .replay = cfg->replay,
+        .topic = cfg->topic,
+        .peers = peers,
+        .n_peers = cfg->n_peers,
+        .transport = kvn_xfer_transport(n->xfer),
+        .pool = n->pool,
+        .page_size = cfg->page_size,
+        .l1_base = l1,
+        .l1_bytes = l1 ? (uint64_t)l1_slots * cfg->page_bytes : 0,
+        .heartbeat_ms = cfg->heartbeat_ms,
+        .timeout_ms = cfg->peer_timeout_ms,
+        .fetch_hold_ms = cfg->fetch_hold_ms,
+        .log = cluster_log,
+        .log_ctx = n,
+    };
+    int rc = kvn_cluster_create(&cc, &n->cluster, err);
+    if (rc == 0)
+        logf_(n, KVN_LOG_INFO, "cluster: %u peers configured", cfg->n_peers);
+    return rc;
+}
+
 int kvn_node_create(const struct kvn_config *cfg, struct kvn_node **out, struct kvn_err *err)
 {
     if (!cfg || !out)
@@ -922,6 +990,8 @@ int kvn_node_create(const struct kvn_config *cfg, struct kvn_node **out, struct 
                          zmq_strerror(e));
         goto fail;
     }
+    if (cfg->cluster && (rc = cluster_open(n, err)) < 0)
+        goto fail;
     logf_(n, KVN_LOG_INFO, "listening on %s (rpc v%d)", cfg->listen, KVN_RPC_VERSION);
     *out = n;
     return 0;
@@ -934,6 +1004,11 @@ void kvn_node_destroy(struct kvn_node *n)
 {
     if (!n)
         return;
+    if (n->cluster) {
+        if (n->tree)
+            kvn_cluster_release_all(n->cluster, n->tree);
+        kvn_cluster_destroy(n->cluster);
+    }
     if (n->ctl)
         zmq_close(n->ctl);
     kvn_evout_close(n->ev);
@@ -975,7 +1050,7 @@ int kvn_node_run(struct kvn_node *n, struct kvn_err *err)
     uint64_t stop_deadline = 0;
     for (;;) {
         uint64_t now = now_ms();
-        zmq_pollitem_t items[4];
+        zmq_pollitem_t items[4 + 4 * KVN_CLUSTER_MAX_PEERS + 8];
         int ni = 0;
         int i_ctl = -1, i_sig, i_ev = -1;
         if (n->ctl) {
@@ -990,6 +1065,12 @@ int kvn_node_run(struct kvn_node *n, struct kvn_err *err)
             i_ev = ni;
             items[ni++] = (zmq_pollitem_t){.socket = rsock, .events = ZMQ_POLLIN};
         }
+        int i_cl = ni, n_cl = 0;
+        if (n->cluster) {
+            n_cl = kvn_cluster_poll_items(n->cluster, &items[ni],
+                                          (int)(sizeof(items) / sizeof(items[0])) - ni);
+            ni += n_cl;
+        }
         long timeout = 1000;
         if (kvn_xfer_busy(n->xfer)) {
             timeout = 0; /* busy-poll the completion queue while transfers are out */
@@ -1000,6 +1081,8 @@ int kvn_node_run(struct kvn_node *n, struct kvn_err *err)
             if (n->locks_held && timeout > 50)
                 timeout = 50;
         }
+        if (n->cluster)
+            timeout = kvn_cluster_timeout_ms(n->cluster, now, timeout);
         if (n->stopping && timeout > 10)
             timeout = 10;
         int pr = zmq_poll(items, ni, timeout);
@@ -1010,6 +1093,11 @@ int kvn_node_run(struct kvn_node *n, struct kvn_err *err)
         if (i_ctl >= 0 && n->ctl && pr > 0 && (items[i_ctl].revents & ZMQ_POLLIN))
             serve_ctl(n);
         now = now_ms();
+        if (n->cluster) {
+            if (pr > 0 && n_cl > 0)
+                kvn_cluster_handle(n->cluster, &items[i_cl], n_cl, now);
+            kvn_cluster_tick(n->cluster, n->tree, now);
+        }
         kvn_xfer_progress(n->xfer, now, on_job_done, n);
         expire_leases(n, now);
         if (i_ev >= 0 && pr > 0 && (items[i_ev].revents & ZMQ_POLLIN))

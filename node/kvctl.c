@@ -35,6 +35,11 @@ static void usage(FILE *f)
                "  register_l1 --desc HEX --addr HEX --page-bytes N --n-slots N\n"
                "  l1_fill --slots SLOTS --seed N      test aid (kvnode --l1)\n"
                "  l1_checksum --slots SLOTS           test aid (kvnode --l1)\n"
+               "cluster (kvnode --cluster / --peer):\n"
+               "  fetch TOKENS [--lease MS]           read the best peer's prefix into L2\n"
+               "  push TOKENS --to ENDPOINT [--slots SLOTS]  write pages into another node\n"
+               "  pin TOKENS [--lease MS] | unpin HANDLE | reserve TOKENS [--lease MS]\n"
+               "  push_done HANDLE [--slots SLOTS] | abort HANDLE\n"
                "options:\n"
                "  -c, --connect ENDPOINT   the node's control endpoint (required)\n"
                "  --json                   print the reply as one JSON object\n"
@@ -161,6 +166,7 @@ enum {
     O_ADDR,
     O_PAGE_BYTES,
     O_N_SLOTS,
+    O_TO,
     O_HELP
 };
 
@@ -250,6 +256,9 @@ static int apply_opt(struct cli *c, int opt, const char *arg)
         c->have_ns = true;
         return 0;
     case 'h':
+    case O_TO:
+        q->to = arg;
+        return 0;
     case O_HELP:
         c->help = true;
         return 0;
@@ -273,8 +282,26 @@ static int check_args(struct cli *c, const char *op_name, const char *pos)
         want_tokens = true;
         break;
     case KVN_RPC_UNLOCK:
+    case KVN_RPC_UNPIN:
+    case KVN_RPC_ABORT:
+    case KVN_RPC_PUSH_DONE: /* [--slots]: only these pages landed */
         want_handle = true;
         break;
+    case KVN_RPC_PIN:
+    case KVN_RPC_RESERVE:
+    case KVN_RPC_FETCH:
+        want_tokens = true; /* [--lease MS] */
+        break;
+    case KVN_RPC_PUSH:
+        want_tokens = true; /* [--slots]: from L1, else from this node's L2 */
+        if (!q->to) {
+            fprintf(stderr, "kvctl: push needs --to ENDPOINT\n");
+            return -EINVAL;
+        }
+        break;
+    case KVN_RPC_PEER_HELLO:
+        fprintf(stderr, "kvctl: peer_hello is node-to-node only\n");
+        return -EINVAL;
     case KVN_RPC_L1_FILL:
         want_slots = true;
         if (!c->have_seed) {
@@ -336,6 +363,7 @@ int main(int argc, char **argv)
                                          {"addr", required_argument, NULL, O_ADDR},
                                          {"page-bytes", required_argument, NULL, O_PAGE_BYTES},
                                          {"n-slots", required_argument, NULL, O_N_SLOTS},
+                                         {"to", required_argument, NULL, O_TO},
                                          {"help", no_argument, NULL, O_HELP},
                                          {NULL, 0, NULL, 0}};
     struct cli c = {.timeout = 5000};

@@ -28,7 +28,8 @@ enum kvn_node_evfmt { KVN_NODE_EVFMT_ARRAY = 0, KVN_NODE_EVFMT_MAP = 1 };
 
 enum kvn_log_level { KVN_LOG_ERROR = 0, KVN_LOG_WARN, KVN_LOG_INFO, KVN_LOG_DEBUG };
 
-#define KVN_CONFIG_STR_MAX 256
+#define KVN_CONFIG_STR_MAX   256
+#define KVN_CONFIG_MAX_PEERS 64
 
 struct kvn_config {
     char listen[KVN_CONFIG_STR_MAX];    /* control ROUTER endpoint */
@@ -50,7 +51,14 @@ struct kvn_config {
     int numa_node;                    /* -1 = no binding */
     bool hugepages;                   /* try MAP_HUGETLB first */
     int dp_rank;
-    bool help; /* --help was given */
+    /* cluster (issue 5, node/cluster): on with --cluster or any --peer */
+    bool cluster;
+    char peers[KVN_CONFIG_MAX_PEERS][KVN_CONFIG_STR_MAX];
+    uint32_t n_peers;
+    uint32_t heartbeat_ms;    /* 0 = the cluster's default */
+    uint32_t peer_timeout_ms; /* 0 = the cluster's default */
+    uint32_t fetch_hold_ms;   /* test aid: hold a fetch between reading and unpinning */
+    bool help;                /* --help was given */
 };
 
 /* Fills cfg with the embedded defaults. */

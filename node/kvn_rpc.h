@@ -80,6 +80,21 @@
  *   l1_checksum  slots                   -> sums[]  (test aid, --l1 only:
  *                FNV-1a 64 of each slot's bytes)
  *
+ * Cluster operations (issue 5; served by node/cluster/cluster.c, which
+ * documents their results; -ENOTSUP when the node runs no cluster):
+ *
+ *   peer_hello   hello: bin (<= 16 KiB)  node to node heartbeat and identity
+ *   pin          tokens, lease_ms        protect a prefix's L2 pages for a reader
+ *   unpin        handle
+ *   reserve      tokens, lease_ms        host pages for a push into this node
+ *   push_done    handle, slots (opt.)    every (or these) pages landed: insert
+ *   abort        handle
+ *   fetch        tokens, lease_ms (opt.) read a prefix from the best peer into L2
+ *   push         to: str, tokens,        write pages (L1 slots, or L2 when no
+ *                slots (opt.), lease_ms  slots) into node "to"
+ *   match        (above) also reports remote_found, remote_peer, remote_pages,
+ *                fetchable when the node runs a cluster
+ *
  * Thread rules: the codec functions are reentrant; a struct kvn_rpc_req is
  * owned by one thread at a time.
  */
@@ -99,7 +114,9 @@
 #define KVN_RPC_MAX_TOKENS (1u << 18)
 #define KVN_RPC_MAX_SLOTS  (1u << 18)
 /* Largest register_l1 descriptor or address blob. */
-#define KVN_RPC_MAX_BLOB         4096u
+#define KVN_RPC_MAX_BLOB 4096u
+/* Largest peer_hello blob (address + pool descriptor + endpoints). */
+#define KVN_RPC_MAX_HELLO        16384u
 #define KVN_RPC_LEASE_DEFAULT_MS 30000u
 #define KVN_RPC_LEASE_MAX_MS     3600000u
 
@@ -117,6 +134,15 @@ enum kvn_rpc_op {
     KVN_RPC_RESET,
     KVN_RPC_L1_FILL,
     KVN_RPC_L1_CHECKSUM,
+    /* cluster ops (issue 5), served by node/cluster when the node runs a cluster */
+    KVN_RPC_PEER_HELLO,
+    KVN_RPC_PIN,
+    KVN_RPC_UNPIN,
+    KVN_RPC_RESERVE,
+    KVN_RPC_PUSH_DONE,
+    KVN_RPC_ABORT,
+    KVN_RPC_FETCH,
+    KVN_RPC_PUSH,
     KVN_RPC_OP_COUNT
 };
 
@@ -149,6 +175,9 @@ struct kvn_rpc_req {
     uint64_t pages;      /* evict */
     uint64_t seed;       /* l1_fill */
     enum kvn_rpc_tier tier;
+    const uint8_t *hello; /* peer_hello: the peer's hello blob (node/cluster/cluster_wire.h) */
+    uint32_t hello_len;
+    char to[256]; /* push: the destination node's control endpoint */
     /* owned buffers */
     uint32_t cap_tokens;
     uint32_t cap_slots;

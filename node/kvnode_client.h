@@ -64,6 +64,9 @@ struct kvn_client_req {
     enum kvn_rpc_tier tier;
     uint64_t pages;
     uint64_t seed;
+    const void *hello; /* peer_hello */
+    uint32_t hello_len;
+    const char *to; /* push: the destination node's control endpoint */
 };
 
 /*
@@ -103,6 +106,17 @@ int kvn_client_match(struct kvn_client *c, const int32_t *tokens, uint32_t n_tok
                      struct kvn_client_reply **reply, struct kvn_err *err);
 int kvn_client_stats(struct kvn_client *c, struct kvn_client_reply **reply, struct kvn_err *err);
 int kvn_client_reset(struct kvn_client *c, struct kvn_err *err);
+
+/*
+ * Cluster (issue 5): fetch reads the longest prefix of tokens a peer holds into this node's
+ * L2 (lease_ms 0 = the default lease); push writes tokens' pages into node `to` (from L1
+ * slots when n_slots > 0, else from this node's L2). -ENOTSUP when the node runs no cluster.
+ */
+int kvn_client_fetch(struct kvn_client *c, const int32_t *tokens, uint32_t n_tokens,
+                     uint64_t lease_ms, struct kvn_client_reply **reply, struct kvn_err *err);
+int kvn_client_push(struct kvn_client *c, const char *to, const int32_t *tokens, uint32_t n_tokens,
+                    const uint32_t *slots, uint32_t n_slots, struct kvn_client_reply **reply,
+                    struct kvn_err *err);
 
 /* The reply's "id". */
 uint64_t kvn_client_reply_id(const struct kvn_client_reply *r);

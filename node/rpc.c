@@ -26,12 +26,14 @@ enum rpc_key {
     K_TIER,
     K_PAGES,
     K_SEED,
+    K_HELLO,
+    K_TO,
     K_COUNT
 };
 
 static const char *const key_names[K_COUNT] = {
-    "v",          "op",      "id",     "tokens",   "slots", "desc",  "addr",
-    "page_bytes", "n_slots", "handle", "lease_ms", "tier",  "pages", "seed",
+    "v",       "op",     "id",       "tokens", "slots", "desc", "addr",  "page_bytes",
+    "n_slots", "handle", "lease_ms", "tier",   "pages", "seed", "hello", "to",
 };
 
 #define B(k) (1u << (k))
@@ -57,6 +59,16 @@ static const struct op_spec op_specs[KVN_RPC_OP_COUNT] = {
     [KVN_RPC_RESET] = {"reset", 0, 0},
     [KVN_RPC_L1_FILL] = {"l1_fill", B(K_SLOTS) | B(K_SEED), B(K_SLOTS) | B(K_SEED)},
     [KVN_RPC_L1_CHECKSUM] = {"l1_checksum", B(K_SLOTS), B(K_SLOTS)},
+    /* cluster (node/cluster): served by kvn_cluster_rpc when the node runs a cluster */
+    [KVN_RPC_PEER_HELLO] = {"peer_hello", B(K_HELLO), B(K_HELLO)},
+    [KVN_RPC_PIN] = {"pin", B(K_TOKENS) | B(K_LEASE_MS), B(K_TOKENS)},
+    [KVN_RPC_UNPIN] = {"unpin", B(K_HANDLE), B(K_HANDLE)},
+    [KVN_RPC_RESERVE] = {"reserve", B(K_TOKENS) | B(K_LEASE_MS), B(K_TOKENS)},
+    [KVN_RPC_PUSH_DONE] = {"push_done", B(K_HANDLE) | B(K_SLOTS), B(K_HANDLE)},
+    [KVN_RPC_ABORT] = {"abort", B(K_HANDLE), B(K_HANDLE)},
+    [KVN_RPC_FETCH] = {"fetch", B(K_TOKENS) | B(K_LEASE_MS), B(K_TOKENS)},
+    [KVN_RPC_PUSH] = {"push", B(K_TO) | B(K_TOKENS) | B(K_SLOTS) | B(K_LEASE_MS),
+                      B(K_TO) | B(K_TOKENS)},
 };
 
 const char *kvn_rpc_op_name(enum kvn_rpc_op op)
@@ -171,14 +183,13 @@ static int get_slots(const msgpack_object *o, struct kvn_rpc_req *req, struct kv
     return 0;
 }
 
-static int get_blob(const msgpack_object *o, const char *key, const uint8_t **ptr, uint32_t *len,
-                    struct kvn_err *err)
+static int get_blob(const msgpack_object *o, const char *key, uint32_t max, const uint8_t **ptr,
+                    uint32_t *len, struct kvn_err *err)
 {
     if (o->type != MSGPACK_OBJECT_BIN)
         return kvn_err_set(err, -EINVAL, "\"%s\" must be bin", key);
-    if (o->via.bin.size == 0 || o->via.bin.size > KVN_RPC_MAX_BLOB)
-        return kvn_err_set(err, -EINVAL, "\"%s\" has %u bytes (1..%u)", key, o->via.bin.size,
-                           KVN_RPC_MAX_BLOB);
+    if (o->via.bin.size == 0 || o->via.bin.size > max)
+        return kvn_err_set(err, -EINVAL, "\"%s\" has %u bytes (1..%u)", key, o->via.bin.size, max);
     *ptr = (const uint8_t *)o->via.bin.ptr;
     *len = o->via.bin.size;
     return 0;
@@ -267,10 +278,10 @@ static int parse_map(const msgpack_object_map *m, struct kvn_rpc_req *req, struc
             rc = get_slots(v, req, err);
             break;
         case K_DESC:
-            rc = get_blob(v, "desc", &req->desc, &req->desc_len, err);
+            rc = get_blob(v, "desc", KVN_RPC_MAX_BLOB, &req->desc, &req->desc_len, err);
             break;
         case K_ADDR:
-            rc = get_blob(v, "addr", &req->addr, &req->addr_len, err);
+            rc = get_blob(v, "addr", KVN_RPC_MAX_BLOB, &req->addr, &req->addr_len, err);
             break;
         case K_PAGE_BYTES:
             rc = get_uint(v, "page_bytes", 1ull << 30, &req->page_bytes, err);
@@ -288,6 +299,19 @@ static int parse_map(const msgpack_object_map *m, struct kvn_rpc_req *req, struc
             break;
         case K_PAGES:
             rc = get_uint(v, "pages", UINT32_MAX, &req->pages, err);
+            break;
+        case K_HELLO:
+            rc = get_blob(v, "hello", KVN_RPC_MAX_HELLO, &req->hello, &req->hello_len, err);
+            break;
+        case K_TO:
+            if (v->type != MSGPACK_OBJECT_STR || v->via.str.size == 0 ||
+                v->via.str.size >= sizeof(req->to) || memchr(v->via.str.ptr, '\0', v->via.str.size))
+                rc = kvn_err_set(err, -EINVAL, "\"to\" must be an endpoint string of 1..%zu bytes",
+                                 sizeof(req->to) - 1);
+            else {
+                memcpy(req->to, v->via.str.ptr, v->via.str.size);
+                req->to[v->via.str.size] = '\0';
+            }
             break;
         case K_SEED:
             rc = get_uint(v, "seed", UINT64_MAX, &req->seed, err);

@@ -201,6 +201,10 @@ static void test_out_of_range_and_unaligned(void **state)
     uint32_t owned[] = {0, 12}; /* slot 0 belongs to the tree already */
     assert_int_equal(kvn_client_insert(N.c, toks, 4, owned, 2, NULL, &e), -EBUSY);
     assert_int_equal(kvn_client_insert(N.c, toks, 0, ok2, 0, NULL, &e), -EINVAL);
+    /* cluster ops on a node without --cluster */
+    assert_int_equal(kvn_client_fetch(N.c, toks, 4, 0, NULL, &e), -ENOTSUP);
+    assert_int_equal(kvn_client_push(N.c, "tcp://127.0.0.1:9", toks, 4, NULL, 0, NULL, &e),
+                     -ENOTSUP);
     struct kvn_client_req lb = {
         .op = KVN_RPC_LOAD_BACK, .tokens = toks, .n_tokens = 3, .slots = ok2, .n_slots = 2};
     assert_int_equal(kvn_client_call(N.c, &lb, NULL, &e), -EINVAL);

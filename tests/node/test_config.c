@@ -124,6 +124,48 @@ static void test_all_flags(void **state)
     assert_true(c.help);
 }
 
+static void test_cluster_flags(void **state)
+{
+    (void)state;
+    struct kvn_config c;
+    struct kvn_err e;
+    const char *a1[] = {"kvnode"};
+    assert_int_equal(parse(&c, &e, 1, a1), 0);
+    assert_false(c.cluster);
+    const char *a2[] = {"kvnode",
+                        "--cluster",
+                        "--heartbeat-ms",
+                        "100",
+                        "--peer-timeout-ms",
+                        "800",
+                        "--inject-fetch-hold",
+                        "600"};
+    assert_int_equal(parse(&c, &e, 8, a2), 0);
+    assert_true(c.cluster);
+    assert_int_equal(c.n_peers, 0);
+    assert_int_equal(c.heartbeat_ms, 100);
+    assert_int_equal(c.peer_timeout_ms, 800);
+    assert_int_equal(c.fetch_hold_ms, 600);
+    const char *a3[] = {"kvnode", "--peer", "tcp://127.0.0.1:1", "--peer", "tcp://127.0.0.1:2"};
+    assert_int_equal(parse(&c, &e, 5, a3), 0);
+    assert_true(c.cluster); /* implied */
+    assert_int_equal(c.n_peers, 2);
+    assert_string_equal(c.peers[1], "tcp://127.0.0.1:2");
+    const char *b1[] = {"kvnode", "--peer", "udp://x"};
+    assert_int_equal(parse(&c, &e, 3, b1), -EINVAL);
+    const char *b2[] = {"kvnode", "--heartbeat-ms", "0"};
+    assert_int_equal(parse(&c, &e, 3, b2), -EINVAL);
+    const char *many[2 + 2 * (KVN_CONFIG_MAX_PEERS + 1)];
+    int k = 0;
+    many[k++] = "kvnode";
+    for (int i = 0; i <= KVN_CONFIG_MAX_PEERS; i++) {
+        many[k++] = "--peer";
+        many[k++] = "tcp://127.0.0.1:3";
+    }
+    assert_int_equal(parse(&c, &e, k, many), -EINVAL);
+    assert_non_null(strstr(e.msg, "peers"));
+}
+
 static void test_bad_flags(void **state)
 {
     (void)state;
@@ -195,11 +237,9 @@ static void test_usage_mentions_every_flag(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sizes),
-        cmocka_unit_test(test_defaults),
-        cmocka_unit_test(test_all_flags),
-        cmocka_unit_test(test_bad_flags),
-        cmocka_unit_test(test_usage_mentions_every_flag),
+        cmocka_unit_test(test_sizes),         cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_all_flags),     cmocka_unit_test(test_bad_flags),
+        cmocka_unit_test(test_cluster_flags), cmocka_unit_test(test_usage_mentions_every_flag),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

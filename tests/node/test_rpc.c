@@ -407,6 +407,82 @@ static void test_schema_errors(void **state)
     assert_int_equal(parse(&k, q, &e), -EINVAL);
 }
 
+static void test_cluster_ops(void **state)
+{
+    struct kvn_rpc_req *q = *state;
+    struct kvn_err e;
+    struct pk k;
+    int32_t t[] = {1, 2};
+    uint32_t sl[] = {4};
+    uint8_t blob[] = {9, 8, 7};
+    pk_init(&k);
+    head(&k, "peer_hello", 1, 1);
+    s(&k, "hello");
+    msgpack_pack_bin(&k.p, 3);
+    msgpack_pack_bin_body(&k.p, blob, 3);
+    msgpack_sbuffer sb = k.sb;
+    assert_int_equal(kvn_rpc_parse(sb.data, sb.size, q, &e), 0);
+    assert_int_equal(q->op, KVN_RPC_PEER_HELLO);
+    assert_int_equal(q->hello_len, 3);
+    assert_memory_equal(q->hello, blob, 3);
+    msgpack_sbuffer_destroy(&sb);
+    const char *tok_ops[] = {"pin", "reserve", "fetch"};
+    for (int i = 0; i < 3; i++) {
+        pk_init(&k);
+        head(&k, tok_ops[i], 1, 2);
+        i32_list(&k, "tokens", t, 2);
+        s(&k, "lease_ms");
+        msgpack_pack_uint16(&k.p, 500);
+        assert_int_equal(parse(&k, q, &e), 0);
+        assert_int_equal(q->lease_ms, 500);
+    }
+    pk_init(&k);
+    head(&k, "push", 1, 3);
+    s(&k, "to");
+    s(&k, "tcp://127.0.0.1:9");
+    i32_list(&k, "tokens", t, 2);
+    u32_list(&k, "slots", sl, 1);
+    assert_int_equal(parse(&k, q, &e), 0);
+    assert_string_equal(q->to, "tcp://127.0.0.1:9");
+    assert_true(q->has_slots);
+    const char *h_ops[] = {"unpin", "abort", "push_done"};
+    for (int i = 0; i < 3; i++) {
+        pk_init(&k);
+        head(&k, h_ops[i], 1, 1);
+        s(&k, "handle");
+        msgpack_pack_uint8(&k.p, 7);
+        assert_int_equal(parse(&k, q, &e), 0);
+        assert_int_equal(q->handle, 7);
+    }
+    /* refusals: push without "to", an empty or NUL-carrying "to", an oversized hello */
+    pk_init(&k);
+    head(&k, "push", 1, 1);
+    i32_list(&k, "tokens", t, 2);
+    assert_int_equal(parse(&k, q, &e), -EINVAL);
+    pk_init(&k);
+    head(&k, "push", 1, 2);
+    s(&k, "to");
+    msgpack_pack_str(&k.p, 3);
+    msgpack_pack_str_body(&k.p, "a\0b", 3);
+    i32_list(&k, "tokens", t, 2);
+    assert_int_equal(parse(&k, q, &e), -EINVAL);
+    pk_init(&k);
+    head(&k, "push", 1, 2);
+    s(&k, "to");
+    s(&k, "");
+    i32_list(&k, "tokens", t, 2);
+    assert_int_equal(parse(&k, q, &e), -EINVAL);
+    pk_init(&k);
+    head(&k, "peer_hello", 1, 1);
+    s(&k, "hello");
+    msgpack_pack_bin(&k.p, KVN_RPC_MAX_HELLO + 1);
+    uint8_t *big = calloc(1, KVN_RPC_MAX_HELLO + 1);
+    assert_non_null(big);
+    msgpack_pack_bin_body(&k.p, big, KVN_RPC_MAX_HELLO + 1);
+    free(big);
+    assert_int_equal(parse(&k, q, &e), -EINVAL);
+}
+
 static void test_too_many_tokens(void **state)
 {
     struct kvn_rpc_req *q = *state;
@@ -466,6 +542,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_malformed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_schema_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_too_many_tokens, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cluster_ops, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refusal_resets_request, setup, teardown),
         cmocka_unit_test(test_fill_and_checksum),
     };
