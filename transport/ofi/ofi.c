@@ -112,6 +112,7 @@ struct ofi_domain {
     uint64_t max_part;
     uint64_t next_key;
     uint64_t write_flags; /* FI_DELIVERY_COMPLETE when the provider has it */
+    size_t inject_size;   /* tx_attr->inject_size */
     int wait_fd;
     bool is_shm;
     char addr[256];
@@ -369,6 +370,7 @@ static int ofi_open(const struct xport_uri *uri, const struct kvn_xport_attr *at
     }
     struct fi_info *fi = d->info;
     d->write_flags = fi->tx_attr->op_flags & FI_DELIVERY_COMPLETE;
+    d->inject_size = fi->tx_attr->inject_size;
     d->mr_mode = fi->domain_attr->mr_mode;
     d->iov_limit = fi->tx_attr->iov_limit;
     if (d->iov_limit == 0)
@@ -822,7 +824,11 @@ static ssize_t try_rma(struct ofi_domain *d, struct fid_ep *ep, struct xport_op 
         .rma_iov_count = 1,
         .context = op,
     };
-    return kind == KVN_XPORT_WRITE ? fi_writemsg(ep, &msg, FI_COMPLETION | d->write_flags)
+    /* shm: above the inject size the CMA/SAR protocols complete only once
+     * the target has copied the bytes, so delivery-complete is implied;
+     * asking for it explicitly makes shm 1.17 take a slower path */
+    uint64_t wf = (d->is_shm && len > d->inject_size) ? 0 : d->write_flags;
+    return kind == KVN_XPORT_WRITE ? fi_writemsg(ep, &msg, FI_COMPLETION | wf)
                                    : fi_readmsg(ep, &msg, FI_COMPLETION);
 }
 
