@@ -27,8 +27,12 @@
  *     (-ERANGE/-EINVAL/-EACCES with a message, nothing posted, the remote
  *     region untouched); truncated and corrupted descriptors rejected;
  *   - a peer SIGKILLed mid-transfer: every outstanding op completes within
- *     CONF_DEATH_BOUND_MS, later ops to it fail, and the domain keeps working
- *     with a third process;
+ *     CONF_DEATH_BOUND_MS and the domain keeps working with a third process;
+ *     ops posted to a peer that died idle fail within the bound (the post
+ *     call included), then posts and notifies to it give -ENOTCONN;
+ *   - closing a domain with ops in flight and every object live; a new
+ *     domain reaches the same target at once;
+ *   - an event loop driven only by kvn_xport_wait_fd();
  *   - notifications: arrive with their bytes and the sender; after the WRITEs
  *     they follow when the initiator waited for the WRITE completions (the
  *     portable rule of kvn_xport.h), and also without waiting where the
@@ -42,10 +46,11 @@
  *
  *   backend    ordered?  why
  *   ---------  --------  ----------------------------------------------------
- *   ofi+tcp    no        tcp;ofi_rxm: RMA and MSG may take different paths
- *                        (rendezvous); kvn_xport.h: wait for write completions
- *   ofi+shm    no        shm: RMA through CMA by the peer, MSG through the
- *                        ring; kvn_xport.h: wait for write completions
+ *   ofi+tcp    no        rxm reports FI_ORDER_SAW and it is observed in order,
+ *                        but kvn_xport.h says "not relied upon": portable
+ *                        code waits for the write completions
+ *   ofi+shm    no        shm offers only FI_ORDER_SAS (kvn_xport.h): wait for
+ *                        the write completions
  *   ofi+verbs  no        as ofi+tcp (rxm)
  *   ucx+tcp    yes       transport/ucx: flushes the endpoint before sending a
  *   ucx+sm     yes       notification (ucp_ep_flush_nbx), see transport/ucx
@@ -545,6 +550,7 @@ static void xfer(struct fx *f, int k, enum kvn_xport_op_kind kind, uint64_t lo, 
     post_ok(f, k, &op, 1);
     struct kvn_xport_cqe c = fx_take(f, cookie, conf_now_ms() + CONF_OP_MS);
     expect_ok_cqe(&c, kind, len);
+    assert_ptr_equal(c.peer, f->peer[k]); /* the op's peer */
 }
 
 /* ---- 1. WRITE and READ, 1 B .. 64 MiB --------------------------------------- */
@@ -981,6 +987,16 @@ static void test_out_of_bounds_refused(void **state)
     op.remote = rm2;
     expect_refused(f, pe, &op, 1, -EINVAL, "rmr of another peer");
     op.remote = rm;
+    /* ... and works with its own connection */
+    struct kvn_xport_sge s2 = {f->mr, 0, 512};
+    struct kvn_xport_op op2 = {KVN_XPORT_READ, &s2, 1, rm2, 512, 6};
+    kvn_err_clear(&err);
+    if (kvn_xport_post(pe2, &op2, 1, &err) != 0)
+        fail_msg("READ over a second connection to the same target: %s", err.msg);
+    struct kvn_xport_cqe c2 = fx_take(f, 6, conf_now_ms() + CONF_OP_MS);
+    expect_ok_cqe(&c2, KVN_XPORT_READ, 512);
+    assert_ptr_equal(c2.peer, pe2);
+    assert_int_equal(conf_pattern_check(f->buf, 512, 77, 512), -1);
 
     /* A local mr of another domain. */
     struct kvn_xport_mr *mr2 = NULL;
