@@ -11,8 +11,8 @@
  *     [reply]           or  ["", reply]  <-------   [identity, (""), reply]
  *
  * The empty delimiter frame is optional; the reply mirrors what came in.
- * Anything else (no body, more frames) is dropped and counted in stats as
- * rpc_dropped, since there is no well-formed place to put a reply.
+ * Any other frame layout is counted in stats as rpc_dropped and answered, on
+ * the sender's identity, with an -EPROTO error reply naming the frame count.
  *
  * Request: a msgpack map with string keys
  *
@@ -41,7 +41,9 @@
  *
  *   hello        -                       -> rpc, version, page_size,
  *                                           page_bytes, l2_pages, l1_slots,
- *                                           transport, write_policy
+ *                                           transport, write_policy, addr (bin:
+ *                                           the node's transport address, for
+ *                                           an engine that connects back)
  *   register_l1  desc: bin, addr: bin,   -> l1_slots
  *                page_bytes: uint, n_slots: uint
  *                (desc = the engine's packed remote descriptor of its L1
