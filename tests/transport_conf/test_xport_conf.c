@@ -561,12 +561,22 @@ static const uint64_t conf_sizes[] = {
 #define N_SIZES (sizeof(conf_sizes) / sizeof(conf_sizes[0]))
 #define GUARD   64
 
+/* 64 MiB ops on a loaded 2-core CI machine under ASan: give them 30 s, not
+ * the default 5 s op timeout (correctness, not speed, is tested here). */
+static void big_op_attr(struct kvn_xport_attr *a)
+{
+    kvn_xport_attr_init(a);
+    a->op_timeout_ms = 30000;
+}
+
 static void test_write_sizes(void **state)
 {
     struct fx *f = *state;
     NEED_BACKEND(f);
     size_t region = 64 * MiB + 4096 + 2 * GUARD;
-    fx_start(f, 1, &region, 64 * MiB + 4096, NULL);
+    struct kvn_xport_attr a;
+    big_op_attr(&a);
+    fx_start(f, 1, &region, 64 * MiB + 4096, &a);
     for (size_t i = 0; i < N_SIZES; i++) {
         uint64_t len = conf_sizes[i];
         uint64_t lo = (i * 13) % 64;
@@ -593,7 +603,9 @@ static void test_read_sizes(void **state)
     struct fx *f = *state;
     NEED_BACKEND(f);
     size_t region = 64 * MiB + 4096;
-    fx_start(f, 1, &region, 64 * MiB + 4096 + 2 * GUARD, NULL);
+    struct kvn_xport_attr a;
+    big_op_attr(&a);
+    fx_start(f, 1, &region, 64 * MiB + 4096 + 2 * GUARD, &a);
     for (size_t i = 0; i < N_SIZES; i++) {
         uint64_t len = conf_sizes[i];
         uint64_t lo = GUARD + (i * 13) % 64;
