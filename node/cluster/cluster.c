@@ -760,11 +760,13 @@ long kvn_cluster_timeout_ms(const struct kvn_cluster *c, uint64_t now, long max_
         return 0;
     /* a peer is reading pinned pages or writing reserved ones: with manual-progress
      * transports (libfabric tcp, UCX over tcp) the target must keep progressing, so the
-     * loop busy-polls while a pin or a reservation is open (both are bounded by leases) */
+     * loop wakes at least every millisecond while a pin or a reservation is open (both are
+     * bounded by leases).  Not a busy poll: on a loaded machine a spinning target steals
+     * the CPU the reader needs. */
     struct kvn_push_stats ps;
     kvn_push_get_stats(c->push, &ps);
-    if (kvn_leases_held(c->leases) || ps.active)
-        return 0;
+    if ((kvn_leases_held(c->leases) || ps.active) && max_ms > 1)
+        max_ms = 1;
     uint64_t d = kvn_peers_next_deadline(c->peers);
     uint64_t l = kvn_leases_next_expiry(c->leases);
     uint64_t r = kvn_push_next_deadline(c->push);
