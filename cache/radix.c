@@ -99,8 +99,8 @@ struct nsentry {
  */
 struct hent {
     uint64_t tick;
+    uint64_t id; /* tie-break (radix.h: "then id"); ids never change */
     uint32_t hit;
-    uint32_t slot; /* tie-break: deterministic */
     struct rnode *n;
 };
 
@@ -553,14 +553,14 @@ static bool hent_less(const struct kvn_radix *t, const struct hent *a, const str
         return a->hit < b->hit;
     if (a->tick != b->tick)
         return a->tick < b->tick;
-    return a->slot < b->slot;
+    return a->id < b->id; /* the documented rule: ties by id, not by slab slot */
 }
 
 static void hent_of(struct hent *e, struct rnode *n)
 {
     e->tick = n->last_access;
+    e->id = n->id;
     e->hit = n->hit_count;
-    e->slot = n->slot;
     e->n = n;
 }
 
@@ -857,10 +857,22 @@ static void demote(struct kvn_radix *t, struct rnode *n)
 
 /*
  * Splits x after k pages: a new node p takes x's first k pages and x's place
- * under the parent; x keeps its id, locks of its own, and the rest. p copies
- * every count so that path locks through x still cover both halves, and joins
- * x's pending job right before x. pblk / xblk are preallocated blocks.
+ * under the parent; x keeps its id, locks of its own, and the rest. pblk /
+ * xblk are preallocated blocks.
+ *
+ * Every in-flight state of x holds for each of its pages, so both fragments
+ * carry it (SPLIT_KEEP and the counts below): tiers and publication (L1, L2,
+ * L3, CPU_PUB), a pending copy job (pending_ack, p joins the job's fragment
+ * list right before x, so the ack completes both in prefix order), the kind
+ * of that job (LOADING: an L2 -> L1 copy whose L1 bytes are not valid yet;
+ * losing it on p would let match report p's pages as device hits before the
+ * ack), a demotion scheduled for the job's ack (DEMOTE), device locks and host
+ * protections (p copies the counts, so path locks through x still cover both
+ * halves; the job's own lock is one per fragment, released per fragment),
+ * hit count and tick. Only the scratch marks (MARK, ANC) and the heap
+ * bookkeeping (SYNC1, recomputed by refresh) are not copied.
  */
+#define SPLIT_KEEP (F_L1 | F_L2 | F_L3 | F_LOADING | F_CPU_PUB | F_DEMOTE)
 static struct rnode *split_node(struct kvn_radix *t, struct rnode *x, uint32_t k, void *pblk,
                                 void *xblk)
 {
@@ -904,7 +916,7 @@ static struct rnode *split_node(struct kvn_radix *t, struct rnode *x, uint32_t k
     t->blk_bytes += blk_size(t, k) + blk_size(t, m) - blk_size(t, n);
 
     p->ns = x->ns;
-    p->flags = x->flags & (F_L1 | F_L2 | F_L3 | F_CPU_PUB | F_DEMOTE);
+    p->flags = x->flags & SPLIT_KEEP;
     p->lock_ref = x->lock_ref;
     p->host_ref = x->host_ref;
     p->hit_count = x->hit_count;
@@ -1165,7 +1177,9 @@ static void job_ok(struct kvn_radix *t, struct rjob *j)
     job_release(t, j);
     for (uint32_t k = 0; k < i; k++)
         settle_written(t, t->scratch[k]);
-    for (uint32_t k = 0; k < i; k++) {
+    /* deepest first: a scheduled node split while pending demotes its suffix
+     * before its prefix, which is then an L1 leaf again and goes too */
+    for (uint32_t k = i; k-- > 0;) {
         struct rnode *c = t->scratch[k];
         if (c->flags & F_DEMOTE) {
             c->flags &= ~F_DEMOTE;
@@ -2540,12 +2554,16 @@ int kvn_radix_check(const struct kvn_radix *t, struct kvn_err *err)
             if (!n->id)
                 continue;
             uint32_t nch = 0, nl1 = 0;
+            uint64_t below_locks = 0, below_protects = 0;
             for (const struct rnode *k = n->first_child; k; k = k->next_sib) {
                 CHECK(k->parent == n, "node %#llx: child with wrong parent",
                       (unsigned long long)n->id);
                 nch++;
                 if (in_l1(k))
                     nl1++;
+                /* a child's path locks (all but its own job's lock) reach n */
+                below_locks += k->lock_ref - (k->pending_ack ? 1u : 0u);
+                below_protects += k->host_ref;
             }
             CHECK(nch == n->n_children && nl1 == n->n_l1_children,
                   "node %#llx: child counts %u/%u, list says %u/%u", (unsigned long long)n->id,
@@ -2575,6 +2593,15 @@ int kvn_radix_check(const struct kvn_radix *t, struct kvn_err *err)
                   (unsigned long long)n->id);
             CHECK(n->lock_ref >= n->own_lock && n->host_ref >= n->own_protect,
                   "node %#llx: own counts exceed totals", (unsigned long long)n->id);
+            /* locks and protections are path sums: a split that copies them
+             * wrongly, or a lost release, shows here */
+            CHECK(n->lock_ref == n->own_lock + (n->pending_ack ? 1u : 0u) + below_locks,
+                  "node %#llx: lock count %u != own %u + job %d + below %llu",
+                  (unsigned long long)n->id, n->lock_ref, n->own_lock, n->pending_ack != 0,
+                  (unsigned long long)below_locks);
+            CHECK(n->host_ref == n->own_protect + below_protects,
+                  "node %#llx: protect count %u != own %u + below %llu", (unsigned long long)n->id,
+                  n->host_ref, n->own_protect, (unsigned long long)below_protects);
             if (in_l1(n)) {
                 p1 += n->n_pages;
                 for (uint32_t k = 0; k < n->n_pages; k++) {
@@ -2599,7 +2626,19 @@ int kvn_radix_check(const struct kvn_radix *t, struct kvn_err *err)
                       (unsigned long long)n->id);
                 CHECK(n->lock_ref > 0, "node %#llx: pending but unlocked",
                       (unsigned long long)n->id);
+                /* the node's state must say which copy is in flight: a load
+                 * fragment that is not LOADING would be matched as L1 hits */
+                CHECK((j->dir == KVN_COPY_L2_TO_L1) == ((n->flags & F_LOADING) != 0),
+                      "node %#llx: pending on a %s job but %sloading", (unsigned long long)n->id,
+                      j->dir == KVN_COPY_L2_TO_L1 ? "load" : "write",
+                      (n->flags & F_LOADING) ? "" : "not ");
             }
+            CHECK(!(n->flags & F_LOADING) || (n->pending_ack && in_l1(n) && in_l2(n)),
+                  "node %#llx: loading without a pending load into L1 from L2",
+                  (unsigned long long)n->id);
+            CHECK(!(n->flags & F_DEMOTE) || pending_write(n),
+                  "node %#llx: demotion scheduled without a pending write",
+                  (unsigned long long)n->id);
             CHECK(in_l1(n) || (n->flags & F_CPU_PUB),
                   "node %#llx: L2-only but not announced on CPU_PINNED", (unsigned long long)n->id);
             if (l2_valid(n) && !(n->flags & F_CPU_PUB)) {
@@ -2639,11 +2678,23 @@ int kvn_radix_check(const struct kvn_radix *t, struct kvn_err *err)
         if (!j->ack_id)
             continue;
         uint32_t cnt = 0;
-        for (const struct rnode *n = j->head; n; n = n->pend_next) {
+        const struct rnode *prev = NULL;
+        for (const struct rnode *n = j->head; n; prev = n, n = n->pend_next) {
             CHECK(n->pending_ack == j->ack_id, "job %#llx: fragment of another job",
                   (unsigned long long)j->ack_id);
+            CHECK(n->pend_prev == prev, "job %#llx: fragment list links broken",
+                  (unsigned long long)j->ack_id);
+            /* fragments in prefix order hold exactly the job's pairs */
+            CHECK(cnt + (uint64_t)n->n_pages <= j->n_pages &&
+                      memcmp(n_l1(n), j->l1 + cnt, (size_t)n->n_pages * 4) == 0 &&
+                      memcmp(n_l2(n), j->l2 + cnt, (size_t)n->n_pages * 4) == 0,
+                  "job %#llx: fragment %#llx does not hold the job's pages %u..%u",
+                  (unsigned long long)j->ack_id, (unsigned long long)n->id, cnt,
+                  cnt + n->n_pages);
             cnt += n->n_pages;
         }
+        CHECK(j->tail == prev, "job %#llx: tail is not the last fragment",
+              (unsigned long long)j->ack_id);
         if (j->orphan) {
             for (uint32_t k = 0; k < j->n_pages; k++) {
                 uint32_t s = j->dir == KVN_COPY_L1_TO_L2 ? j->l2[k] : j->l1[k];
