@@ -1,6 +1,7 @@
 /*
- * bench_cluster.c - kvbench cluster (built as kvbench-cluster until bench/kvbench.c can take it): a Mooncake trace replayed across N real kvnode
- * processes, with local caches only and with cross-node sharing.
+ * bench_cluster.c - kvbench cluster (built as kvbench-cluster until bench/kvbench.c can take it): a
+ * Mooncake trace replayed across N real kvnode processes, with local caches only and with
+ * cross-node sharing.
  *
  *   kvbench cluster --trace FILE --nodes N --capacity TOKENS_PER_NODE [--json]
  *
@@ -420,8 +421,12 @@ static int verify_phase(const struct opts *o, struct node *nd, uint32_t l1_slots
     if (!wait_idle(&nd[0]) || sums(&nd[0], src, VP, want) < 0)
         goto out;
     /* push node 0 (L1 slots) -> node 1, load back on node 1 */
-    q = (struct kvn_client_req){.op = KVN_RPC_PUSH, .to = nd[1].ctl, .tokens = toks,
-                                .n_tokens = VP * ps, .slots = src, .n_slots = VP};
+    q = (struct kvn_client_req){.op = KVN_RPC_PUSH,
+                                .to = nd[1].ctl,
+                                .tokens = toks,
+                                .n_tokens = VP * ps,
+                                .slots = src,
+                                .n_slots = VP};
     if (call(&nd[0], &q, &r, res, "push") < 0)
         goto out;
     kvn_client_reply_free(r);
@@ -453,8 +458,8 @@ static int verify_phase(const struct opts *o, struct node *nd, uint32_t l1_slots
     uint64_t fetched = rget(r, "fetched_pages");
     kvn_client_reply_free(r);
     if (fetched != VP) {
-        fprintf(stderr, "kvbench cluster: verify fetch moved %" PRIu64 " of %d pages\n",
-                fetched, VP);
+        fprintf(stderr, "kvbench cluster: verify fetch moved %" PRIu64 " of %d pages\n", fetched,
+                VP);
         res->verify_mismatch++;
         goto out;
     }
@@ -572,8 +577,12 @@ static int replay(const struct opts *o, const struct kvn_trace *t, size_t n_reqs
             for (size_t k = 0; k < pages; k++)
                 s32[k] = (uint32_t)slots[k];
             struct node *d = &nd[1 + i % (o->nodes - 1)];
-            q = (struct kvn_client_req){.op = KVN_RPC_PUSH, .to = d->ctl, .tokens = toks,
-                                        .n_tokens = nt, .slots = s32, .n_slots = pages};
+            q = (struct kvn_client_req){.op = KVN_RPC_PUSH,
+                                        .to = d->ctl,
+                                        .tokens = toks,
+                                        .n_tokens = nt,
+                                        .slots = s32,
+                                        .n_slots = pages};
             if (call(n, &q, &r, res, "push") == 0) {
                 res->pushes++;
                 res->pushed_bytes += rget(r, "bytes");
@@ -663,22 +672,20 @@ static void result_print(const struct result *r, double ceiling)
            (double)r->local_hit_tokens / tot, (double)r->remote_hit_tokens / tot, ceiling);
     if (r->fetched_bytes || r->fetches)
         printf("  fetched             %" PRIu64 " pages, %.1f MB in %" PRIu64
-               " fetches, %.3f GB/s inside fetch, latency p50 %" PRIu64 " us p99 %" PRIu64
-               " us\n",
+               " fetches, %.3f GB/s inside fetch, latency p50 %" PRIu64 " us p99 %" PRIu64 " us\n",
                r->fetched_pages, (double)r->fetched_bytes / 1e6, r->fetches,
                r->fetch_us ? (double)r->fetched_bytes / (double)r->fetch_us / 1e3 : 0,
                r->fetch_p50_us, r->fetch_p99_us);
     if (r->pushes)
-        printf("  pushed              %" PRIu64 " requests, %.1f MB, %.3f GB/s inside push; %" PRIu64
-               " pages loaded back\n",
+        printf("  pushed              %" PRIu64
+               " requests, %.1f MB, %.3f GB/s inside push; %" PRIu64 " pages loaded back\n",
                r->pushes, (double)r->pushed_bytes / 1e6,
                r->push_us ? (double)r->pushed_bytes / (double)r->push_us / 1e3 : 0,
                r->loaded_pages);
     printf("  events              %" PRIu64 " published, %" PRIu64
            " applied by peers; replication lag p50 %" PRIu64 " us p99 %" PRIu64 " us (%" PRIu64
            " batches)\n",
-           r->events_published, r->events_applied, r->lag_p50_us, r->lag_p99_us,
-           r->lag_samples);
+           r->events_published, r->events_applied, r->lag_p50_us, r->lag_p99_us, r->lag_samples);
     if (r->verified_pages)
         printf("  integrity           %" PRIu64 " pages pushed/fetched and loaded back, %" PRIu64
                " mismatches\n",
@@ -703,17 +710,24 @@ static char *default_kvnode(void)
 
 int kvn_bench_cluster_main(int argc, char **argv)
 {
-    struct opts o = {.transport = "auto", .mode = "both", .nodes = 3, .page_size = 512,
-                     .page_bytes = 16384};
-    static const struct option lo[] = {
-        {"trace", required_argument, NULL, 't'},      {"nodes", required_argument, NULL, 'n'},
-        {"capacity", required_argument, NULL, 'c'},   {"requests", required_argument, NULL, 'r'},
-        {"mode", required_argument, NULL, 'm'},       {"disagg", no_argument, NULL, 'd'},
-        {"verify", no_argument, NULL, 'v'},           {"page-size", required_argument, NULL, 'p'},
-        {"page-bytes", required_argument, NULL, 'b'}, {"transport", required_argument, NULL, 'x'},
-        {"kvnode", required_argument, NULL, 'k'},     {"json", no_argument, NULL, 'j'},
-        {"log-dir", required_argument, NULL, 'l'},    {"quiet", no_argument, NULL, 'q'},
-        {"help", no_argument, NULL, 'h'},             {NULL, 0, NULL, 0}};
+    struct opts o = {
+        .transport = "auto", .mode = "both", .nodes = 3, .page_size = 512, .page_bytes = 16384};
+    static const struct option lo[] = {{"trace", required_argument, NULL, 't'},
+                                       {"nodes", required_argument, NULL, 'n'},
+                                       {"capacity", required_argument, NULL, 'c'},
+                                       {"requests", required_argument, NULL, 'r'},
+                                       {"mode", required_argument, NULL, 'm'},
+                                       {"disagg", no_argument, NULL, 'd'},
+                                       {"verify", no_argument, NULL, 'v'},
+                                       {"page-size", required_argument, NULL, 'p'},
+                                       {"page-bytes", required_argument, NULL, 'b'},
+                                       {"transport", required_argument, NULL, 'x'},
+                                       {"kvnode", required_argument, NULL, 'k'},
+                                       {"json", no_argument, NULL, 'j'},
+                                       {"log-dir", required_argument, NULL, 'l'},
+                                       {"quiet", no_argument, NULL, 'q'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {NULL, 0, NULL, 0}};
     int opt;
     uint64_t v;
     optind = 1;

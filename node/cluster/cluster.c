@@ -19,12 +19,12 @@
 #include "node/events/event_sub.h"
 #include "transport/kvn_xport.h"
 
-#define NS0            KVN_RADIX_NS_DEFAULT
-#define MAX_ITEMS      (2u * KVN_CLUSTER_MAX_PEERS + 1u)
-#define RUN_MAX_PAGES  64u    /* pages coalesced into one RDMA op at most */
-#define LAT_SAMPLES    4096u  /* ring of recent samples for p50/p99 */
+#define NS0             KVN_RADIX_NS_DEFAULT
+#define MAX_ITEMS       (2u * KVN_CLUSTER_MAX_PEERS + 1u)
+#define RUN_MAX_PAGES   64u   /* pages coalesced into one RDMA op at most */
+#define LAT_SAMPLES     4096u /* ring of recent samples for p50/p99 */
 #define REPLAY_RETRY_MS 1000u
-#define CQE_BATCH      64
+#define CQE_BATCH       64
 
 enum item_kind { IT_HB = 1, IT_SUB, IT_SUB_REPLAY, IT_XPORT };
 
@@ -37,8 +37,8 @@ struct peer_rt {
     void *hb;  /* DEALER: heartbeats (async) */
     void *rpc; /* DEALER: synchronous calls (fetch, push) */
     struct kvn_events_sub *sub;
-    uint64_t sub_since_us;     /* realtime when the subscription started (lag samples) */
-    uint64_t replay_seen_ms;   /* when a replay was first seen outstanding, 0 = none */
+    uint64_t sub_since_us;        /* realtime when the subscription started (lag samples) */
+    uint64_t replay_seen_ms;      /* when a replay was first seen outstanding, 0 = none */
     struct kvn_wire_hello *hello; /* last hello, NULL before the first */
     struct kvn_xport_peer *xp;
     struct kvn_xport_rmr *rmr;
@@ -207,7 +207,6 @@ static bool get_u64(const msgpack_object *m, const char *key, uint64_t *out)
 
 static void on_batch(void *ctx, uint64_t seq, double ts, uint32_t n_events);
 
-
 static void peer_teardown(struct kvn_cluster *c, uint32_t id)
 {
     struct peer_rt *p = &c->rt[id];
@@ -262,9 +261,8 @@ static int peer_setup(struct kvn_cluster *c, uint32_t id, struct kvn_err *err)
     }
     if ((uint64_t)kvn_xport_rmr_len(p->rmr) < (uint64_t)h->pool_pages * h->page_bytes) {
         c->st.bad_descriptors++;
-        rc = kvn_err_set(err, -EPROTO,
-                         "peer %s announces %u pages but registered only %zu bytes", h->ctl,
-                         h->pool_pages, kvn_xport_rmr_len(p->rmr));
+        rc = kvn_err_set(err, -EPROTO, "peer %s announces %u pages but registered only %zu bytes",
+                         h->ctl, h->pool_pages, kvn_xport_rmr_len(p->rmr));
         goto fail;
     }
     if (h->events[0]) {
@@ -418,8 +416,8 @@ static void hb_readable(struct kvn_cluster *c, uint32_t id, uint64_t now)
         size_t off = 0;
         struct kvn_err e;
         kvn_err_clear(&e);
-        if (msgpack_unpack_next(&up, zmq_msg_data((zmq_msg_t *)body), zmq_msg_size(body),
-                                &off) == MSGPACK_UNPACK_SUCCESS) {
+        if (msgpack_unpack_next(&up, zmq_msg_data((zmq_msg_t *)body), zmq_msg_size(body), &off) ==
+            MSGPACK_UNPACK_SUCCESS) {
             const msgpack_object *ok = map_get(&up.data, "ok");
             const msgpack_object *hb = map_get(&up.data, "hello");
             if (ok && ok->type == MSGPACK_OBJECT_BOOLEAN && ok->via.boolean && hb &&
@@ -464,8 +462,7 @@ static int copy_str(char *dst, const char *src, const char *what, struct kvn_err
     if (!src)
         src = "";
     if (strlen(src) >= KVN_WIRE_STR_MAX)
-        return kvn_err_set(err, -EINVAL, "%s is longer than %u bytes", what,
-                           KVN_WIRE_STR_MAX - 1);
+        return kvn_err_set(err, -EINVAL, "%s is longer than %u bytes", what, KVN_WIRE_STR_MAX - 1);
     strcpy(dst, src);
     return 0;
 }
@@ -478,8 +475,7 @@ int kvn_cluster_create(const struct kvn_cluster_cfg *cfg, struct kvn_cluster **o
         return kvn_err_set(err, -EINVAL,
                            "cluster config needs zctx, pool, self_ctl, transport, page_size");
     if (cfg->n_peers > KVN_CLUSTER_MAX_PEERS)
-        return kvn_err_set(err, -EINVAL, "%u peers (max %u)", cfg->n_peers,
-                           KVN_CLUSTER_MAX_PEERS);
+        return kvn_err_set(err, -EINVAL, "%u peers (max %u)", cfg->n_peers, KVN_CLUSTER_MAX_PEERS);
     struct kvn_cluster *c = calloc(1, sizeof(*c));
     if (!c)
         return kvn_err_set(err, -ENOMEM, "no memory for the cluster");
@@ -526,7 +522,8 @@ int kvn_cluster_create(const struct kvn_cluster_cfg *cfg, struct kvn_cluster **o
         goto fail;
     if ((rc = copy_str(s->transport, kvn_xport_name(c->x), "transport", err)) < 0)
         goto fail;
-    if ((rc = kvn_xport_mr_reg(c->x, cfg->pool->base, (size_t)cfg->pool->n_pages * cfg->pool->page_bytes,
+    if ((rc = kvn_xport_mr_reg(c->x, cfg->pool->base,
+                               (size_t)cfg->pool->n_pages * cfg->pool->page_bytes,
                                KVN_XPORT_ACCESS_ALL, &c->pool_mr, err)) < 0)
         goto fail;
     if (cfg->l1_base && cfg->l1_bytes &&
@@ -546,8 +543,8 @@ int kvn_cluster_create(const struct kvn_cluster_cfg *cfg, struct kvn_cluster **o
         rc = kvn_err_set(err, -ENOMEM, "no memory for the hello");
         goto fail;
     }
-    if ((rc = kvn_wire_hello_encode(s, c->self_blob, KVN_WIRE_HELLO_MAX, &c->self_blob_len,
-                                    err)) < 0)
+    if ((rc = kvn_wire_hello_encode(s, c->self_blob, KVN_WIRE_HELLO_MAX, &c->self_blob_len, err)) <
+        0)
         goto fail;
     struct kvn_peers_config pc = {.max_peers = KVN_CLUSTER_MAX_PEERS,
                                   .heartbeat_ms = cfg->heartbeat_ms,
@@ -562,8 +559,7 @@ int kvn_cluster_create(const struct kvn_cluster_cfg *cfg, struct kvn_cluster **o
     for (uint32_t i = 0; i < cfg->n_peers; i++) {
         uint32_t id;
         if (strcmp(cfg->peers[i], cfg->self_ctl) == 0) {
-            rc = kvn_err_set(err, -EINVAL, "--peer %s is this node's own endpoint",
-                             cfg->peers[i]);
+            rc = kvn_err_set(err, -EINVAL, "--peer %s is this node's own endpoint", cfg->peers[i]);
             goto fail;
         }
         rc = kvn_peers_add(c->peers, cfg->peers[i], &id, err);
@@ -666,8 +662,7 @@ int kvn_cluster_poll_items(struct kvn_cluster *c, zmq_pollitem_t *items, int cap
     return n;
 }
 
-void kvn_cluster_handle(struct kvn_cluster *c, const zmq_pollitem_t *items, int n,
-                        uint64_t now_ms)
+void kvn_cluster_handle(struct kvn_cluster *c, const zmq_pollitem_t *items, int n, uint64_t now_ms)
 {
     if (!c || !items)
         return;
@@ -816,8 +811,8 @@ static void call_reply_free(struct call_reply *r)
 }
 
 /* Sends op to peer id and waits (bounded) for its reply; an error reply becomes its code. */
-static int call_peer(struct kvn_cluster *c, uint32_t id, const char *op,
-                     const struct call_args *a, struct call_reply *r, struct kvn_err *err)
+static int call_peer(struct kvn_cluster *c, uint32_t id, const char *op, const struct call_args *a,
+                     struct call_reply *r, struct kvn_err *err)
 {
     struct peer_rt *p = &c->rt[id];
     const char *ep = kvn_cluster_peer_endpoint(c, id);
@@ -899,8 +894,8 @@ static int call_peer(struct kvn_cluster *c, uint32_t id, const char *op,
             return 0;
         const msgpack_object *code = map_get(&r->up.data, "code");
         const msgpack_object *em = map_get(&r->up.data, "error");
-        int rc = code && code->type == MSGPACK_OBJECT_NEGATIVE_INTEGER ? (int)code->via.i64
-                                                                        : -EPROTO;
+        int rc =
+            code && code->type == MSGPACK_OBJECT_NEGATIVE_INTEGER ? (int)code->via.i64 : -EPROTO;
         kvn_err_set(err, rc, "%s at %s: %.*s", op, ep,
                     em && em->type == MSGPACK_OBJECT_STR ? (int)em->via.str.size : 0,
                     em && em->type == MSGPACK_OBJECT_STR ? em->via.str.ptr : "");
@@ -957,10 +952,13 @@ static int move_pages(struct kvn_cluster *c, uint32_t id, enum kvn_xport_op_kind
             while (i + run < n && run < RUN_MAX_PAGES && lp[i + run] == lp[i] + run &&
                    rp[i + run] == rp[i] + run)
                 run++;
-            struct kvn_xport_sge sge = {.mr = mr, .offset = (uint64_t)lp[i] * pb,
-                                        .len = (uint64_t)run * pb};
-            struct kvn_xport_op op = {.kind = kind, .local = &sge, .n_local = 1,
-                                      .remote = p->rmr, .remote_offset = (uint64_t)rp[i] * pb,
+            struct kvn_xport_sge sge = {
+                .mr = mr, .offset = (uint64_t)lp[i] * pb, .len = (uint64_t)run * pb};
+            struct kvn_xport_op op = {.kind = kind,
+                                      .local = &sge,
+                                      .n_local = 1,
+                                      .remote = p->rmr,
+                                      .remote_offset = (uint64_t)rp[i] * pb,
                                       .cookie = tag | posted};
             struct kvn_err pe;
             int rc = kvn_xport_post(p->xp, &op, 1, &pe);
@@ -1055,8 +1053,7 @@ static int h_peer_hello(struct kvn_cluster *c, const struct kvn_rpc_req *q, uint
 }
 
 static int h_pin(struct kvn_cluster *c, struct kvn_radix *tree, const struct kvn_rpc_req *q,
-                 uint64_t now, uint64_t tick, msgpack_packer *pk, uint32_t *nk,
-                 struct kvn_err *err)
+                 uint64_t now, uint64_t tick, msgpack_packer *pk, uint32_t *nk, struct kvn_err *err)
 {
     int rc = need_pages(c, q, "pin", err);
     if (rc < 0)
@@ -1070,8 +1067,8 @@ static int h_pin(struct kvn_cluster *c, struct kvn_radix *tree, const struct kvn
     if ((rc = kvn_radix_protect(tree, m.last_node, err)) < 0)
         return rc;
     uint64_t handle;
-    if ((rc = kvn_leases_add(c->leases, m.last_node, m.n_pages, now + q->lease_ms, &handle,
-                             err)) < 0) {
+    if ((rc = kvn_leases_add(c->leases, m.last_node, m.n_pages, now + q->lease_ms, &handle, err)) <
+        0) {
         kvn_radix_unprotect(tree, m.last_node, NULL);
         return rc;
     }
@@ -1114,10 +1111,9 @@ static int reserve_pages(struct kvn_radix *tree, uint32_t n, uint32_t *pages, st
 }
 
 /* Inserts a host sequence and gives back the reserved pages it did not adopt. */
-static int insert_and_release(struct kvn_cluster *c, struct kvn_radix *tree,
-                              const int32_t *tokens, uint32_t n_tokens, uint32_t *pages,
-                              uint64_t tick, struct kvn_radix_insert_result *res,
-                              struct kvn_err *err)
+static int insert_and_release(struct kvn_cluster *c, struct kvn_radix *tree, const int32_t *tokens,
+                              uint32_t n_tokens, uint32_t *pages, uint64_t tick,
+                              struct kvn_radix_insert_result *res, struct kvn_err *err)
 {
     uint32_t ps = c->self.page_size, n = n_tokens / ps;
     int rc = kvn_radix_insert_host(tree, NS0, tokens, n_tokens, pages, tick, res, err);
@@ -1210,8 +1206,8 @@ static int h_abort(struct kvn_cluster *c, struct kvn_radix *tree, const struct k
 static bool peer_ready(const struct kvn_cluster *c, uint32_t id)
 {
     struct kvn_peer_info pi;
-    return kvn_peers_get(c->peers, id, &pi, NULL) == 0 && pi.state == KVN_PEER_UP &&
-           c->rt[id].xp && c->rt[id].rmr && c->rt[id].hello;
+    return kvn_peers_get(c->peers, id, &pi, NULL) == 0 && pi.state == KVN_PEER_UP && c->rt[id].xp &&
+           c->rt[id].rmr && c->rt[id].hello;
 }
 
 static int h_fetch(struct kvn_cluster *c, struct kvn_radix *tree, const struct kvn_rpc_req *q,
@@ -1223,8 +1219,8 @@ static int h_fetch(struct kvn_cluster *c, struct kvn_radix *tree, const struct k
     uint32_t ps = c->self.page_size;
     uint64_t t0 = mono_us();
     struct kvn_radix_match lm;
-    if ((rc = kvn_radix_match_prefix(tree, NS0, q->tokens, q->n_tokens, tick, NULL, 0, &lm,
-                                     err)) < 0)
+    if ((rc = kvn_radix_match_prefix(tree, NS0, q->tokens, q->n_tokens, tick, NULL, 0, &lm, err)) <
+        0)
         return rc;
     uint32_t local = (lm.device_tokens + lm.host_tokens) / ps;
     struct kvn_overlap o;
@@ -1241,8 +1237,8 @@ static int h_fetch(struct kvn_cluster *c, struct kvn_radix *tree, const struct k
     c->st.fetches++;
     uint64_t t_pin = mono_us();
     /* 1. pin on the owner */
-    struct call_args a = {.tokens = q->tokens, .n_tokens = n * ps, .has_lease = true,
-                          .lease_ms = q->lease_ms};
+    struct call_args a = {
+        .tokens = q->tokens, .n_tokens = n * ps, .has_lease = true, .lease_ms = q->lease_ms};
     struct call_reply r;
     if ((rc = call_peer(c, id, "pin", &a, &r, err)) < 0)
         goto failed;
@@ -1276,9 +1272,9 @@ static int h_fetch(struct kvn_cluster *c, struct kvn_radix *tree, const struct k
     uint32_t skip = l2.tokens / ps; /* already valid here: not adopted, not read */
     /* 3. read */
     uint64_t t_read = mono_us();
-    rc = skip < n ? move_pages(c, id, KVN_XPORT_READ, c->pool_mr, c->pages_a, c->pages_b, skip, n,
-                               err)
-                  : 0;
+    rc = skip < n
+             ? move_pages(c, id, KVN_XPORT_READ, c->pool_mr, c->pages_a, c->pages_b, skip, n, err)
+             : 0;
     if (c->cfg.fetch_hold_ms)
         sleep_progress(c, c->cfg.fetch_hold_ms);
     /* 4. unpin: only a lease still held proves that the pages were not reused under us */
@@ -1304,8 +1300,8 @@ static int h_fetch(struct kvn_cluster *c, struct kvn_radix *tree, const struct k
     clog_(c, 3,
           "fetch %u pages from %s: match %" PRIu64 " us, pin %" PRIu64 " us, read %" PRIu64
           " us, unpin %" PRIu64 " us, insert %" PRIu64 " us",
-          n - skip, ph->ctl, t_pin - t0, t_read - t_pin, t_unpin - t_read,
-          t_unpin_done - t_unpin, mono_us() - t_unpin_done);
+          n - skip, ph->ctl, t_pin - t0, t_read - t_pin, t_unpin - t_read, t_unpin_done - t_unpin,
+          mono_us() - t_unpin_done);
     c->st.fetch_pages += n - skip;
     c->st.fetch_bytes += bytes;
     c->st.fetch_us += us;
@@ -1345,8 +1341,9 @@ static int h_push(struct kvn_cluster *c, struct kvn_radix *tree, const struct kv
         uint64_t l1_slots = c->cfg.l1_bytes / pb;
         for (uint32_t i = 0; i < n; i++)
             if (q->slots[i] >= l1_slots)
-                return kvn_err_set(err, -EINVAL, "slots[%u] = %u is out of range (%" PRIu64
-                                                 " L1 slots)", i, q->slots[i], l1_slots);
+                return kvn_err_set(err, -EINVAL,
+                                   "slots[%u] = %u is out of range (%" PRIu64 " L1 slots)", i,
+                                   q->slots[i], l1_slots);
         memcpy(c->pages_a, q->slots, sizeof(uint32_t) * n);
         src = c->l1_mr;
     } else {
@@ -1366,8 +1363,8 @@ static int h_push(struct kvn_cluster *c, struct kvn_radix *tree, const struct kv
     }
     uint64_t t0 = mono_us();
     c->st.pushes++;
-    struct call_args a = {.tokens = q->tokens, .n_tokens = q->n_tokens, .has_lease = true,
-                          .lease_ms = q->lease_ms};
+    struct call_args a = {
+        .tokens = q->tokens, .n_tokens = q->n_tokens, .has_lease = true, .lease_ms = q->lease_ms};
     struct call_reply r;
     uint64_t handle = 0;
     uint32_t np = 0;

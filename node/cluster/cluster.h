@@ -55,23 +55,23 @@
 struct kvn_cluster;
 
 struct kvn_cluster_cfg {
-    void *zctx;                /* the daemon's ZeroMQ context */
-    const char *self_ctl;      /* our control endpoint as peers reach it (required) */
-    const char *events;        /* our PUB endpoint ("" = none: peers cannot replicate us) */
-    const char *replay;        /* our replay ROUTER endpoint ("" = none) */
-    const char *topic;         /* our events topic */
-    const char *const *peers;  /* --peer endpoints */
+    void *zctx;               /* the daemon's ZeroMQ context */
+    const char *self_ctl;     /* our control endpoint as peers reach it (required) */
+    const char *events;       /* our PUB endpoint ("" = none: peers cannot replicate us) */
+    const char *replay;       /* our replay ROUTER endpoint ("" = none) */
+    const char *topic;        /* our events topic */
+    const char *const *peers; /* --peer endpoints */
     uint32_t n_peers;
-    const char *transport;     /* URI of the cluster domain (the node's canonical name) */
+    const char *transport; /* URI of the cluster domain (the node's canonical name) */
     struct kvn_host_pool *pool;
     uint32_t page_size;
-    void *l1_base;             /* L1 stand-in (push source for --slots), NULL = none */
+    void *l1_base; /* L1 stand-in (push source for --slots), NULL = none */
     uint64_t l1_bytes;
-    uint64_t heartbeat_ms;     /* 0 = 200 */
-    uint64_t timeout_ms;       /* peer declared dead after this long; 0 = 1500 */
-    uint32_t rpc_timeout_ms;   /* fetch/push waiting for a peer's reply; 0 = 2000 */
-    uint32_t op_timeout_ms;    /* one RDMA op; 0 = 2000 */
-    uint32_t fetch_hold_ms;    /* test aid: hold this long between reading and unpinning */
+    uint64_t heartbeat_ms;   /* 0 = 200 */
+    uint64_t timeout_ms;     /* peer declared dead after this long; 0 = 1500 */
+    uint32_t rpc_timeout_ms; /* fetch/push waiting for a peer's reply; 0 = 2000 */
+    uint32_t op_timeout_ms;  /* one RDMA op; 0 = 2000 */
+    uint32_t fetch_hold_ms;  /* test aid: hold this long between reading and unpinning */
     void (*log)(void *ctx, int level, const char *msg); /* 0 error .. 3 debug; may be NULL */
     void *log_ctx;
 };
@@ -81,12 +81,12 @@ struct kvn_cluster_stats {
     uint64_t peer_joins, peer_deaths, peer_restarts;
     uint64_t hello_sent, hello_recv, hello_bad;
     uint64_t events_applied, batches_applied, sub_malformed, sub_bad_frames, sub_lost;
-    uint64_t remote_blocks;     /* CPU_PINNED blocks known at peers */
+    uint64_t remote_blocks; /* CPU_PINNED blocks known at peers */
     uint64_t pins, pins_active, pin_expired, unpin_bad;
     uint64_t fetches, fetch_failed, fetch_pages, fetch_bytes, fetch_us;
     uint64_t pushes, push_failed, push_pages, push_bytes, push_us;
     uint64_t reservations, res_completed, res_aborted, res_expired, res_refused;
-    uint64_t bad_descriptors;   /* remote page lists outside the peer's pool */
+    uint64_t bad_descriptors;                     /* remote page lists outside the peer's pool */
     uint64_t lag_samples, lag_p50_us, lag_p99_us; /* publisher ts -> applied here */
     uint64_t fetch_p50_us, fetch_p99_us;
 };
@@ -110,8 +110,7 @@ void kvn_cluster_release_all(struct kvn_cluster *c, struct kvn_radix *tree);
 int kvn_cluster_poll_items(struct kvn_cluster *c, zmq_pollitem_t *items, int cap);
 
 /* Handles what zmq_poll reported on the items kvn_cluster_poll_items() filled. */
-void kvn_cluster_handle(struct kvn_cluster *c, const zmq_pollitem_t *items, int n,
-                        uint64_t now_ms);
+void kvn_cluster_handle(struct kvn_cluster *c, const zmq_pollitem_t *items, int n, uint64_t now_ms);
 
 /* Timers and transport progress; tree may be NULL (no L1 yet). */
 void kvn_cluster_tick(struct kvn_cluster *c, struct kvn_radix *tree, uint64_t now_ms);

@@ -25,8 +25,8 @@ enum hkey {
 };
 
 static const char *const hkey_names[H_COUNT] = {
-    "node_id",    "inc",        "ctl",       "events", "replay", "topic",
-    "page_size",  "page_bytes", "pool_pages", "transport", "addr", "pool_desc",
+    "node_id",   "inc",        "ctl",        "events",    "replay", "topic",
+    "page_size", "page_bytes", "pool_pages", "transport", "addr",   "pool_desc",
 };
 
 struct wbuf {
@@ -119,8 +119,7 @@ static int get_u(const msgpack_object *v, enum hkey k, uint64_t max, uint64_t *o
                  struct kvn_err *err)
 {
     if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-        return kvn_err_set(err, -EPROTO, "hello \"%s\" must be an unsigned integer",
-                           hkey_names[k]);
+        return kvn_err_set(err, -EPROTO, "hello \"%s\" must be an unsigned integer", hkey_names[k]);
     if (v->via.u64 > max)
         return kvn_err_set(err, -EINVAL, "hello \"%s\" = %llu is out of range", hkey_names[k],
                            (unsigned long long)v->via.u64);
@@ -171,8 +170,7 @@ static int decode_map(const msgpack_object *o, struct kvn_wire_hello *h, struct 
                 key = j;
         if (key < 0)
             return kvn_err_set(err, -EPROTO, "hello has unknown key \"%.*s\"",
-                               (int)(k->via.str.size > 64 ? 64 : k->via.str.size),
-                               k->via.str.ptr);
+                               (int)(k->via.str.size > 64 ? 64 : k->via.str.size), k->via.str.ptr);
         if (seen & (1u << key))
             return kvn_err_set(err, -EPROTO, "hello has key \"%s\" twice", hkey_names[key]);
         seen |= 1u << key;

@@ -32,8 +32,8 @@
 
 #include "util/kvn_err.h"
 
-#define KVN_WIRE_STR_MAX  256u
-#define KVN_WIRE_BLOB_MAX 4096u
+#define KVN_WIRE_STR_MAX   256u
+#define KVN_WIRE_BLOB_MAX  4096u
 #define KVN_WIRE_HELLO_MAX (8u * KVN_WIRE_STR_MAX + 2u * KVN_WIRE_BLOB_MAX + 256u)
 
 struct kvn_wire_hello {

@@ -26,8 +26,7 @@ int kvn_leases_create(uint32_t cap, struct kvn_leases **out, struct kvn_err *err
     if (cap == 0)
         cap = KVN_LEASES_DEFAULT_MAX;
     if (cap > KVN_LEASES_LIMIT_MAX)
-        return kvn_err_set(err, -EINVAL, "lease capacity %u exceeds %u", cap,
-                           KVN_LEASES_LIMIT_MAX);
+        return kvn_err_set(err, -EINVAL, "lease capacity %u exceeds %u", cap, KVN_LEASES_LIMIT_MAX);
     struct kvn_leases *t = calloc(1, sizeof(*t));
     if (!t || !(t->s = calloc(cap, sizeof(*t->s)))) {
         free(t);

@@ -19,8 +19,8 @@ int kvn_overlap_query(const struct kvn_gindex *g, const int32_t *tokens, size_t 
     struct kvn_gindex_match pinned, any;
     uint32_t n_pages = 0;
     int rc = kvn_gindex_best_prefix_tokens(g, tokens, n_tokens, page_size, hash_buf, hash_cap,
-                                           KVN_GINDEX_MEDIUM_BIT(KVN_MEDIUM_CPU_PINNED),
-                                           self_peer, &pinned, &n_pages, err);
+                                           KVN_GINDEX_MEDIUM_BIT(KVN_MEDIUM_CPU_PINNED), self_peer,
+                                           &pinned, &n_pages, err);
     if (rc < 0)
         return rc;
     /* the hashes are in hash_buf now: the any-medium query needs no second hashing */

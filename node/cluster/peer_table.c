@@ -123,8 +123,7 @@ int kvn_peers_heard(struct kvn_peers *t, uint32_t id, uint64_t node_id, uint64_t
                            p->endpoint, (unsigned long long)node_id);
     for (uint32_t i = 0; i < t->n; i++)
         if (i != id && t->p[i].state == KVN_PEER_UP && t->p[i].node_id == node_id)
-            return kvn_err_set(err, -EADDRINUSE,
-                               "node %016llx answers at %s and at %s (peer %u)",
+            return kvn_err_set(err, -EADDRINUSE, "node %016llx answers at %s and at %s (peer %u)",
                                (unsigned long long)node_id, p->endpoint, t->p[i].endpoint, i);
     if (p->state != KVN_PEER_UP) {
         *change = KVN_PEER_JOINED;

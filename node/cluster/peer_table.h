@@ -28,11 +28,11 @@
 
 #include "util/kvn_err.h"
 
-#define KVN_PEERS_ENDPOINT_MAX   256u /* bytes, NUL included */
-#define KVN_PEERS_DEFAULT_MAX    64u
-#define KVN_PEERS_LIMIT_MAX      4096u
-#define KVN_PEERS_DEFAULT_HB_MS  200u
-#define KVN_PEERS_DEFAULT_TO_MS  1500u
+#define KVN_PEERS_ENDPOINT_MAX  256u /* bytes, NUL included */
+#define KVN_PEERS_DEFAULT_MAX   64u
+#define KVN_PEERS_LIMIT_MAX     4096u
+#define KVN_PEERS_DEFAULT_HB_MS 200u
+#define KVN_PEERS_DEFAULT_TO_MS 1500u
 
 enum kvn_peer_state {
     KVN_PEER_KNOWN = 1, /* configured or announced, never heard from */

@@ -173,9 +173,8 @@ int kvn_push_land(struct kvn_push_table *t, uint64_t handle, const uint32_t *idx
         int bad = 0;
         if (idx[i] >= r->n_pages) {
             t->st.refused_range++;
-            bad = kvn_err_set(err, -ERANGE,
-                              "landed[%u] = %u is beyond the reservation of %u pages", i, idx[i],
-                              r->n_pages);
+            bad = kvn_err_set(err, -ERANGE, "landed[%u] = %u is beyond the reservation of %u pages",
+                              i, idx[i], r->n_pages);
         } else if (bit(r, idx[i])) {
             t->st.refused_duplicate++;
             bad = kvn_err_set(err, -EALREADY,
@@ -205,8 +204,9 @@ int kvn_push_land_all(struct kvn_push_table *t, uint64_t handle, struct kvn_err 
         return rc;
     if (r->landed) {
         t->st.refused_duplicate++;
-        return kvn_err_set(err, -EALREADY, "%u pages of reservation %" PRIu64
-                                            " were already reported landed", r->landed, handle);
+        return kvn_err_set(err, -EALREADY,
+                           "%u pages of reservation %" PRIu64 " were already reported landed",
+                           r->landed, handle);
     }
     memset(r->landed_bits, 0xff, sizeof(uint64_t) * ((r->n_pages + 63) / 64));
     r->landed = r->n_pages;
@@ -235,8 +235,8 @@ static void close_res(struct kvn_push_table *t, struct res *r, enum end_kind how
     t->st.pages_reserved -= v->n_pages;
 }
 
-int kvn_push_take(struct kvn_push_table *t, uint64_t handle, bool abort,
-                  struct kvn_push_view *out, struct kvn_err *err)
+int kvn_push_take(struct kvn_push_table *t, uint64_t handle, bool abort, struct kvn_push_view *out,
+                  struct kvn_err *err)
 {
     if (!t || !out)
         return kvn_err_set(err, -EINVAL, "table and out must not be NULL");

@@ -51,8 +51,8 @@ struct kvn_push_view {
 };
 
 struct kvn_push_stats {
-    uint32_t active;        /* reservations open */
-    uint32_t pages_reserved;/* their pages */
+    uint32_t active;         /* reservations open */
+    uint32_t pages_reserved; /* their pages */
     uint64_t reserved, completed, aborted, expired;
     uint64_t refused_range, refused_duplicate, refused_late, refused_incomplete;
 };
@@ -94,8 +94,8 @@ int kvn_push_land_all(struct kvn_push_table *t, uint64_t handle, struct kvn_err 
  * refused with -EAGAIN unless every page landed (nothing changes then); abort == true:
  * always.  Errors: -EINVAL, -ENOENT, -EAGAIN.
  */
-int kvn_push_take(struct kvn_push_table *t, uint64_t handle, bool abort,
-                  struct kvn_push_view *out, struct kvn_err *err);
+int kvn_push_take(struct kvn_push_table *t, uint64_t handle, bool abort, struct kvn_push_view *out,
+                  struct kvn_err *err);
 
 /*
  * Closes every reservation whose deadline_ms <= now_ms, calling fn(ctx, view) for each; the

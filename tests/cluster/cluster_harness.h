@@ -242,16 +242,16 @@ static __attribute__((unused)) uint64_t ch_stat(struct ch_node *n, const char *k
 }
 
 /* Polls (bounded: ~tries x 20 ms) until stat key of n equals want. */
-static __attribute__((unused)) bool ch_wait_stat(struct ch_node *n, const char *key,
-                                                 uint64_t want, int tries)
+static __attribute__((unused)) bool ch_wait_stat(struct ch_node *n, const char *key, uint64_t want,
+                                                 int tries)
 {
     for (int i = 0; i < tries; i++) {
         if (ch_stat(n, key) == want)
             return true;
         ch_sleep_ms(20);
     }
-    fprintf(stderr, "%s: %s = %llu, want %llu\n", n->ctl, key,
-            (unsigned long long)ch_stat(n, key), (unsigned long long)want);
+    fprintf(stderr, "%s: %s = %llu, want %llu\n", n->ctl, key, (unsigned long long)ch_stat(n, key),
+            (unsigned long long)want);
     return false;
 }
 

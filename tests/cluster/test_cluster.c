@@ -45,10 +45,10 @@ static void start_cluster(struct ch_node *nodes, int n, const char *const *extra
             ch_node_init(&nodes[i], "127.0.0.1", NULL, base + 10 * i);
             const char *argv[40];
             int k = 0;
-            const char *fixed[] = {"--transport", g_transport, "--page-size",   "2",
-                                   "--page-bytes", "4K",       "--host-pool",   "2M",
-                                   "--l1",         "512K",     "--heartbeat-ms", "100",
-                                   "--peer-timeout-ms", "800", "--log-level",   "info"};
+            const char *fixed[] = {
+                "--transport",       g_transport, "--page-size", "2",    "--page-bytes",   "4K",
+                "--host-pool",       "2M",        "--l1",        "512K", "--heartbeat-ms", "100",
+                "--peer-timeout-ms", "800",       "--log-level", "info"};
             for (size_t j = 0; j < sizeof(fixed) / sizeof(fixed[0]); j++)
                 argv[k++] = fixed[j];
             if (i == 0)
@@ -150,9 +150,24 @@ static void test_replication(void **state)
     }
     /* it returns on the same endpoints (a new incarnation) and stores again: relearned */
     ch_node_init(&nd[1], "127.0.0.1", NULL, port1);
-    const char *argv[] = {"--transport", g_transport, "--page-size", "2", "--page-bytes", "4K",
-                          "--host-pool", "2M", "--l1", "512K", "--heartbeat-ms", "100",
-                          "--peer-timeout-ms", "800", "--peer", nd[0].ctl, "--peer", nd[2].ctl,
+    const char *argv[] = {"--transport",
+                          g_transport,
+                          "--page-size",
+                          "2",
+                          "--page-bytes",
+                          "4K",
+                          "--host-pool",
+                          "2M",
+                          "--l1",
+                          "512K",
+                          "--heartbeat-ms",
+                          "100",
+                          "--peer-timeout-ms",
+                          "800",
+                          "--peer",
+                          nd[0].ctl,
+                          "--peer",
+                          nd[2].ctl,
                           NULL};
     assert_int_equal(ch_node_start(&nd[1], argv), 0);
     assert_string_equal(nd[1].ctl, ctl1);
@@ -359,8 +374,8 @@ static void test_bad_input(void **state)
     assert_int_equal(ch_call(&nd[1], &q, "handle", &h, &e), 0);
     assert_int_equal(ch_stat(&nd[1], "l2_free"), free0 - 3);
     uint32_t beyond[1] = {3}, one[1] = {0};
-    q = (struct kvn_client_req){.op = KVN_RPC_PUSH_DONE, .handle = h, .slots = beyond,
-                                .n_slots = 1};
+    q = (struct kvn_client_req){
+        .op = KVN_RPC_PUSH_DONE, .handle = h, .slots = beyond, .n_slots = 1};
     assert_int_equal(ch_call(&nd[1], &q, NULL, NULL, &e), -ERANGE);
     q.slots = one;
     uint64_t complete = 1;
@@ -380,8 +395,8 @@ static void test_bad_input(void **state)
     assert_non_null(strstr(e.msg, "aborted"));
     assert_int_equal(ch_stat(&nd[1], "cluster_res_refused"), 4);
     /* a reservation that times out gives its pages back */
-    q = (struct kvn_client_req){.op = KVN_RPC_RESERVE, .tokens = toks, .n_tokens = 6,
-                                .lease_ms = 50};
+    q = (struct kvn_client_req){
+        .op = KVN_RPC_RESERVE, .tokens = toks, .n_tokens = 6, .lease_ms = 50};
     assert_int_equal(ch_call(&nd[1], &q, "handle", &h, &e), 0);
     assert_true(ch_wait_stat(&nd[1], "cluster_res_expired", 1, 200));
     assert_int_equal(ch_stat(&nd[1], "l2_free"), free0);
@@ -405,8 +420,9 @@ static void test_bad_input(void **state)
     /* cluster ops on a node outside any cluster */
     struct ch_node lone;
     ch_node_init(&lone, "127.0.0.1", NULL, 0);
-    const char *argv[] = {"--transport", g_transport, "--page-size", "2", "--page-bytes", "4K",
-                          "--host-pool", "1M", "--l1", "64K", NULL};
+    const char *argv[] = {"--transport",  g_transport, "--page-size", "2",
+                          "--page-bytes", "4K",        "--host-pool", "1M",
+                          "--l1",         "64K",       NULL};
     int rc = ch_node_start(&lone, argv);
     if (rc == 0) {
         assert_int_equal(kvn_client_fetch(lone.c, toks, 6, 0, &r, &e), -ENOTSUP);

@@ -117,10 +117,10 @@ static void start(struct ch_node *n, int i, struct ch_node *all, int n_prev)
     ch_node_init(n, g_ip[i], g_ns[i], 7100);
     const char *argv[40];
     int k = 0;
-    const char *fixed[] = {"--transport",   g_transport, "--page-size",       "2",
-                           "--page-bytes",  "4K",        "--host-pool",       "2M",
-                           "--l1",          "512K",      "--heartbeat-ms",    "100",
-                           "--peer-timeout-ms", "800",   "--cluster"};
+    const char *fixed[] = {
+        "--transport",       g_transport, "--page-size", "2",    "--page-bytes",   "4K",
+        "--host-pool",       "2M",        "--l1",        "512K", "--heartbeat-ms", "100",
+        "--peer-timeout-ms", "800",       "--cluster"};
     for (size_t j = 0; j < sizeof(fixed) / sizeof(fixed[0]); j++)
         argv[k++] = fixed[j];
     for (int j = 0; j < n_prev; j++) {
@@ -157,8 +157,8 @@ static void insert(struct ch_node *n, int i, int s, uint32_t pages, uint32_t slo
     seq(i, s, toks, pages);
     for (uint32_t p = 0; p < pages; p++)
         slots[p] = slot0 + p;
-    struct kvn_client_req f = {.op = KVN_RPC_L1_FILL, .slots = slots, .n_slots = pages,
-                               .seed = seed};
+    struct kvn_client_req f = {
+        .op = KVN_RPC_L1_FILL, .slots = slots, .n_slots = pages, .seed = seed};
     struct kvn_err e;
     assert_int_equal(ch_call(n, &f, NULL, NULL, &e), 0);
     struct kvn_client_reply *r;
@@ -197,8 +197,8 @@ static void test_netns_cluster(void **state)
     kvn_client_reply_u64(r, "fetched_pages", &fetched);
     kvn_client_reply_free(r);
     assert_int_equal(fetched, 4);
-    struct kvn_client_req lb = {.op = KVN_RPC_LOAD_BACK, .tokens = toks, .n_tokens = 8,
-                                .slots = dst, .n_slots = 4};
+    struct kvn_client_req lb = {
+        .op = KVN_RPC_LOAD_BACK, .tokens = toks, .n_tokens = 8, .slots = dst, .n_slots = 4};
     assert_int_equal(ch_call(&nd[2], &lb, NULL, NULL, &e), 0);
     assert_true(ch_quiesce(&nd[2]));
     assert_int_equal(ch_sums(&nd[2], dst, 4, got), 0);

@@ -15,8 +15,8 @@
 static struct kvn_peers *mk(uint64_t hb, uint64_t to)
 {
     struct kvn_peers *t;
-    struct kvn_peers_config c = {.max_peers = 4, .heartbeat_ms = hb, .timeout_ms = to,
-                                 .self_node_id = 99};
+    struct kvn_peers_config c = {
+        .max_peers = 4, .heartbeat_ms = hb, .timeout_ms = to, .self_node_id = 99};
     assert_int_equal(kvn_peers_create(&c, &t, NULL), 0);
     return t;
 }

@@ -89,9 +89,9 @@ static size_t pack_twisted(enum twist mode, msgpack_sbuffer *sb)
     msgpack_packer pk;
     msgpack_sbuffer_init(sb);
     msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
-    const char *keys[] = {"node_id", "inc",        "ctl",        "events",
-                          "replay",  "topic",      "page_size",  "page_bytes",
-                          "pool_pages", "transport", "addr",     "pool_desc"};
+    const char *keys[] = {"node_id",    "inc",       "ctl",       "events",
+                          "replay",     "topic",     "page_size", "page_bytes",
+                          "pool_pages", "transport", "addr",      "pool_desc"};
     int n = 12 + (mode == T_UNKNOWN || mode == T_DUP) - (mode == T_MISSING);
     msgpack_pack_map(&pk, (size_t)n);
     for (int i = 0; i < 12; i++) {
@@ -154,9 +154,9 @@ static void test_hello_decode_strict(void **state)
         int code;
         const char *word;
     } cases[] = {
-        {T_MISSING, -EPROTO, "topic"},     {T_UNKNOWN, -EPROTO, "bogus"},
-        {T_DUP, -EPROTO, "twice"},         {T_WRONG_TYPE, -EPROTO, "page_bytes"},
-        {T_ZERO_ID, -EINVAL, "node_id"},   {T_ZERO_PS, -EINVAL, "page_size"},
+        {T_MISSING, -EPROTO, "topic"},   {T_UNKNOWN, -EPROTO, "bogus"},
+        {T_DUP, -EPROTO, "twice"},       {T_WRONG_TYPE, -EPROTO, "page_bytes"},
+        {T_ZERO_ID, -EINVAL, "node_id"}, {T_ZERO_PS, -EINVAL, "page_size"},
         {T_NUL, -EINVAL, "NUL"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -216,17 +216,23 @@ static void test_compatible_and_pages(void **state)
 }
 
 /* Announces the first n pages of toks (page size ps) on medium m for peer p. */
-static void announce(struct kvn_gindex *g, uint32_t p, const int32_t *toks, uint32_t n,
-                     uint32_t ps, enum kvn_medium m)
+static void announce(struct kvn_gindex *g, uint32_t p, const int32_t *toks, uint32_t n, uint32_t ps,
+                     enum kvn_medium m)
 {
     uint8_t prev[KVN_PAGE_DIGEST_LEN], cur[KVN_PAGE_DIGEST_LEN];
     int64_t parent = 0;
     for (uint32_t i = 0; i < n; i++) {
         kvn_page_hash_one(i ? prev : NULL, toks + i * ps, ps, cur);
         int64_t h = kvn_page_hash_event(cur);
-        struct kvn_kv_event ev = {.type = KVN_EV_BLOCK_STORED, .medium = m, .hashes = &h,
-                                  .n_hashes = 1, .has_parent = i > 0, .parent_hash = parent,
-                                  .tokens = toks + i * ps, .n_tokens = ps, .block_size = ps};
+        struct kvn_kv_event ev = {.type = KVN_EV_BLOCK_STORED,
+                                  .medium = m,
+                                  .hashes = &h,
+                                  .n_hashes = 1,
+                                  .has_parent = i > 0,
+                                  .parent_hash = parent,
+                                  .tokens = toks + i * ps,
+                                  .n_tokens = ps,
+                                  .block_size = ps};
         assert_int_equal(kvn_gindex_apply(g, p, &ev, NULL), 0);
         parent = h;
         memcpy(prev, cur, sizeof(prev));
@@ -283,8 +289,10 @@ static void test_overlap(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_hello_roundtrip),     cmocka_unit_test(test_hello_encode_errors),
-        cmocka_unit_test(test_hello_decode_strict), cmocka_unit_test(test_compatible_and_pages),
+        cmocka_unit_test(test_hello_roundtrip),
+        cmocka_unit_test(test_hello_encode_errors),
+        cmocka_unit_test(test_hello_decode_strict),
+        cmocka_unit_test(test_compatible_and_pages),
         cmocka_unit_test(test_overlap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
