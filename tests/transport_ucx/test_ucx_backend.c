@@ -127,6 +127,28 @@ static int setup_short_timeout(void **state)
     return setup_attr(state, &a);
 }
 
+/* The same two domains with local WRITE completion (delivery is the
+ * default). */
+static int delivery_off(void **state)
+{
+    struct fx *f = *state;
+    struct kvn_err ke;
+    if (kvn_xport_ucx_set_write_delivery(f->a.x, 0, &ke) < 0 ||
+        kvn_xport_ucx_set_write_delivery(f->b.x, 0, &ke) < 0)
+        return -1;
+    return 0;
+}
+
+static int setup_local(void **state)
+{
+    return setup(state) < 0 ? -1 : delivery_off(state);
+}
+
+static int setup_local_short_timeout(void **state)
+{
+    return setup_short_timeout(state) < 0 ? -1 : delivery_off(state);
+}
+
 static void side_close(struct side *s)
 {
     kvn_xport_close(s->x); /* releases peer, mr, rmr */
@@ -778,6 +800,44 @@ static void test_bind_host(void **state)
     }
 }
 
+/* Delivery mode (the default): a completed WRITE is at the target without a
+ * notification; the setter refuses bad arguments. */
+static void test_write_delivery(void **state)
+{
+    struct fx *f = *state;
+    struct kvn_err ke;
+    assert_int_equal(kvn_xport_ucx_set_write_delivery(NULL, 1, &ke), -EINVAL);
+    assert_int_equal(kvn_xport_ucx_set_write_delivery(f->a.x, 2, &ke), -EINVAL);
+    assert_int_equal(kvn_xport_ucx_set_write_delivery(f->a.x, -1, &ke), -EINVAL);
+    struct kvn_xport *ofi = NULL;
+    if (kvn_xport_open("ofi+tcp", NULL, &ofi, NULL) == 0) {
+        assert_int_equal(kvn_xport_ucx_set_write_delivery(ofi, 1, &ke), -ENOTSUP);
+        kvn_xport_close(ofi);
+    }
+    assert_int_equal(kvn_xport_ucx_set_write_delivery(f->a.x, 1, &ke), 0);
+    static const uint64_t sizes[] = {1, 4097, 65536, 512 * 1024 + 3};
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+        uint64_t len = sizes[i], ro = 4096 + i * 13;
+        fill(f->a.buf, len, (uint32_t)(500 + i));
+        memset(f->b.buf, 0, BUF_LEN);
+        /* several WRITEs in flight so that flushes batch */
+        for (uint64_t k = 0; k < 4; k++)
+            post1(&f->a, KVN_XPORT_WRITE, 0, ro + k * (len + 64), len, 40 + k);
+        for (uint64_t k = 0; k < 4; k++) {
+            take_ok(f, 0, KVN_XPORT_WRITE, 40 + k, len);
+            assert_memory_equal(f->b.buf + ro + k * (len + 64), f->a.buf, len);
+        }
+    }
+    /* back to local completion: WRITEs complete, the notification fences */
+    assert_int_equal(kvn_xport_ucx_set_write_delivery(f->a.x, 0, &ke), 0);
+    fill(f->a.buf, 65536, 61);
+    for (uint64_t k = 0; k < 8; k++)
+        post1(&f->a, KVN_XPORT_WRITE, 0, k * 65536, 65536, 60 + k);
+    for (uint64_t k = 0; k < 8; k++)
+        take_ok(f, 0, KVN_XPORT_WRITE, 60 + k, 65536);
+    assert_true(notify_and_check(f, 0, 7 * 65536, 65536, 71));
+}
+
 static void test_bad_uris(void **state)
 {
     (void)state;
@@ -848,6 +908,13 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_wait_fd, setup, teardown),
         cmocka_unit_test_setup_teardown(test_peer_gone, setup_short_timeout, teardown),
         cmocka_unit_test_setup_teardown(test_ucx_mem_alloc, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_delivery, setup, teardown),
+        /* the data path again with local WRITE completion */
+        cmocka_unit_test_setup_teardown(test_write_read_sizes, setup_local, teardown),
+        cmocka_unit_test_setup_teardown(test_sg_1024, setup_local, teardown),
+        cmocka_unit_test_setup_teardown(test_notify_ordered_after_writes, setup_local, teardown),
+        cmocka_unit_test_setup_teardown(test_disconnect_cancels, setup_local, teardown),
+        cmocka_unit_test_setup_teardown(test_peer_gone, setup_local_short_timeout, teardown),
         cmocka_unit_test(test_big_notifications),
         cmocka_unit_test(test_bind_host),
         cmocka_unit_test(test_bad_uris),

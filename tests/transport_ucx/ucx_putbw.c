@@ -5,8 +5,9 @@
  * kvbench (bench/) is the project's benchmark; this exists so the backend
  * owner can check the fast path without it.
  *
- *   ucx_putbw URI SIZE ITERS ALLOC     (ALLOC 1: buffers from
- *                                       kvn_xport_ucx_mem_alloc)
+ *   ucx_putbw URI SIZE ITERS ALLOC [DELIVERY]
+ *     ALLOC 1: buffers from kvn_xport_ucx_mem_alloc
+ *     DELIVERY 0: local WRITE completion (kvn_xport_ucx_set_write_delivery)
  *
  * Forks a target that registers SIZE bytes and progresses its domain; the
  * initiator posts WARMUP (100) + ITERS writes of SIZE bytes, DEPTH (16) in
@@ -67,6 +68,7 @@ int main(int argc, char **argv)
     size_t size = strtoul(argv[2], 0, 0);
     int iters = atoi(argv[3]);
     int alloc = atoi(argv[4]);
+    int delivery = argc > 5 ? atoi(argv[5]) : 1;
     int depth = 16, warm = 100;
     int p1[2], p2[2];
     if (pipe(p1) || pipe(p2))
@@ -77,6 +79,8 @@ int main(int argc, char **argv)
     struct kvn_xport_mr *mr;
     if (kvn_xport_open(uri, NULL, &x, &e))
         DIE("open %s\n", e.msg);
+    if (kvn_xport_ucx_set_write_delivery(x, delivery, &e))
+        DIE("delivery %s\n", e.msg);
     void *buf = getbuf(x, size, alloc);
     if (kvn_xport_mr_reg(x, buf, size, KVN_XPORT_ACCESS_ALL, &mr, &e))
         DIE("reg %s\n", e.msg);

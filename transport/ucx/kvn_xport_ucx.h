@@ -1,6 +1,7 @@
 /*
  * kvn_xport_ucx.h - UCX-specific additions to kvn_xport.h: memory that UCX
- * allocates itself, for direct shared-memory RMA.
+ * allocates itself, for direct shared-memory RMA, and the WRITE completion
+ * mode (local or delivery completion).
  *
  * Why.  UCX 1.13 with UCX_TLS=sm (ucx+sm) can put/get directly only into
  * memory its shared-memory transports allocated (sysv/posix segments the
@@ -52,5 +53,21 @@ int kvn_xport_ucx_mem_alloc(struct kvn_xport *x, size_t len, void **addr, struct
  * the start of such an allocation, or NULL args.
  */
 int kvn_xport_ucx_mem_free(struct kvn_xport *x, void *addr, struct kvn_err *err);
+
+/*
+ * WRITE completion mode of a UCX domain, for WRITEs posted from now on.
+ * on = 1 (default): delivery completion, as kvn_xport.h promises - a WRITE
+ *   completes only after an endpoint flush acknowledged by the target
+ *   (batched over the WRITEs in flight): a completed WRITE is at the
+ *   target, and WRITEs to a peer that died fail.
+ * on = 0: a WRITE completes when UCX's put completes locally (the source
+ *   may be reused; the bytes may still be in flight, and a WRITE to a peer
+ *   that died idle may complete with status 0).  Faster for small WRITEs at
+ *   a fixed queue depth over tcp (see transport/ucx/README.md); send a
+ *   notification (ordered after the WRITEs on UCX) before the target looks
+ *   at the bytes.
+ * Errors: -EINVAL (NULL x, on not 0/1), -ENOTSUP (not a UCX domain).
+ */
+int kvn_xport_ucx_set_write_delivery(struct kvn_xport *x, int on, struct kvn_err *err);
 
 #endif /* KVN_XPORT_UCX_H */
