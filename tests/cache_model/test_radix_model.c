@@ -38,9 +38,12 @@
  * a replayable description of one call.
  *
  * KVN_MODEL_OPS (environment) overrides the operations per seed (default
- * 25,000), KVN_MODEL_SEED runs that one seed only (to replay a failure), and
- * KVN_MODEL_STRICT=1 also checks what known index bugs break (see
- * op_insert_host, first_victims) instead of steering around them.
+ * 25,000), KVN_MODEL_SEED runs that one seed only (to replay a failure).
+ * Nothing is steered around: insert_host may split a node being loaded back
+ * (op_insert_host), and eviction ties must go by id (first_victims). Both were
+ * index bugs found here (fixed in radix.c; regressions in tests/cache/
+ * test_split_inflight.c and test_evict_ties.c); the former KVN_MODEL_STRICT=1
+ * switch is gone, this is the only mode.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -236,8 +239,6 @@ struct model {
         int64_t parent;
     } frags[64];
     uint32_t n_frags;
-
-    bool strict; /* KVN_MODEL_STRICT=1: also the scenarios of known index bugs */
 
     /* L2 pages the test reserved (kvn_radix_reserve_l2) and has not handed over */
     uint32_t reserved[256];
@@ -1447,13 +1448,13 @@ static bool freed_at_once(struct model *m, uint32_t i, bool l2)
 /*
  * The nodes an eviction may pick first, from the snapshot before the call: the
  * candidates with the smallest key, last_access_tick under LRU, (hit_count,
- * last_access_tick) under LFU. radix.h breaks the remaining ties by node id,
- * radix.c (81c726c..0de4e78) by slab slot, which is not the id order: any of
- * the tied nodes is accepted (only the smallest id with KVN_MODEL_STRICT=1). Writes their first
- * page hashes to ties[]; returns their number, or 0 when some of them would be scheduled behind a
- * backup instead of freed at once (then the first removal says nothing about the order).
+ * last_access_tick) under LFU, and among those the smallest node id (radix.h;
+ * radix.c compared slab slots until d3315a0, which is not the id order). Writes
+ * its first page hash to *victim and returns true, or false when there is no
+ * candidate or it would be scheduled behind a backup instead of freed at once
+ * (then the first removal says nothing about the order).
  */
-static uint32_t first_victims(struct model *m, bool l2, int64_t *ties)
+static bool first_victim(struct model *m, bool l2, int64_t *victim)
 {
     bool lfu = m->cfg.evict_policy == KVN_EVICT_LFU;
     int best = -1;
@@ -1471,24 +1472,21 @@ static uint32_t first_victims(struct model *m, bool l2, int64_t *ties)
         best = (int)i;
     }
     if (best < 0)
-        return 0;
+        return false;
     const struct kvn_radix_node_info *b = &m->nodes[best].info;
-    uint32_t n = 0;
-    uint64_t min_id = 0;
+    int first = best;
     for (uint32_t i = 0; i < m->n_nodes; i++) {
         const struct kvn_radix_node_info *in = &m->nodes[i].info;
         if (!is_candidate(m, i, l2) || in->last_access_tick != b->last_access_tick ||
             (lfu && in->hit_count != b->hit_count))
             continue;
-        if (!freed_at_once(m, i, l2))
-            return 0;
-        if (m->strict && n && in->id > min_id)
-            continue; /* radix.h: the smallest id among the tied */
-        if (m->strict)
-            n = 0, min_id = in->id;
-        ties[n++] = m->nodes[i].hash0;
+        if (in->id < m->nodes[first].info.id)
+            first = (int)i;
     }
-    return n;
+    if (!freed_at_once(m, (uint32_t)first, l2))
+        return false;
+    *victim = m->nodes[first].hash0;
+    return true;
 }
 
 static void op_evict(struct model *m, bool l2)
@@ -1497,8 +1495,8 @@ static void op_evict(struct model *m, bool l2)
     uint32_t n = 1 + rng_below(&m->rng, 4);
     hist(m, "evict_%s %u", l2 ? "l2" : "l1", n);
     struct kvn_radix_stats before = stats_of(m);
-    int64_t ties[MAX_NODES];
-    uint32_t n_ties = first_victims(m, l2, ties);
+    int64_t victim = 0;
+    bool check_order = first_victim(m, l2, &victim);
     struct kvn_radix_evict_result res;
     int rc = l2 ? kvn_radix_evict_l2(m->tree, n, &res, &err)
                 : kvn_radix_evict_l1(m->tree, n, &res, &err);
@@ -1522,21 +1520,17 @@ static void op_evict(struct model *m, bool l2)
     if (removed != res.freed_pages)
         FAIL("evict freed %u pages, %s BlockRemoved %u", res.freed_pages, kvn_medium_name(med),
              removed);
-    /* policy order: a node with the smallest key goes first */
-    if (n_ties) {
+    /* policy order: the candidate with the smallest key, then id, goes first */
+    if (check_order) {
         const struct logged_event *first = NULL;
         for (size_t i = 0; i < m->n_log && !first; i++)
             if (m->log[i].type == KVN_EV_BLOCK_REMOVED && m->log[i].medium == med)
                 first = &m->log[i];
-        bool ok = false;
-        for (uint32_t i = 0; first && i < n_ties; i++)
-            ok |= first->hash0 == ties[i];
-        if (!ok)
-            FAIL("evict_%s: the first %s BlockRemoved (%lld) is none of the %u candidates "
-                 "with the smallest %s%s",
+        if (!first || first->hash0 != victim)
+            FAIL("evict_%s: the first %s BlockRemoved (%lld) is not the candidate with the "
+                 "smallest %s, then id (%lld)",
                  l2 ? "l2" : "l1", kvn_medium_name(med), first ? (long long)first->hash0 : 0LL,
-                 n_ties, m->cfg.evict_policy == KVN_EVICT_LFU ? "LFU key" : "LRU key",
-                 m->strict ? ", then id" : "");
+                 m->cfg.evict_policy == KVN_EVICT_LFU ? "LFU key" : "LRU key", (long long)victim);
         m->counts[17]++;
     }
     m->counts[l2 ? 11 : 10] += res.freed_pages;
@@ -1711,15 +1705,10 @@ static void op_insert_host(struct model *m)
     if (ref.pages == 0 || before.l2_free < ref.pages || m->n_reserved + ref.pages > 200)
         return;
     /*
-     * Known index bug (radix.c at 0de4e78): an insert_host that diverges inside a
-     * node being loaded back splits it, and the prefix fragment keeps the load's
-     * pending_ack but loses the loading flag, so match reports its pages as L1
-     * hits before the load is acked. Steered around unless KVN_MODEL_STRICT=1.
+     * The sequence may diverge inside a node being loaded back: the split must
+     * keep both fragments loading (radix.c before d3315a0 did not), which the
+     * reference match and check_step verify.
      */
-    if (!m->strict)
-        for (uint32_t i = 0; i < m->n_view; i++)
-            if (m->view[i].loading && m->view[i].ns == ns)
-                return;
     if (kvn_radix_reserve_l2(m->tree, ref.pages, pages, &err) < 0)
         FAIL("reserve_l2(%u) with %u free: %s", ref.pages, before.l2_free, err.msg);
     for (uint32_t i = 0; i < ref.pages; i++)
@@ -1994,8 +1983,6 @@ static void model_init(struct model *m, uint64_t seed)
     assert_non_null(m->map);
     assert_non_null(m->jobs);
     m->cur_gen = 1;
-    const char *strict = getenv("KVN_MODEL_STRICT");
-    m->strict = strict && strict[0] == '1';
     struct kvn_radix_config *c = &m->cfg;
     kvn_radix_config_init(c);
     c->page_size = m->ps;
