@@ -33,9 +33,18 @@ struct item_ref {
     uint32_t peer;
 };
 
+struct kvn_cluster;
+
+struct batch_ctx {
+    struct kvn_cluster *c;
+    uint32_t peer;
+};
+
 struct peer_rt {
-    void *hb;  /* DEALER: heartbeats (async) */
-    void *rpc; /* DEALER: synchronous calls (fetch, push) */
+    char endpoint[KVN_PEERS_ENDPOINT_MAX]; /* its control endpoint (the peer table's key) */
+    struct batch_ctx bctx;                 /* on_batch's context */
+    void *hb;                              /* DEALER: heartbeats (async) */
+    void *rpc;                             /* DEALER: synchronous calls (fetch, push) */
     struct kvn_events_sub *sub;
     uint64_t sub_since_us;        /* realtime when the subscription started (lag samples) */
     uint64_t replay_seen_ms;      /* when a replay was first seen outstanding, 0 = none */
@@ -247,6 +256,15 @@ static int open_dealer(struct kvn_cluster *c, const char *endpoint, bool immedia
     return 0;
 }
 
+/* A peer entered the table: its run-time slot and its heartbeat socket. */
+static int rt_init(struct kvn_cluster *c, uint32_t id, const char *endpoint, struct kvn_err *err)
+{
+    struct peer_rt *p = &c->rt[id];
+    snprintf(p->endpoint, sizeof(p->endpoint), "%s", endpoint);
+    p->bctx = (struct batch_ctx){.c = c, .peer = id};
+    return open_dealer(c, endpoint, true, &p->hb, err);
+}
+
 /* A peer joined (or came back with a new incarnation): transport and subscription. */
 static int peer_setup(struct kvn_cluster *c, uint32_t id, struct kvn_err *err)
 {
@@ -271,7 +289,7 @@ static int peer_setup(struct kvn_cluster *c, uint32_t id, struct kvn_err *err)
                                            .topic = h->topic,
                                            .peer = id,
                                            .on_batch = on_batch,
-                                           .on_batch_ctx = c};
+                                           .on_batch_ctx = &p->bctx};
         p->sub_since_us = real_us();
         if ((rc = kvn_events_sub_create(c->cfg.zctx, c->g, &sc, &p->sub, err)) < 0)
             goto fail;
@@ -302,7 +320,7 @@ static int apply_hello(struct kvn_cluster *c, uint32_t id, const void *blob, siz
             if (kvn_peers_count(c->peers) >= KVN_CLUSTER_MAX_PEERS)
                 rc = kvn_err_set(err, -ENOSPC, "%u peers already", KVN_CLUSTER_MAX_PEERS);
             else if ((rc = kvn_peers_add(c->peers, h->ctl, &id, err)) == 0 &&
-                     (rc = open_dealer(c, h->ctl, true, &c->rt[id].hb, err)) == 0)
+                     (rc = rt_init(c, id, h->ctl, err)) == 0)
                 clog_(c, 2, "peer %u: %s introduced itself", id, h->ctl);
         } else if (rc < 0) {
             kvn_err_set(err, rc, "peer_hello: bad ctl endpoint \"%s\"", h->ctl);
@@ -332,26 +350,25 @@ static int apply_hello(struct kvn_cluster *c, uint32_t id, const void *blob, siz
     peer_teardown(c, id);
     free(p->hello);
     p->hello = h;
-    rc = peer_setup(c, id, err);
-    if (rc < 0)
-        clog_(c, 0, "peer %u (%s): %s", id, h->ctl, err ? err->msg : "setup failed");
-    return rc;
+    /* the hello itself was fine: a failed setup (transport, descriptor) is ours to report,
+     * not a refusal of the peer; it stays unusable for data until its next incarnation */
+    struct kvn_err se;
+    if (peer_setup(c, id, &se) < 0)
+        clog_(c, 0, "peer %u (%s) is up but unusable for fetch/push: %s", id, h->ctl, se.msg);
+    return 0;
 }
 
 static void on_batch(void *ctx, uint64_t seq, double ts, uint32_t n_events)
 {
-    struct kvn_cluster *c = ctx;
+    const struct batch_ctx *b = ctx;
+    struct kvn_cluster *c = b->c;
     (void)seq;
     (void)n_events;
     uint64_t t = (uint64_t)(ts * 1e6);
     uint64_t now = real_us();
     /* only batches published while we were subscribed: replayed history says nothing
      * about replication lag */
-    bool live = false;
-    for (uint32_t i = 0; i < kvn_peers_count(c->peers); i++)
-        if (c->rt[i].sub && t >= c->rt[i].sub_since_us)
-            live = true;
-    if (live && now >= t)
+    if (t >= c->rt[b->peer].sub_since_us && now >= t)
         lat_add(&c->lag, now - t);
 }
 
@@ -565,7 +582,7 @@ int kvn_cluster_create(const struct kvn_cluster_cfg *cfg, struct kvn_cluster **o
         rc = kvn_peers_add(c->peers, cfg->peers[i], &id, err);
         if (rc == -EEXIST)
             continue;
-        if (rc < 0 || (rc = open_dealer(c, cfg->peers[i], true, &c->rt[id].hb, err)) < 0)
+        if (rc < 0 || (rc = rt_init(c, id, cfg->peers[i], err)) < 0)
             goto fail;
     }
     *out = c;
@@ -778,10 +795,9 @@ long kvn_cluster_timeout_ms(const struct kvn_cluster *c, uint64_t now, long max_
 
 const char *kvn_cluster_peer_endpoint(const struct kvn_cluster *c, uint32_t id)
 {
-    static __thread struct kvn_peer_info pi;
-    if (!c || kvn_peers_get(c->peers, id, &pi, NULL) < 0)
+    if (!c || id >= kvn_peers_count(c->peers))
         return NULL;
-    return pi.endpoint;
+    return c->rt[id].endpoint;
 }
 
 /* ---- synchronous calls to a peer (fetch, push) ----------------------------------------- */

@@ -34,6 +34,14 @@
  * was still held when the pin was released (an expired lease means the pages may have been
  * reused: the bytes are discarded).
  *
+ * Peers: a --peer endpoint, or any node whose peer_hello reaches us, is heartbeated every
+ * heartbeat_ms; its first answer (or a new incarnation) connects the cluster transport to its
+ * address, unpacks its pool descriptor and subscribes to its events (replaying its history);
+ * timeout_ms without an answer drops its entries from the global index.  A hello that cannot
+ * be decoded, is incompatible (page size, page bytes, transport) or is our own is refused and
+ * counted (hello_bad); a peer whose transport address or pool descriptor is unusable is
+ * counted (bad_descriptors) and stays unused for fetch and push until its next incarnation.
+ *
  * Thread rules: the event-loop thread owns a cluster, like the tree.
  */
 #ifndef KVN_CLUSTER_H
