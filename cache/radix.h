@@ -58,16 +58,19 @@
  * to the tree nodes, takes one device lock on every node of the job, and hands a
  * copy job (ack id, direction, n pairs (L1 slot, L2 page), in prefix order) to
  * config.copy.submit. The caller performs the copy and later reports the ack id
- * with kvn_radix_ack(ok). If a node of a pending write (L1 -> L2) is split by an
- * insert, the job's node list ("fragments") is updated: the node is replaced by
- * [prefix, suffix] in place, recursively, and both fragments carry the lock.
+ * with kvn_radix_ack(ok). If a node of a pending job is split (a pending write
+ * by an insert, a pending load by an insert_host that diverges inside it), the
+ * job's node list ("fragments") is updated: the node is replaced by [prefix,
+ * suffix] in place, recursively, and both fragments carry the job, its lock and
+ * its state (a loading prefix stays loading: no device hit before the ack).
  *
  *   ack ok, L1 -> L2:  for each fragment in prefix order, CPU_PINNED BlockStored
  *                      per page (parent = the previous page's hash, none at the
  *                      root); then, with storage on, the storage hook per
  *                      fragment; one lock released per fragment. Nodes the
  *                      eviction scheduled for demotion (write_back) are demoted.
- *   ack ok, L2 -> L1:  GPU BlockStored per loaded page, in prefix order.
+ *   ack ok, L2 -> L1:  GPU BlockStored per loaded page of every fragment, in
+ *                      prefix order.
  *   ack failed:        nothing published; the job's destination pages freed
  *                      (L2 pages of a write, L1 slots of a load); locks released.
  *
@@ -595,7 +598,9 @@ int kvn_radix_node_info(const struct kvn_radix *tree, uint64_t node_id,
 
 /*
  * Full consistency check, O(tree): allocator ownership (every used index owned
- * by exactly one node or orphan job), counts, heaps, the invariants above.
+ * by exactly one node or orphan job), counts, heaps, the invariants above,
+ * lock / protection counts as path sums, and every pending job's fragments
+ * (in prefix order, holding exactly the job's pages, loading iff a load).
  * For tests. Returns 0 or -EFAULT with the first violation in err.
  */
 int kvn_radix_check(const struct kvn_radix *tree, struct kvn_err *err);
