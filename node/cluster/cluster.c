@@ -499,7 +499,7 @@ int kvn_cluster_create(const struct kvn_cluster_cfg *cfg, struct kvn_cluster **o
     c->cfg = *cfg;
     c->cfg.peers = NULL;
     if (!c->cfg.rpc_timeout_ms)
-        c->cfg.rpc_timeout_ms = 2000;
+        c->cfg.rpc_timeout_ms = 1000;
     if (!c->cfg.op_timeout_ms)
         c->cfg.op_timeout_ms = 2000;
     msgpack_sbuffer_init(&c->sb);

@@ -77,7 +77,8 @@ struct kvn_cluster_cfg {
     uint64_t l1_bytes;
     uint64_t heartbeat_ms;   /* 0 = 200 */
     uint64_t timeout_ms;     /* peer declared dead after this long; 0 = 1500 */
-    uint32_t rpc_timeout_ms; /* fetch/push waiting for a peer's reply; 0 = 2000 */
+    uint32_t rpc_timeout_ms; /* fetch/push waiting for a peer's reply; 0 = 1000 (below the peer
+                                timeout) */
     uint32_t op_timeout_ms;  /* one RDMA op; 0 = 2000 */
     uint32_t fetch_hold_ms;  /* test aid: hold this long between reading and unpinning */
     void (*log)(void *ctx, int level, const char *msg); /* 0 error .. 3 debug; may be NULL */
