@@ -785,15 +785,17 @@ static void graves_reap(struct ucx_domain *d, bool all)
 }
 
 /*
- * Closing with endpoints open: each was flush-closed by ucx_disconnect; give
- * those closes a bounded time (min(op_timeout_ms, 1 s)) to finish, so that a
- * live peer sees an orderly disconnect instead of a connection reset in the
- * middle of a transfer (UCX 1.13 can assert in the peer on the latter).
+ * Closing with ops in flight: the endpoints of peers with ops were
+ * flush-closed by ucx_disconnect; give those closes a bounded time
+ * (min(op_timeout_ms, 250 ms)) to finish, so that a live peer sees an
+ * orderly disconnect instead of a connection reset in the middle of a
+ * transfer (UCX 1.13 can assert in the peer on the latter).  Idle
+ * endpoints are left to ucp_worker_destroy().
  * Request callbacks meanwhile only free their requests (in_close).
  */
 static void graves_drain(struct ucx_domain *d)
 {
-    uint64_t ms = d->base.attr.op_timeout_ms < 1000 ? d->base.attr.op_timeout_ms : 1000;
+    uint64_t ms = d->base.attr.op_timeout_ms < 250 ? d->base.attr.op_timeout_ms : 250;
     uint64_t end = xport_now_ns() + ms * 1000000ull;
     while (d->graves && xport_now_ns() < end) {
         ucp_worker_progress(d->worker);
@@ -938,8 +940,10 @@ static void hand_back_owned(struct ucx_domain *d, struct ucx_peer *up)
 
 /*
  * Disconnect.  Which close, and what happens to ops UCX still holds:
- *   - domain closing: the close below is started and ucx_close() gives it a
- *     bounded time; whatever is left, ucp_worker_destroy() cancels;
+ *   - domain closing: idle endpoints are left to ucp_worker_destroy(); for
+ *     one with ops in flight the close below is started and ucx_close()
+ *     gives it a bounded time; whatever is left, ucp_worker_destroy()
+ *     cancels;
  *   - endpoint failed (error handler ran, mode PEER): FORCE close, as UCX
  *     requires; UCX already completed its requests with the error;
  *   - otherwise a flush-close (UCX 1.13 asserts when an endpoint whose
@@ -955,6 +959,10 @@ static void ucx_disconnect(struct kvn_xport_peer *p)
     struct ucx_domain *d = dom(p->x);
     struct ucx_peer *up = upeer(p);
     bool presumed_dead = up->ep_failed || p->failed;
+    if (p->x->in_close && up->owned.next == &up->owned) {
+        up->ep = NULL; /* idle: ucp_worker_destroy() takes care of it */
+        return;
+    }
     if (up->ep) {
         ucp_request_param_t cp = {.op_attr_mask = 0};
         if (up->ep_failed) {
@@ -1294,9 +1302,11 @@ static void flush_kick(struct ucx_peer *up)
         ucs_status_ptr_t r = ucp_ep_flush_nbx(up->ep, &fp);
         if (r == NULL) {
             fl_complete(&up->fl_wait, 0, NULL);
+            return; /* up may be gone with its last op */
         } else if (UCS_PTR_IS_ERR(r)) {
             ucs_status_t st = UCS_PTR_STATUS(r);
             fl_complete(&up->fl_wait, ucx_errno(st), ucs_status_string(st));
+            return;
         } else {
             struct ucx_req *rq = r;
             rq->d = dom(up->base.x);
@@ -1331,13 +1341,15 @@ static void batch_flush_cb(void *request, ucs_status_t st, void *user_data)
     }
     link_del_(&rq->rlink);
     up->n_fl--;
+    /* before completing: the last of these WRITEs may hold the last
+     * reference to a disconnected peer (WRITEs still waiting hold theirs) */
+    if (up->fl_wait.next != &up->fl_wait)
+        drain_mark(d, up); /* the next flush is issued from progress */
     if (st == UCS_OK)
         fl_complete(&rq->writes, 0, NULL);
     else
         fl_complete(&rq->writes, ucx_errno(st), ucs_status_string(st));
     ucp_request_free(request);
-    if (up->fl_wait.next != &up->fl_wait)
-        drain_mark(d, up); /* the next flush is issued from progress */
 }
 
 static int ucx_post(struct kvn_xport_peer *p, struct xport_op *op, const struct xport_post_req *req,
@@ -1435,7 +1447,8 @@ static void am_send(struct ucx_peer *up, struct ucx_sbuf *sb)
 /* Sends the ready head of up's notification FIFO, in order. */
 static void peer_drain(struct ucx_peer *up)
 {
-    flush_kick(up);
+    /* notifications first: flush_kick may release up's last reference (the
+     * queue is empty once up is disconnected, so am_send cannot) */
     while (up->q_head && up->q_head->ready) {
         struct ucx_sbuf *sb = up->q_head;
         up->q_head = sb->next;
@@ -1444,6 +1457,7 @@ static void peer_drain(struct ucx_peer *up)
         sb->next = NULL;
         am_send(up, sb);
     }
+    flush_kick(up);
 }
 
 static int ucx_notify(struct kvn_xport_peer *p, struct xport_op *op,
