@@ -2689,8 +2689,7 @@ int kvn_radix_check(const struct kvn_radix *t, struct kvn_err *err)
                       memcmp(n_l1(n), j->l1 + cnt, (size_t)n->n_pages * 4) == 0 &&
                       memcmp(n_l2(n), j->l2 + cnt, (size_t)n->n_pages * 4) == 0,
                   "job %#llx: fragment %#llx does not hold the job's pages %u..%u",
-                  (unsigned long long)j->ack_id, (unsigned long long)n->id, cnt,
-                  cnt + n->n_pages);
+                  (unsigned long long)j->ack_id, (unsigned long long)n->id, cnt, cnt + n->n_pages);
             cnt += n->n_pages;
         }
         CHECK(j->tail == prev, "job %#llx: tail is not the last fragment",
