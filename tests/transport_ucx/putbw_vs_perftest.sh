@@ -7,7 +7,8 @@
 #
 # For 64 KiB, 1 MiB and 4 MiB, ROUNDS (3) interleaved rounds of:
 #   UCX_TLS=tcp ucx_perftest -t ucp_put_bw -O 16   vs   ucx_putbw ucx+tcp
-#     (2000 / 300 / 100 iterations)
+#     (2000 / 300 / 100 iterations; WRITEs delivery-complete, the default,
+#     and with local completion, DELIVERY=0, as ucx_perftest's puts)
 #   UCX_TLS=sm  ucx_perftest -t ucp_put_bw -O 16   vs   ucx_putbw ucx+sm (ALLOC=1)
 #     (10x as many)
 # plus ucx_putbw ucx+sm on caller memory (ALLOC=0, UCX's software RMA).
@@ -34,8 +35,8 @@ perftest() { # TLS SIZE ITERS -> GB/s
   wait $s 2>/dev/null
   awk -v m="${mbs:-0}" 'BEGIN {printf "%.3f", m * 1048576 / 1e9}'
 }
-putbw() { # URI SIZE ITERS ALLOC -> GB/s
-  timeout 120 "$PUTBW" "$1" "$2" "$3" "$4" 2>/dev/null | awk '{print $(NF-1)}'
+putbw() { # URI SIZE ITERS ALLOC [DELIVERY] -> GB/s
+  timeout 120 "$PUTBW" "$1" "$2" "$3" "$4" "${5:-1}" 2>/dev/null | awk '{print $(NF-1)}'
 }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : 0)}'; }
 
@@ -47,20 +48,22 @@ for size in 65536 1048576 4194304; do
   for r in $(seq "$ROUNDS"); do
     echo "$(perftest tcp $size $it)" >>"$OUT/pt-tcp-$size"
     echo "$(putbw ucx+tcp $size $it 0)" >>"$OUT/kv-tcp-$size"
+    echo "$(putbw ucx+tcp $size $it 0 0)" >>"$OUT/kv-tcpl-$size"
     echo "$(perftest sm $size $is)" >>"$OUT/pt-sm-$size"
     echo "$(putbw ucx+sm $size $is 1)" >>"$OUT/kv-sm-$size"
     echo "$(putbw ucx+sm $size $(( it / 10 + 10 )) 0)" >>"$OUT/kv-smu-$size"
   done
 done
 
-printf '| size | perftest tcp | ucx+tcp | ratio | perftest sm | ucx+sm (alloc) | ratio | ucx+sm (caller mem) |\n'
-printf '|---|---|---|---|---|---|---|---|\n'
+printf '| size | perftest tcp | ucx+tcp | ratio | ucx+tcp local cmpl | ratio | perftest sm | ucx+sm (alloc) | ratio | ucx+sm (caller mem) |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|\n'
 for size in 65536 1048576 4194304; do
   pt=$(median <"$OUT/pt-tcp-$size"); kv=$(median <"$OUT/kv-tcp-$size")
+  kl=$(median <"$OUT/kv-tcpl-$size")
   ps=$(median <"$OUT/pt-sm-$size"); ks=$(median <"$OUT/kv-sm-$size")
   ku=$(median <"$OUT/kv-smu-$size")
-  awk -v s=$size -v pt=$pt -v kv=$kv -v ps=$ps -v ks=$ks -v ku=$ku 'BEGIN {
-    printf "| %d | %s | %s | %.2f | %s | %s | %.2f | %s |\n", s, pt, kv, (pt > 0 ? kv / pt : 0),
-      ps, ks, (ps > 0 ? ks / ps : 0), ku }'
+  awk -v s=$size -v pt=$pt -v kv=$kv -v kl=$kl -v ps=$ps -v ks=$ks -v ku=$ku 'BEGIN {
+    printf "| %d | %s | %s | %.2f | %s | %.2f | %s | %s | %.2f | %s |\n", s, pt, kv,
+      (pt > 0 ? kv / pt : 0), kl, (pt > 0 ? kl / pt : 0), ps, ks, (ps > 0 ? ks / ps : 0), ku }'
 done
 echo "raw values: $OUT"
