@@ -235,7 +235,7 @@ static int nodes_start(const struct opts *o, struct node *nd, uint64_t pool_page
     snprintf(pb, sizeof(pb), "%" PRIu64, o->page_bytes);
     for (int attempt = 0; attempt < 5; attempt++) {
         unsigned x = (unsigned)getpid() * 2654435761u ^ (unsigned)now_us();
-        int base = 20000 + (int)(x % 8000u) * 5;
+        int base = 20000 + (int)(x % 2500u) * 5; /* below the ephemeral ports (32768+) */
         memset(nd, 0, sizeof(*nd) * o->nodes);
         bool busy = false;
         for (uint32_t i = 0; i < o->nodes; i++) {

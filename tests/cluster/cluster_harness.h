@@ -126,7 +126,8 @@ static __attribute__((unused)) int ch_port_base(void)
 {
     static unsigned salt;
     unsigned x = (unsigned)getpid() * 2654435761u ^ (unsigned)time(NULL) ^ (salt += 7919);
-    return 20000 + (int)(x % 6000u) * 5;
+    /* below Linux's ephemeral range (32768+), where outgoing connections take their ports */
+    return 20000 + (int)(x % 2500u) * 5;
 }
 
 static __attribute__((unused)) void ch_node_init(struct ch_node *n, const char *host,
