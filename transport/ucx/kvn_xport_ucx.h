@@ -9,10 +9,10 @@
  * kvn_xport_mr_reg(), it emulates RMA in software over its message FIFO:
  * every byte is copied twice and every op needs the target to progress
  * (5-300x slower than ucx_perftest here, depending on how quickly the
- * target gets a CPU; ucx_perftest allocates with UCP_MEM_MAP_ALLOCATE).  CMA is only used by UCX 1.13 for rendezvous, not
- * for ucp_put/ucp_get.  A region that will be the TARGET (or source) of
- * bulk RMA over ucx+sm - a node's host KV pool, kvbench's buffers - should
- * therefore come from here:
+ * target gets a CPU; ucx_perftest allocates with UCP_MEM_MAP_ALLOCATE).  CMA is only used by
+ * UCX 1.13 for rendezvous, not for ucp_put/ucp_get.  A region that will be the TARGET (or source)
+ * of bulk RMA over ucx+sm - a node's host KV pool, kvbench's buffers - should therefore come from
+ * here:
  *
  *     void *pool;
  *     kvn_xport_ucx_mem_alloc(x, len, &pool, &err);     // UCX-owned memory
