@@ -23,6 +23,9 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -838,6 +841,114 @@ static void test_write_delivery(void **state)
     assert_true(notify_and_check(f, 0, 7 * 65536, 65536, 71));
 }
 
+/* The child of test_dead_process: a target that serves until killed. */
+static void dead_process_child(int wfd, int rfd)
+{
+    struct kvn_xport *x;
+    struct kvn_xport_mr *mr;
+    struct kvn_xport_peer *p;
+    unsigned char *buf = calloc(1, 1 << 20);
+    unsigned char blob[KVN_XPORT_ADDR_MAX], desc[KVN_XPORT_DESC_MAX];
+    size_t bl = sizeof(blob), dl = sizeof(desc), pl;
+    alarm(60); /* never outlive the test */
+    if (!buf || kvn_xport_open(g_uri, NULL, &x, NULL) < 0 ||
+        kvn_xport_mr_reg(x, buf, 1 << 20, KVN_XPORT_ACCESS_ALL, &mr, NULL) < 0 ||
+        kvn_xport_address(x, blob, &bl, NULL) < 0 || kvn_xport_mr_pack(mr, desc, &dl, NULL) < 0)
+        _exit(1);
+    if (write(wfd, &bl, sizeof(bl)) != sizeof(bl) || write(wfd, blob, bl) != (ssize_t)bl ||
+        write(wfd, &dl, sizeof(dl)) != sizeof(dl) || write(wfd, desc, dl) != (ssize_t)dl)
+        _exit(1);
+    if (read(rfd, &pl, sizeof(pl)) != sizeof(pl) || pl > sizeof(blob) ||
+        read(rfd, blob, pl) != (ssize_t)pl || kvn_xport_connect(x, blob, pl, &p, NULL) < 0)
+        _exit(1);
+    for (;;) {
+        struct kvn_xport_cqe c[8];
+        kvn_xport_poll(x, c, 8);
+    }
+}
+
+/* A peer PROCESS that died (SIGKILL) before ops were posted to it: every op
+ * fails, well before a long op_timeout_ms (ucx+sm: the pid check says the
+ * process is gone; tcp: the connection is reset), and later posts are
+ * refused. */
+static void test_dead_process(void **state)
+{
+    (void)state;
+    struct kvn_err ke;
+    int c2p[2], p2c[2];
+    assert_int_equal(pipe(c2p), 0);
+    assert_int_equal(pipe(p2c), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        dead_process_child(c2p[1], p2c[0]);
+
+    struct kvn_xport_attr a;
+    kvn_xport_attr_init(&a);
+    a.op_timeout_ms = 600000; /* far beyond WAIT_MS: a timeout cannot be the cause */
+    struct side me = {0};
+    side_open(&me, &a);
+    unsigned char blob[KVN_XPORT_ADDR_MAX], desc[KVN_XPORT_DESC_MAX];
+    size_t bl, dl;
+    assert_int_equal(read(c2p[0], &bl, sizeof(bl)), sizeof(bl));
+    assert_true(bl <= sizeof(blob));
+    assert_int_equal(read(c2p[0], blob, bl), (ssize_t)bl);
+    assert_int_equal(read(c2p[0], &dl, sizeof(dl)), sizeof(dl));
+    assert_true(dl <= sizeof(desc));
+    assert_int_equal(read(c2p[0], desc, dl), (ssize_t)dl);
+    assert_int_equal(kvn_xport_connect(me.x, blob, bl, &me.peer, &ke), 0);
+    assert_int_equal(kvn_xport_rmr_unpack(me.peer, desc, dl, &me.rmr, &ke), 0);
+    unsigned char mine[KVN_XPORT_ADDR_MAX];
+    size_t ml = sizeof(mine);
+    assert_int_equal(kvn_xport_address(me.x, mine, &ml, &ke), 0);
+    assert_int_equal(write(p2c[1], &ml, sizeof(ml)), sizeof(ml));
+    assert_int_equal(write(p2c[1], mine, ml), (ssize_t)ml);
+
+    /* one op that completes proves the path works, then the kill */
+    struct fx *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    f->a = me;
+    post1(&f->a, KVN_XPORT_READ, 0, 0, 4096, 1);
+    take_ok(f, 0, KVN_XPORT_READ, 1, 4096);
+    kill(pid, SIGKILL);
+    assert_int_equal(waitpid(pid, NULL, 0), pid);
+
+    /* the batch is refused if the peer is already known failed (tcp may
+     * have seen the reset); otherwise every op of it fails */
+    struct kvn_xport_sge sg8[8];
+    struct kvn_xport_op op8[8];
+    for (uint64_t i = 0; i < 8; i++) {
+        sg8[i] = (struct kvn_xport_sge){f->a.mr, i * 65536, 65536};
+        op8[i] = (struct kvn_xport_op){
+            i % 2 ? KVN_XPORT_WRITE : KVN_XPORT_READ, &sg8[i], 1, f->a.rmr, i * 65536, 10 + i};
+    }
+    int rc = kvn_xport_post(f->a.peer, op8, 8, &ke);
+    if (rc == 0) {
+        for (uint64_t i = 0; i < 8; i++) {
+            struct kvn_xport_cqe c = take(f, 0, op8[i].kind, 10 + i, NULL);
+            if (c.status == 0)
+                fail_msg("op %llu to a dead process completed successfully",
+                         (unsigned long long)(10 + i));
+            if (strcmp(g_uri, "ucx+sm") == 0 && i == 0)
+                assert_non_null(strstr(c.msg, "gone"));
+        }
+    } else {
+        assert_int_equal(rc, -ENOTCONN);
+        assert_true(strcmp(g_uri, "ucx+sm") != 0); /* sm learns it from the pid check */
+    }
+    struct kvn_xport_sge sge = {f->a.mr, 0, 8};
+    struct kvn_xport_op op = {KVN_XPORT_WRITE, &sge, 1, f->a.rmr, 0, 99};
+    assert_int_equal(kvn_xport_post(f->a.peer, &op, 1, &ke), -ENOTCONN);
+    kvn_xport_rmr_free(f->a.rmr);
+    kvn_xport_disconnect(f->a.peer);
+    side_close(&f->a);
+    free(f);
+    close(c2p[0]);
+    close(c2p[1]);
+    close(p2c[0]);
+    close(p2c[1]);
+}
+
 static void test_bad_uris(void **state)
 {
     (void)state;
@@ -917,6 +1028,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_peer_gone, setup_local_short_timeout, teardown),
         cmocka_unit_test(test_big_notifications),
         cmocka_unit_test(test_bind_host),
+        cmocka_unit_test(test_dead_process),
         cmocka_unit_test(test_bad_uris),
     };
     return cmocka_run_group_tests_name(g_uri, tests, NULL, NULL);

@@ -76,6 +76,9 @@
  */
 #include <errno.h>
 #include <ifaddrs.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -87,12 +90,23 @@
 #include "transport/ucx/kvn_xport_ucx.h"
 #include "transport/xport_impl.h"
 
-#define UCX_AM_ID           0x4b56u     /* "KV" */
-#define UCX_N_RX            128u        /* receive buffers per domain */
-#define UCX_PROGRESS_ROUNDS 64          /* ucp_worker_progress calls per poll, at most */
-#define UCX_KEY_MAGIC       0x4b584355u /* "UCXK" */
-#define UCX_KEY_HDR         8u          /* u32 magic, u32 packed rkey length */
-#define UCX_FLUSH_MAX       16u         /* write-completion flushes in flight per peer */
+#define UCX_AM_ID           0x4b56u      /* "KV" */
+#define UCX_N_RX            128u         /* receive buffers per domain */
+#define UCX_PROGRESS_ROUNDS 64           /* ucp_worker_progress calls per poll, at most */
+#define UCX_KEY_MAGIC       0x4b584355u  /* "UCXK" */
+#define UCX_KEY_HDR         8u           /* u32 magic, u32 packed rkey length */
+#define UCX_FLUSH_MAX       16u          /* write-completion flushes in flight per peer */
+#define UCX_ADDR_MAGIC      0x41584355u  /* "UCXA": our header before the worker address */
+#define UCX_PID_CHECK_NS    100000000ull /* sm peers' liveness check period */
+
+/* Our raw address: this header, then ucp_worker_get_address() bytes.  The
+ * pid lets ucx+sm peers (same host, no UCX peer-failure support) notice a
+ * dead process; pidns says whether the pid means anything to the reader. */
+struct ucx_addr_hdr {
+    uint32_t magic;
+    uint32_t pid;
+    uint64_t pidns; /* inode of /proc/self/ns/pid, 0 if unknown */
+};
 
 enum ucx_req_kind {
     UCX_REQ_RMA = 1, /* a put/get part of op */
@@ -178,7 +192,10 @@ struct ucx_domain {
     ucp_rkey_h *dead_rkey;
     uint32_t n_dead_rkey, cap_dead_rkey;
 
-    uint64_t md_known;   /* memory domains our own rkeys use (validation) */
+    uint64_t md_known;           /* memory domains our own rkeys use (validation) */
+    uint64_t pidns;              /* our pid namespace (ucx_addr_hdr) */
+    struct xport_link pid_peers; /* sm peers whose pid we can check */
+    uint64_t next_pid_check;
     bool write_delivery; /* WRITEs complete after a flush (remote complete) */
 
     struct ucx_region **regions; /* kvn_xport_ucx_mem_alloc, unordered */
@@ -196,9 +213,11 @@ struct ucx_peer {
     struct ucx_sbuf *q_head, *q_tail; /* notifications in order */
     struct xport_link owned;          /* ops UCX still holds (via op scratch) */
     /* WRITE completion flushes: at most one in flight per peer */
-    struct xport_link fl_wait; /* WRITEs waiting for a flush to be issued */
-    struct xport_link fl_reqs; /* flushes in flight (ucx_req.rlink) */
-    uint32_t n_fl;             /* how many */
+    struct xport_link fl_wait;  /* WRITEs waiting for a flush to be issued */
+    struct xport_link fl_reqs;  /* flushes in flight (ucx_req.rlink) */
+    uint32_t n_fl;              /* how many */
+    pid_t pid;                  /* ucx+sm: the peer's process, 0 = unknown */
+    struct xport_link pid_link; /* in d->pid_peers when pid != 0 */
 };
 
 struct ucx_mr {
@@ -638,6 +657,10 @@ static int ucx_open(const struct xport_uri *uri, const struct kvn_xport_attr *at
     d->efd = -1;
     d->err_mode = mode;
     d->write_delivery = true; /* kvn_xport.h: WRITE completion = delivery */
+    link_init_(&d->pid_peers);
+    struct stat nst;
+    if (stat("/proc/self/ns/pid", &nst) == 0)
+        d->pidns = (uint64_t)nst.st_ino;
     snprintf(d->base.name, sizeof(d->base.name), "%s", name);
     d->base.remote_virt_addr = true;
     d->base.max_op_bytes = 0;
@@ -851,12 +874,15 @@ static void ucx_close(struct kvn_xport *x)
 static int ucx_address(struct kvn_xport *x, void *buf, size_t *len, struct kvn_err *err)
 {
     struct ucx_domain *d = dom(x);
-    if (*len < d->addr_len) {
-        *len = d->addr_len;
-        return kvn_err_set(err, -ENOSPC, "UCX address needs %zu bytes", d->addr_len);
+    struct ucx_addr_hdr h = {UCX_ADDR_MAGIC, (uint32_t)getpid(), d->pidns};
+    size_t need = sizeof(h) + d->addr_len;
+    if (*len < need) {
+        *len = need;
+        return kvn_err_set(err, -ENOSPC, "UCX address needs %zu bytes", need);
     }
-    memcpy(buf, d->addr, d->addr_len);
-    *len = d->addr_len;
+    memcpy(buf, &h, sizeof(h));
+    memcpy((char *)buf + sizeof(h), d->addr, d->addr_len);
+    *len = need;
     return 0;
 }
 
@@ -865,12 +891,15 @@ static int ucx_connect(struct kvn_xport *x, struct kvn_xport_peer *p, const void
 {
     struct ucx_domain *d = dom(x);
     struct ucx_peer *up = upeer(p);
-    if (len < 8)
-        return kvn_err_set(err, -EINVAL,
-                           "UCX worker address of %zu bytes "
-                           "is too short",
-                           len);
+    struct ucx_addr_hdr h;
+    if (len < sizeof(h) + 8)
+        return kvn_err_set(err, -EINVAL, "UCX address of %zu bytes is too short", len);
+    memcpy(&h, raw, sizeof(h));
+    if (h.magic != UCX_ADDR_MAGIC)
+        return kvn_err_set(err, -EPROTO, "UCX address: bad magic 0x%08x", h.magic);
+    raw = (const char *)raw + sizeof(h);
     link_init_(&up->owned);
+    link_init_(&up->pid_link);
     link_init_(&up->fl_wait);
     link_init_(&up->fl_reqs);
     ucp_ep_params_t ep = {
@@ -888,6 +917,10 @@ static int ucx_connect(struct kvn_xport *x, struct kvn_xport_peer *p, const void
         up->ep = NULL;
         return kvn_err_set(err, ucx_errno(st) == -EINVAL ? -EPROTO : ucx_errno(st),
                            "ucp_ep_create (%s): %s", d->base.name, ucs_status_string(st));
+    }
+    if (d->err_mode == UCP_ERR_HANDLING_MODE_NONE && d->pidns && h.pidns == d->pidns && h.pid) {
+        up->pid = (pid_t)h.pid;
+        link_add_(&d->pid_peers, &up->pid_link);
     }
     return 0;
 }
@@ -999,6 +1032,7 @@ static void ucx_peer_free(struct kvn_xport_peer *p)
     struct ucx_peer *up = upeer(p);
     if (up->ep)
         ucx_disconnect(p);
+    link_del_(&up->pid_link);
     /* drop it from the drain list */
     struct ucx_domain *d = dom(p->x);
     if (up->in_drain) {
@@ -1523,6 +1557,35 @@ static int ucx_notify(struct kvn_xport_peer *p, struct xport_op *op,
 /* ------------------------------------------------------------------ */
 /* progress and the wait fd                                            */
 
+/* An sm peer with ops in flight whose ep can still carry them. */
+static bool pid_watched(struct ucx_peer *up)
+{
+    return up->ep && up->base.connected && !up->base.failed && up->owned.next != &up->owned;
+}
+
+/*
+ * ucx+sm has no UCX peer-failure detection: every UCX_PID_CHECK_NS, while a
+ * peer has ops in flight, ask the kernel whether its process still exists
+ * (same host and pid namespace by construction) and fail the peer at once
+ * if not, instead of waiting for op_timeout_ms.
+ */
+static void pid_check(struct ucx_domain *d)
+{
+    uint64_t now = xport_now_ns();
+    if (now < d->next_pid_check)
+        return;
+    d->next_pid_check = now + UCX_PID_CHECK_NS;
+    for (struct xport_link *l = d->pid_peers.next; l != &d->pid_peers; l = l->next) {
+        struct ucx_peer *up = XPORT_CONTAINER(l, struct ucx_peer, pid_link);
+        if (!pid_watched(up) || kill(up->pid, 0) == 0 || errno != ESRCH)
+            continue;
+        char msg[80];
+        snprintf(msg, sizeof(msg), "peer process %d is gone", (int)up->pid);
+        snprintf(up->why, sizeof(up->why), "%s", msg);
+        xport_peer_fail(&up->base, -ECONNRESET, msg);
+    }
+}
+
 static int ucx_progress(struct kvn_xport *x)
 {
     struct ucx_domain *d = dom(x);
@@ -1537,6 +1600,8 @@ static int ucx_progress(struct kvn_xport *x)
     }
     if (d->graves)
         graves_reap(d, false);
+    if (d->pid_peers.next != &d->pid_peers)
+        pid_check(d);
     return 0;
 }
 
@@ -1550,6 +1615,10 @@ static int ucx_arm(struct kvn_xport *x)
     struct ucx_domain *d = dom(x);
     if (d->drain)
         return -EAGAIN;
+    /* sm peers with ops in flight: wake within a tick for pid_check() */
+    for (struct xport_link *l = d->pid_peers.next; l != &d->pid_peers; l = l->next)
+        if (pid_watched(XPORT_CONTAINER(l, struct ucx_peer, pid_link)))
+            return -EINPROGRESS;
     ucs_status_t st = ucp_worker_arm(d->worker);
     return st == UCS_ERR_BUSY ? -EAGAIN : 0;
 }
