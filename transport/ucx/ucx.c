@@ -64,15 +64,18 @@
  * it (tcp, and "ucx" which then avoids shm): the error handler marks the
  * peer failed and UCX completes its outstanding requests with an error
  * (mapped to -ECONNRESET).  UCX 1.13's shared-memory transports have no
- * peer-failure support, so ucx+sm endpoints use mode NONE: an op to a dead
- * sm peer never completes in UCX and only the common layer's op_timeout_ms
- * ends it (-ETIMEDOUT).  Disconnect closes the endpoint (FORCE in mode PEER,
- * a flush-close otherwise, reaped later by progress) and hands every op UCX
- * still holds back to the common layer as canceled.  Such requests become
- * "stale" (a generation number in the op's backend scratch no longer
- * matches the one in the request) and are freed when UCX finally calls back
- * (at the latest in ucp_worker_destroy); while any are alive, memory
- * unmapping and rkey destruction are deferred to domain close.
+ * peer-failure support, so ucx+sm endpoints use mode NONE and an op to a
+ * dead sm peer never completes in UCX.  Our address blob therefore starts
+ * with the process id (and pid namespace): while a ucx+sm peer has ops in
+ * flight, progress checks kill(pid, 0) every 100 ms and fails the peer
+ * (xport_peer_fail, "peer process N is gone") when it has exited; the
+ * common layer's op_timeout_ms remains the bound for everything else.
+ * Disconnect closes the endpoint (see ucx_disconnect); ops of a failed peer
+ * that UCX still holds are handed back to the common layer as canceled and
+ * their requests become "stale" (a generation number in the op's backend
+ * scratch no longer matches the one in the request), freed when UCX calls
+ * back (at the latest in ucp_worker_destroy); while any are alive, memory
+ * unmapping is deferred to domain close.
  */
 #include <errno.h>
 #include <ifaddrs.h>
