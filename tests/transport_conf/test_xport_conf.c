@@ -95,11 +95,11 @@
 /* ---- backends ------------------------------------------------------------ */
 
 struct conf_backend {
-    char uri[64];
-    char name[KVN_XPORT_NAME_MAX]; /* kvn_xport_name() of what the URI opened */
-    int notify_ordered;            /* documented: notify after un-awaited WRITEs is ordered */
+    char uri[8 + KVN_XPORT_NAME_MAX]; /* "verbs+" + a device name fits */
+    char name[KVN_XPORT_NAME_MAX];    /* kvn_xport_name() of what the URI opened */
+    int notify_ordered;               /* documented: notify after un-awaited WRITEs is ordered */
     int available;
-    char why[KVN_ERR_MSG_MAX + 64];
+    char why[2 * KVN_ERR_MSG_MAX + 128];
 };
 
 static const struct {
