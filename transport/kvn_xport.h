@@ -381,6 +381,42 @@ struct kvn_xport_devinfo {
  */
 int kvn_xport_list_devices(struct kvn_xport_devinfo *out, int max, struct kvn_err *err);
 
+/*
+ * Memory best suited for registration with a domain (transport/xport_mem.c).
+ *
+ *   ucx, ucx+sm, ucx+tcp  ucp_mem_map(UCP_MEM_MAP_ALLOCATE) in the domain's
+ *                         UCX context (kvn_xport_ucx_mem_alloc): over
+ *                         shared memory only such memory is put/get
+ *                         directly (one copy); caller memory falls back to
+ *                         UCX 1.13's software RMA (see transport/ucx).
+ *   ofi+*, verbs+*        anonymous private mmap, populated: MAP_HUGETLB
+ *                         when the kernel has 2 MiB huge pages to give,
+ *                         else regular pages with MADV_HUGEPAGE as a hint.
+ *
+ * Either way the memory is page aligned and zero-filled, and is registered
+ * as usual with kvn_xport_mr_reg() (any sub-range).  Use it for the large,
+ * long-lived regions that are the source or target of bulk RMA (a host KV
+ * pool, an engine's L1, benchmark buffers).
+ *
+ * kvn_xport_mem_alloc: len > 0 (and below 2^62).  *out is set only on
+ * success.  Errors: -EINVAL (NULL args, len 0 or absurd), -ENOMEM, backend
+ * errors.
+ *
+ * kvn_xport_mem_free: p and len exactly as allocated on the same domain.
+ * Errors: -EINVAL (NULL args, len 0, p/len not an allocation of x: checked
+ * against a record the allocation keeps, so a wrong pointer is refused, not
+ * unmapped), -EBUSY (an mr of x still lies in the memory: deregister it
+ * first).  A refused call changes nothing.
+ *
+ * Lifetime: free every allocation BEFORE kvn_xport_close(x).  (UCX domains
+ * release leftovers at close, other backends cannot: their leftovers stay
+ * mapped until the process exits.)
+ *
+ * Thread rules as for the domain (one caller thread at a time).
+ */
+int kvn_xport_mem_alloc(struct kvn_xport *x, size_t len, void **out, struct kvn_err *err);
+int kvn_xport_mem_free(struct kvn_xport *x, void *p, size_t len, struct kvn_err *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -55,6 +55,16 @@ int kvn_xport_ucx_mem_alloc(struct kvn_xport *x, size_t len, void **addr, struct
 int kvn_xport_ucx_mem_free(struct kvn_xport *x, void *addr, struct kvn_err *err);
 
 /*
+ * Length of the allocation that starts at addr (as passed to
+ * kvn_xport_ucx_mem_alloc) into *len.  Pure query, for callers that check
+ * a (pointer, length) pair before freeing (kvn_xport_mem_free).
+ * Errors: -EINVAL (NULL args, addr not the start of an allocation of x),
+ *         -ENOTSUP (x is not a UCX domain).
+ */
+int kvn_xport_ucx_mem_size(struct kvn_xport *x, const void *addr, size_t *len,
+                           struct kvn_err *err);
+
+/*
  * WRITE completion mode of a UCX domain, for WRITEs posted from now on.
  * on = 1 (default): delivery completion, as kvn_xport.h promises - a WRITE
  *   completes only after an endpoint flush acknowledged by the target

@@ -1152,6 +1152,23 @@ int kvn_xport_ucx_mem_free(struct kvn_xport *x, void *addr, struct kvn_err *err)
     return kvn_err_set(err, -EINVAL, "%p is not memory from kvn_xport_ucx_mem_alloc", addr);
 }
 
+int kvn_xport_ucx_mem_size(struct kvn_xport *x, const void *addr, size_t *len,
+                           struct kvn_err *err)
+{
+    if (!x || !addr || !len)
+        return kvn_err_set(err, -EINVAL, "x, addr and len must not be NULL");
+    if (x->ops != &xport_ucx_ops)
+        return kvn_err_set(err, -ENOTSUP, "domain '%s' is not a UCX domain", x->name);
+    struct ucx_domain *d = dom(x);
+    for (uint32_t i = 0; i < d->n_regions; i++) {
+        if (d->regions[i]->addr == addr) {
+            *len = d->regions[i]->len;
+            return 0;
+        }
+    }
+    return kvn_err_set(err, -EINVAL, "%p is not memory from kvn_xport_ucx_mem_alloc", addr);
+}
+
 static int ucx_mr_reg(struct kvn_xport *x, struct kvn_xport_mr *mr, struct kvn_err *err)
 {
     struct ucx_domain *d = dom(x);

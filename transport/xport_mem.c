@@ -1,0 +1,182 @@
+/*
+ * xport_mem.c - kvn_xport_mem_alloc/free: memory best suited for registration
+ * with a domain (see kvn_xport.h).  Dispatches on the domain's backend
+ * without touching the common layer:
+ *
+ *   UCX domain ──► kvn_xport_ucx_mem_alloc (ucp_mem_map ALLOCATE; the UCX
+ *                  backend keeps the record of its regions)
+ *   others     ──► anonymous mmap, huge pages when available, with a record
+ *                  ("tail") in the mapping just past the caller's bytes:
+ *
+ *     p                          p + round_up(len, 4 KiB)
+ *     | caller's len bytes ....  | tail record | (rest of the mapping)
+ *
+ * The tail lets kvn_xport_mem_free check a (p, len) pair before unmapping:
+ * the page that would hold the tail must be mapped (mincore), and the record
+ * must carry the magic, p, len, the domain and a checksum.  A wrong pointer
+ * or length is refused, never unmapped.  No global state.
+ */
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "transport/kvn_xport.h"
+#include "transport/xport_impl.h"
+
+#ifdef KVN_HAVE_UCX
+#include "transport/ucx/kvn_xport_ucx.h"
+#endif
+
+#define MEM_PAGE  4096ull
+#define MEM_HUGE  (2ull << 20)
+#define MEM_MAGIC 0x4d454d4e564b5450ull /* "PTKVNMEM" */
+#define MEM_MAX   (1ull << 62)
+
+struct mem_tail {
+    uint64_t magic;
+    uint64_t addr; /* p */
+    uint64_t len;
+    uint64_t map_bytes;
+    uint64_t owner;     /* the domain's address */
+    uint64_t domain_id; /* and its id */
+    uint64_t huge;
+    uint64_t check; /* FNV-1a over the fields above */
+};
+
+static uint64_t tail_check(const struct mem_tail *t)
+{
+    const unsigned char *b = (const unsigned char *)t;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < offsetof(struct mem_tail, check); i++)
+        h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static uint64_t round_up(uint64_t v, uint64_t a)
+{
+    return (v + a - 1) / a * a;
+}
+
+/* Does an mr of x lie (partly) in [p, p + len)? */
+static bool mr_inside(const struct kvn_xport *x, const void *p, size_t len)
+{
+    uintptr_t a = (uintptr_t)p;
+    for (const struct xport_link *l = x->mrs.next; l && l != &x->mrs; l = l->next) {
+        const struct kvn_xport_mr *mr = XPORT_CONTAINER(l, struct kvn_xport_mr, link);
+        uintptr_t b = (uintptr_t)mr->addr;
+        if (b < a + len && a < b + mr->len)
+            return true;
+    }
+    return false;
+}
+
+static int mmap_alloc(struct kvn_xport *x, size_t len, void **out, struct kvn_err *err)
+{
+    uint64_t tail_off = round_up(len, MEM_PAGE);
+    uint64_t need = tail_off + sizeof(struct mem_tail);
+    void *base = MAP_FAILED;
+    uint64_t map = round_up(need, MEM_HUGE);
+    bool huge = false;
+    if (need >= MEM_HUGE) { /* at least one whole huge page: little slack */
+        base = mmap(NULL, (size_t)map, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+        huge = base != MAP_FAILED;
+    }
+    if (base == MAP_FAILED) {
+        map = round_up(need, MEM_PAGE);
+        /* populated: the memory is about to be registered (verbs pins it), and
+         * faults in the first transfers would only move the cost to the data path */
+        base = mmap(NULL, (size_t)map, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+        if (base == MAP_FAILED)
+            return kvn_err_set(err, -ENOMEM, "mmap of %zu bytes failed: %s", len,
+                               strerror(errno));
+        if (map >= MEM_HUGE)
+            (void)madvise(base, (size_t)map, MADV_HUGEPAGE); /* a hint; THP may be off */
+    }
+    struct mem_tail t = {.magic = MEM_MAGIC,
+                         .addr = (uint64_t)(uintptr_t)base,
+                         .len = len,
+                         .map_bytes = map,
+                         .owner = (uint64_t)(uintptr_t)x,
+                         .domain_id = x->id,
+                         .huge = huge};
+    t.check = tail_check(&t);
+    memcpy((unsigned char *)base + tail_off, &t, sizeof(t));
+    *out = base;
+    return 0;
+}
+
+/* Reads the tail record of (p, len) when it is there and valid for x. */
+static bool tail_of(const struct kvn_xport *x, void *p, size_t len, struct mem_tail *t,
+                    unsigned char **where)
+{
+    uint64_t tail_off = round_up(len, MEM_PAGE);
+    unsigned char *tp = (unsigned char *)p + tail_off;
+    if ((uintptr_t)tp < (uintptr_t)p) /* wrapped */
+        return false;
+    unsigned char vec[2];
+    /* the record fits in one page (tail_off is page aligned): is it mapped? */
+    if (mincore(tp, sizeof(*t), vec) != 0)
+        return false;
+    memcpy(t, tp, sizeof(*t));
+    *where = tp;
+    return t->magic == MEM_MAGIC && t->check == tail_check(t) &&
+           t->addr == (uint64_t)(uintptr_t)p && t->len == len &&
+           t->owner == (uint64_t)(uintptr_t)x && t->domain_id == x->id &&
+           t->map_bytes >= tail_off + sizeof(*t);
+}
+
+int kvn_xport_mem_alloc(struct kvn_xport *x, size_t len, void **out, struct kvn_err *err)
+{
+    if (!x || !out)
+        return kvn_err_set(err, -EINVAL, "x and out must not be NULL");
+    if (len == 0)
+        return kvn_err_set(err, -EINVAL, "cannot allocate 0 bytes");
+    if ((uint64_t)len >= MEM_MAX)
+        return kvn_err_set(err, -EINVAL, "%zu bytes is not a sensible allocation", len);
+#ifdef KVN_HAVE_UCX
+    if (kvn_xport_backend(x) == KVN_XPORT_BACKEND_UCX)
+        return kvn_xport_ucx_mem_alloc(x, len, out, err);
+#endif
+    return mmap_alloc(x, len, out, err);
+}
+
+int kvn_xport_mem_free(struct kvn_xport *x, void *p, size_t len, struct kvn_err *err)
+{
+    if (!x || !p)
+        return kvn_err_set(err, -EINVAL, "x and p must not be NULL");
+    if (len == 0 || (uint64_t)len >= MEM_MAX)
+        return kvn_err_set(err, -EINVAL, "length %zu cannot be an allocation", len);
+#ifdef KVN_HAVE_UCX
+    if (kvn_xport_backend(x) == KVN_XPORT_BACKEND_UCX) {
+        size_t have = 0;
+        int rc = kvn_xport_ucx_mem_size(x, p, &have, err);
+        if (rc < 0)
+            return rc;
+        if (have != len)
+            return kvn_err_set(err, -EINVAL, "%p was allocated with %zu bytes, not %zu", p, have,
+                               len);
+        return kvn_xport_ucx_mem_free(x, p, err);
+    }
+#endif
+    if ((uintptr_t)p % MEM_PAGE)
+        return kvn_err_set(err, -EINVAL, "%p is not page aligned: not from kvn_xport_mem_alloc",
+                           p);
+    struct mem_tail t;
+    unsigned char *tp;
+    if (!tail_of(x, p, len, &t, &tp))
+        return kvn_err_set(err, -EINVAL,
+                           "(%p, %zu) is not an allocation of kvn_xport_mem_alloc on '%s'", p,
+                           len, kvn_xport_name(x));
+    if (mr_inside(x, p, len))
+        return kvn_err_set(err, -EBUSY, "a registration of '%s' still lies in %p (deregister "
+                                        "it first)", kvn_xport_name(x), p);
+    memset(tp, 0, sizeof(t)); /* a stale (p, len) must not match a later mapping */
+    munmap(p, (size_t)t.map_bytes);
+    return 0;
+}
