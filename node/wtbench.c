@@ -7,7 +7,8 @@
  *   kvn-wtbench -c tcp://127.0.0.1:7100 --rounds 10 --pages-per-insert 16 [--json]
  *
  * With --engine N the tool is also the engine: it registers an L1 region of N
- * slots in its own transport domain (same transport as the node) and sends
+ * slots in its own transport domain (same transport as the node; memory from
+ * kvn_xport_mem_alloc, i.e. UCX-allocated on ucx domains) and sends
  * register_l1, so that the copies cross processes as in production; without
  * it, the node's own --l1 stand-in is used (a loopback in one process).
  *
@@ -19,7 +20,6 @@
 #include <getopt.h>
 #include <pthread.h>
 #include <stdatomic.h>
-#include <sys/mman.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +31,9 @@
 
 struct engine {
     struct kvn_xport *x;
+    struct kvn_xport_mr *mr;
+    void *l1; /* kvn_xport_mem_alloc */
+    size_t l1_len;
     atomic_int stop;
     pthread_t th;
 };
@@ -52,16 +55,21 @@ static int engine_start(struct engine *g, struct kvn_client *c, const char *tran
     if (rc < 0)
         return rc;
     size_t len = (size_t)page_bytes * slots;
-    void *l1 =
-        mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    if (l1 == MAP_FAILED)
-        return kvn_err_set(e, -ENOMEM, "mmap of %zu bytes", len);
+    /* the memory the domain is best at (UCX-allocated on ucx: one-copy RMA over ucx+sm), as an
+     * engine that registers its GPU/host L1 with the transport would use */
+    void *l1;
+    if ((rc = kvn_xport_mem_alloc(g->x, len, &l1, e)) < 0)
+        return rc;
+    g->l1 = l1;
+    g->l1_len = len;
     memset(l1, 0x5a, len);
     struct kvn_xport_mr *mr;
     uint8_t desc[KVN_XPORT_DESC_MAX], addr[KVN_XPORT_ADDR_MAX];
     size_t dl = sizeof(desc), al = sizeof(addr);
-    if ((rc = kvn_xport_mr_reg(g->x, l1, len, KVN_XPORT_ACCESS_ALL, &mr, e)) < 0 ||
-        (rc = kvn_xport_mr_pack(mr, desc, &dl, e)) < 0 ||
+    if ((rc = kvn_xport_mr_reg(g->x, l1, len, KVN_XPORT_ACCESS_ALL, &g->mr, e)) < 0)
+        return rc;
+    mr = g->mr;
+    if ((rc = kvn_xport_mr_pack(mr, desc, &dl, e)) < 0 ||
         (rc = kvn_xport_address(g->x, addr, &al, e)) < 0)
         return rc;
     if (pthread_create(&g->th, NULL, engine_main, g) != 0)
@@ -218,6 +226,8 @@ int main(int argc, char **argv)
     if (engine_slots) {
         atomic_store(&g.stop, 1);
         pthread_join(g.th, NULL);
+        kvn_xport_mr_dereg(g.mr, NULL);
+        kvn_xport_mem_free(g.x, g.l1, g.l1_len, NULL);
         kvn_xport_close(g.x);
     }
     return 0;
