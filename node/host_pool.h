@@ -4,14 +4,22 @@
  *   base                                                    base + n_pages * page_bytes
  *   | page 0 | page 1 | page 2 | ...                      | page n-1 |  (mapping rounded up)
  *
- * The region is mapped (and populated) once at start-up, with MAP_HUGETLB when the kernel has
- * huge pages to give (else regular pages with MADV_HUGEPAGE as a hint), bound
- * to a NUMA node when asked (mbind), and registered once with the transport
- * by the daemon. Which page holds what is the cache's business (its page
- * allocator hands out indices); this file only turns an index into bytes.
+ * Where the bytes come from:
+ *   - kvn_host_pool_create (no domain): mapped (and populated) once at start-up, with
+ *     MAP_HUGETLB when try_huge and the kernel has huge pages to give (else regular pages with
+ *     MADV_HUGEPAGE as a hint);
+ *   - kvn_host_pool_create_in(x, ...): from kvn_xport_mem_alloc(x), the memory x is best at:
+ *     on UCX domains UCX allocates it (ucp_mem_map ALLOCATE: the only memory UCX 1.13 puts/gets
+ *     directly over shared memory, ucx+sm; huge pages are then UCX's choice, `huge` stays
+ *     false); on other domains it is the same populated anonymous mapping as above with huge
+ *     pages tried - except when try_huge is false, then the pool maps regular pages itself.
+ * Either way the pool is bound to a NUMA node when asked (mbind; memory already populated is
+ * moved, MPOL_MF_MOVE), and registered once with the transport by its user. Which page holds
+ * what is the cache's business (its page allocator hands out indices); this file only turns an
+ * index into bytes.
  *
- * Thread rules: create/destroy from one thread; kvn_host_pool_page is a pure
- * function of the pool and may be called from any thread.
+ * Thread rules: create/destroy from one thread (for a pool made in a domain: the domain's
+ * thread); kvn_host_pool_page is a pure function of the pool and may be called from any thread.
  */
 #ifndef KVN_HOST_POOL_H
 #define KVN_HOST_POOL_H
@@ -22,6 +30,8 @@
 
 #include "util/kvn_err.h"
 
+struct kvn_xport;
+
 struct kvn_host_pool {
     uint8_t *base;
     size_t map_bytes; /* what was mmap'd (>= n_pages * page_bytes) */
@@ -29,6 +39,8 @@ struct kvn_host_pool {
     uint32_t n_pages;
     bool huge;      /* MAP_HUGETLB succeeded */
     int numa_node;  /* -1 when not bound */
+    struct kvn_xport *x; /* domain the memory came from (kvn_host_pool_create_in), or NULL */
+    size_t alloc_bytes;  /* length passed to kvn_xport_mem_alloc when x != NULL */
     char note[160]; /* how the pool was made, for the log */
 };
 
@@ -44,7 +56,22 @@ struct kvn_host_pool {
 int kvn_host_pool_create(struct kvn_host_pool **out, uint64_t bytes, uint64_t page_bytes,
                          bool try_huge, int numa_node, struct kvn_err *err);
 
-/* Unmaps and frees; NULL is fine. */
+/*
+ * As kvn_host_pool_create, with the memory from kvn_xport_mem_alloc(x) (see above) when x is
+ * not NULL; x == NULL is kvn_host_pool_create. The pool keeps x: destroy the pool BEFORE
+ * closing x (and deregister the pool's mrs first).
+ * Errors: as kvn_host_pool_create, plus kvn_xport_mem_alloc's (-ENOMEM, backend errors).
+ */
+int kvn_host_pool_create_in(struct kvn_xport *x, struct kvn_host_pool **out, uint64_t bytes,
+                            uint64_t page_bytes, bool try_huge, int numa_node,
+                            struct kvn_err *err);
+
+/*
+ * Unmaps (or gives the memory back to its domain) and frees; NULL is fine. For a pool made in
+ * a domain, deregister the pool's mrs first: memory a registration still lies in is not
+ * released under it (kvn_xport_mem_free refuses with -EBUSY); it then stays with the domain
+ * (UCX releases it at kvn_xport_close) or mapped until exit (other backends).
+ */
 void kvn_host_pool_destroy(struct kvn_host_pool *pool);
 
 /* Address of page idx, or NULL when pool is NULL or idx >= n_pages. */
