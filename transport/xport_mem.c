@@ -12,16 +12,19 @@
  *     | caller's len bytes ....  | tail record | (rest of the mapping)
  *
  * The tail lets kvn_xport_mem_free check a (p, len) pair before unmapping:
- * the page that would hold the tail must be mapped (mincore), and the record
+ * the record must be readable (read with process_vm_readv on ourselves, which
+ * fails instead of faulting on an unmapped or PROT_NONE page), and it
  * must carry the magic, p, len, the domain and a checksum.  A wrong pointer
  * or length is refused, never unmapped.  No global state.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "transport/kvn_xport.h"
@@ -119,11 +122,22 @@ static bool tail_of(const struct kvn_xport *x, void *p, size_t len, struct mem_t
     unsigned char *tp = (unsigned char *)p + tail_off;
     if ((uintptr_t)tp < (uintptr_t)p) /* wrapped */
         return false;
-    unsigned char vec[2];
-    /* the record fits in one page (tail_off is page aligned): is it mapped? */
-    if (mincore(tp, sizeof(*t), vec) != 0)
+    /* a read that cannot fault: the page may be unmapped or PROT_NONE (a guard page) when
+     * (p, len) is not ours; process_vm_readv on ourselves says EFAULT instead */
+    struct iovec lo = {.iov_base = t, .iov_len = sizeof(*t)};
+    struct iovec re = {.iov_base = tp, .iov_len = sizeof(*t)};
+    ssize_t got = process_vm_readv(getpid(), &lo, 1, &re, 1, 0);
+    if (got < 0 && (errno == EPERM || errno == ENOSYS)) { /* seccomp: a pipe says EFAULT too */
+        int fds[2];
+        if (pipe2(fds, O_CLOEXEC) != 0)
+            return false;
+        got = write(fds[1], tp, sizeof(*t)) == (ssize_t)sizeof(*t) ? read(fds[0], t, sizeof(*t))
+                                                                    : -1;
+        close(fds[0]);
+        close(fds[1]);
+    }
+    if (got != (ssize_t)sizeof(*t))
         return false;
-    memcpy(t, tp, sizeof(*t));
     *where = tp;
     return t->magic == MEM_MAGIC && t->check == tail_check(t) &&
            t->addr == (uint64_t)(uintptr_t)p && t->len == len &&
