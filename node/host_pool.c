@@ -11,8 +11,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define HUGE_2M    (2ull << 20)
-#define MPOL_BIND_    2        /* <numaif.h> is libnuma's, not libc's: the values are ABI */
+#define HUGE_2M       (2ull << 20)
+#define MPOL_BIND_    2         /* <numaif.h> is libnuma's, not libc's: the values are ABI */
 #define MPOL_MF_MOVE_ (1u << 1) /* move pages already populated (domain memory) */
 
 static bool numa_node_exists(int node)
@@ -41,8 +41,7 @@ static void pool_unmap(struct kvn_host_pool *p)
 }
 
 int kvn_host_pool_create_in(struct kvn_xport *x, struct kvn_host_pool **out, uint64_t bytes,
-                            uint64_t page_bytes, bool try_huge, int numa_node,
-                            struct kvn_err *err)
+                            uint64_t page_bytes, bool try_huge, int numa_node, struct kvn_err *err)
 {
     if (!out)
         return kvn_err_set(err, -EINVAL, "out is NULL");
@@ -131,7 +130,9 @@ int kvn_host_pool_create_in(struct kvn_xport *x, struct kvn_host_pool **out, uin
     }
     snprintf(p->note, sizeof(p->note), "%" PRIu32 " pages of %" PRIu64 " bytes, %s, %s", p->n_pages,
              page_bytes,
-             mem_note ? mem_note : p->huge ? "huge pages (MAP_HUGETLB)" : "regular pages",
+             mem_note  ? mem_note
+             : p->huge ? "huge pages (MAP_HUGETLB)"
+                       : "regular pages",
              numa_note);
     *out = p;
     return 0;

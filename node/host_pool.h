@@ -37,11 +37,11 @@ struct kvn_host_pool {
     size_t map_bytes; /* what was mmap'd (>= n_pages * page_bytes) */
     uint64_t page_bytes;
     uint32_t n_pages;
-    bool huge;      /* MAP_HUGETLB succeeded */
-    int numa_node;  /* -1 when not bound */
+    bool huge;           /* MAP_HUGETLB succeeded */
+    int numa_node;       /* -1 when not bound */
     struct kvn_xport *x; /* domain the memory came from (kvn_host_pool_create_in), or NULL */
     size_t alloc_bytes;  /* length passed to kvn_xport_mem_alloc when x != NULL */
-    char note[160]; /* how the pool was made, for the log */
+    char note[160];      /* how the pool was made, for the log */
 };
 
 /*
@@ -63,8 +63,7 @@ int kvn_host_pool_create(struct kvn_host_pool **out, uint64_t bytes, uint64_t pa
  * Errors: as kvn_host_pool_create, plus kvn_xport_mem_alloc's (-ENOMEM, backend errors).
  */
 int kvn_host_pool_create_in(struct kvn_xport *x, struct kvn_host_pool **out, uint64_t bytes,
-                            uint64_t page_bytes, bool try_huge, int numa_node,
-                            struct kvn_err *err);
+                            uint64_t page_bytes, bool try_huge, int numa_node, struct kvn_err *err);
 
 /*
  * Unmaps (or gives the memory back to its domain) and frees; NULL is fine. For a pool made in

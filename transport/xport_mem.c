@@ -96,8 +96,7 @@ static int mmap_alloc(struct kvn_xport *x, size_t len, void **out, struct kvn_er
         base = mmap(NULL, (size_t)map, PROT_READ | PROT_WRITE,
                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
         if (base == MAP_FAILED)
-            return kvn_err_set(err, -ENOMEM, "mmap of %zu bytes failed: %s", len,
-                               strerror(errno));
+            return kvn_err_set(err, -ENOMEM, "mmap of %zu bytes failed: %s", len, strerror(errno));
         if (map >= MEM_HUGE)
             (void)madvise(base, (size_t)map, MADV_HUGEPAGE); /* a hint; THP may be off */
     }
@@ -131,8 +130,8 @@ static bool tail_of(const struct kvn_xport *x, void *p, size_t len, struct mem_t
         int fds[2];
         if (pipe2(fds, O_CLOEXEC) != 0)
             return false;
-        got = write(fds[1], tp, sizeof(*t)) == (ssize_t)sizeof(*t) ? read(fds[0], t, sizeof(*t))
-                                                                    : -1;
+        got =
+            write(fds[1], tp, sizeof(*t)) == (ssize_t)sizeof(*t) ? read(fds[0], t, sizeof(*t)) : -1;
         close(fds[0]);
         close(fds[1]);
     }
@@ -179,17 +178,18 @@ int kvn_xport_mem_free(struct kvn_xport *x, void *p, size_t len, struct kvn_err 
     }
 #endif
     if ((uintptr_t)p % MEM_PAGE)
-        return kvn_err_set(err, -EINVAL, "%p is not page aligned: not from kvn_xport_mem_alloc",
-                           p);
+        return kvn_err_set(err, -EINVAL, "%p is not page aligned: not from kvn_xport_mem_alloc", p);
     struct mem_tail t;
     unsigned char *tp;
     if (!tail_of(x, p, len, &t, &tp))
         return kvn_err_set(err, -EINVAL,
-                           "(%p, %zu) is not an allocation of kvn_xport_mem_alloc on '%s'", p,
-                           len, kvn_xport_name(x));
+                           "(%p, %zu) is not an allocation of kvn_xport_mem_alloc on '%s'", p, len,
+                           kvn_xport_name(x));
     if (mr_inside(x, p, len))
-        return kvn_err_set(err, -EBUSY, "a registration of '%s' still lies in %p (deregister "
-                                        "it first)", kvn_xport_name(x), p);
+        return kvn_err_set(err, -EBUSY,
+                           "a registration of '%s' still lies in %p (deregister "
+                           "it first)",
+                           kvn_xport_name(x), p);
     memset(tp, 0, sizeof(t)); /* a stale (p, len) must not match a later mapping */
     munmap(p, (size_t)t.map_bytes);
     return 0;

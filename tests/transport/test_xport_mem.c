@@ -125,9 +125,9 @@ static void check_backend(const char *uri)
         struct kvn_xport_mr *whole, *part = NULL;
         assert_int_equal(kvn_xport_mr_reg(x, p, len, KVN_XPORT_ACCESS_ALL, &whole, &err), 0);
         if (len > 1)
-            assert_int_equal(kvn_xport_mr_reg(x, (char *)p + 1, len - 1,
-                                              KVN_XPORT_ACCESS_LOCAL, &part, &err),
-                             0);
+            assert_int_equal(
+                kvn_xport_mr_reg(x, (char *)p + 1, len - 1, KVN_XPORT_ACCESS_LOCAL, &part, &err),
+                0);
         kvn_err_clear(&err);
         assert_int_equal(kvn_xport_mem_free(x, p, len, &err), -EBUSY);
         assert_int_equal(err.code, -EBUSY);
@@ -297,8 +297,8 @@ static void test_host_pool_in_domain(void **state)
         for (int huge = 0; huge < 2; huge++) {
             struct kvn_host_pool *pool = NULL;
             uint64_t pb = 65536;
-            assert_int_equal(
-                kvn_host_pool_create_in(x, &pool, 10 * pb + 100, pb, huge, -1, &err), 0);
+            assert_int_equal(kvn_host_pool_create_in(x, &pool, 10 * pb + 100, pb, huge, -1, &err),
+                             0);
             assert_int_equal(pool->n_pages, 10);
             assert_int_equal(kvn_host_pool_bytes(pool), 10 * pb);
             bool from_domain = kvn_xport_backend(x) == KVN_XPORT_BACKEND_UCX || huge;
@@ -347,8 +347,7 @@ static void test_host_pool_in_domain_errors(void **state)
     assert_int_equal(kvn_host_pool_create_in(x, &pool, 4095, 4096, true, -1, &err), -EINVAL);
     assert_int_equal(kvn_host_pool_create_in(x, &pool, 1ull << 45, 1, true, -1, &err), -EINVAL);
     assert_int_equal(kvn_host_pool_create_in(x, &pool, 1 << 20, 4096, true, -2, &err), -EINVAL);
-    assert_int_equal(kvn_host_pool_create_in(x, &pool, 1 << 20, 4096, true, 1023, &err),
-                     -EINVAL);
+    assert_int_equal(kvn_host_pool_create_in(x, &pool, 1 << 20, 4096, true, 1023, &err), -EINVAL);
     assert_ptr_equal(pool, (struct kvn_host_pool *)0x42); /* untouched on error */
 
     /* nothing was allocated in the domain by the refusals: a pool destroyed while its mr is

@@ -61,8 +61,7 @@ int kvn_xport_ucx_mem_free(struct kvn_xport *x, void *addr, struct kvn_err *err)
  * Errors: -EINVAL (NULL args, addr not the start of an allocation of x),
  *         -ENOTSUP (x is not a UCX domain).
  */
-int kvn_xport_ucx_mem_size(struct kvn_xport *x, const void *addr, size_t *len,
-                           struct kvn_err *err);
+int kvn_xport_ucx_mem_size(struct kvn_xport *x, const void *addr, size_t *len, struct kvn_err *err);
 
 /*
  * WRITE completion mode of a UCX domain, for WRITEs posted from now on.

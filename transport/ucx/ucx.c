@@ -1152,8 +1152,7 @@ int kvn_xport_ucx_mem_free(struct kvn_xport *x, void *addr, struct kvn_err *err)
     return kvn_err_set(err, -EINVAL, "%p is not memory from kvn_xport_ucx_mem_alloc", addr);
 }
 
-int kvn_xport_ucx_mem_size(struct kvn_xport *x, const void *addr, size_t *len,
-                           struct kvn_err *err)
+int kvn_xport_ucx_mem_size(struct kvn_xport *x, const void *addr, size_t *len, struct kvn_err *err)
 {
     if (!x || !addr || !len)
         return kvn_err_set(err, -EINVAL, "x, addr and len must not be NULL");
