@@ -15,11 +15,13 @@
 #include <stdio.h>
 #include <string.h>
 
+#if !defined(KVN_HAVE_BENCH_XFER) || !defined(KVN_HAVE_BENCH_CLUSTER)
 static int not_built(const char *name)
 {
     fprintf(stderr, "kvbench: '%s' not built\n", name);
     return 2;
 }
+#endif
 
 #ifndef KVN_HAVE_BENCH_XFER
 int kvn_bench_xfer_main(int argc, char **argv)
