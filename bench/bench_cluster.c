@@ -1,5 +1,5 @@
 /*
- * bench_cluster.c - kvbench cluster (built as kvbench-cluster until bench/kvbench.c can take it): a
+ * bench_cluster.c - kvbench cluster: a
  * Mooncake trace replayed across N real kvnode processes, with local caches only and with
  * cross-node sharing.
  *
