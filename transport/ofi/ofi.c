@@ -43,7 +43,8 @@
  * about 2x slower at 1 MiB).
  *
  * Deferred delivery (rxm/tcp).  All writes of a peer travel in order on one
- * TCP connection and the target places them in stream order, so the
+ * TCP connection and the target places them in stream order (the provider
+ * reports FI_ORDER_WAW; deferred mode is off without it), so the
  * delivery-complete acknowledgement of a part confirms every part posted
  * to that peer before it.  Each write part gets a per-peer sequence number;
  * only the last part of every OFI_DC_EVERY-th part carries
@@ -535,9 +536,12 @@ static int ofi_open(const struct xport_uri *uri, const struct kvn_xport_attr *at
         }
     }
 
-    /* rxm over tcp: confirm writes in batches (stream-ordered delivery);
-     * other providers keep per-write delivery-complete */
-    d->defer_dc = d->write_flags && strstr(prov, "tcp;ofi_rxm") == prov;
+    /* rxm over tcp: confirm writes in batches, which relies on the
+     * provider processing writes to a peer in order (FI_ORDER_WAW, which
+     * tcp;ofi_rxm 1.17 reports); other providers keep per-write
+     * delivery-complete */
+    d->defer_dc = d->write_flags && strcmp(prov, "tcp;ofi_rxm") == 0 &&
+                  (fi->tx_attr->msg_order & FI_ORDER_WAW);
     if (d->defer_dc) {
         d->n_dc = 2 * attr->max_outstanding + 8;
         d->dc_pool = calloc(d->n_dc, sizeof(*d->dc_pool));
