@@ -37,7 +37,7 @@ static const int32_t g_toks[6] = {501, 502, 503, 504, 505, 506};
 static int teardown(void **state)
 {
     (void)state;
-    ch_kill_all();
+    th_kill_all();
     return 0;
 }
 
@@ -221,8 +221,8 @@ static pid_t start_fake(char *ctl, char *pub, int port, bool corrupt)
     pid_t p = fork();
     if (p == 0)
         fake_peer(ctl, pub, corrupt);
-    if (p > 0 && CH.n_procs < CH_MAX_PROCS)
-        CH.procs[CH.n_procs++] = p;
+    if (p > 0)
+        th_track(p);
     return p;
 }
 
@@ -230,7 +230,7 @@ static void test_lying_peer(void **state)
 {
     (void)state;
     char fctl[64], fpub[64], gctl[64], gpub[64];
-    struct ch_node n;
+    struct th_node n;
     int rc = -EADDRINUSE;
     for (int attempt = 0; attempt < 5 && rc == -EADDRINUSE; attempt++) {
         int base = ch_port_base();
@@ -258,17 +258,17 @@ static void test_lying_peer(void **state)
                               gctl,
                               NULL};
         rc = ch_node_start(&n, argv);
-        ch_sleep_ms(50);
+        th_sleep_ms(50);
         /* a fake that could not bind its ports exits at once: try other ports */
         for (int k = 0; k < 2 && rc == 0; k++) {
             pid_t f = k ? f2 : f1;
             if (waitpid(f, NULL, WNOHANG) == f) {
-                ch_untrack(f);
+                th_untrack(f);
                 rc = -EADDRINUSE;
             }
         }
         if (rc == -EADDRINUSE)
-            ch_kill_all();
+            th_kill_all();
     }
     assert_int_equal(rc, 0);
     assert_true(ch_wait_stat(&n, "cluster_peers_up", 2, 500));
@@ -278,9 +278,9 @@ static void test_lying_peer(void **state)
     assert_true(ch_wait_stat(&n, "cluster_remote_blocks", 3, 500));
     bool malformed = false;
     for (int i = 0; i < 250 && !malformed; i++) {
-        malformed = ch_stat(&n, "cluster_sub_malformed") >= 1;
+        malformed = th_stat(&n, "cluster_sub_malformed") >= 1;
         if (!malformed)
-            ch_sleep_ms(20);
+            th_sleep_ms(20);
     }
     assert_true(malformed);
     uint64_t rp = 0, host = 9;
@@ -288,18 +288,18 @@ static void test_lying_peer(void **state)
     assert_int_equal(rp, 3);
     assert_int_equal(host, 0);
     /* fetch: the pin reply points outside the fake's pool -> refused before any RDMA */
-    uint64_t free0 = ch_stat(&n, "l2_free");
+    uint64_t free0 = th_stat(&n, "l2_free");
     struct kvn_client_reply *r = NULL;
     struct kvn_err e;
     assert_int_equal(kvn_client_fetch(n.c, g_toks, 6, 0, &r, &e), -ERANGE);
     assert_non_null(strstr(e.msg, "outside"));
-    assert_int_equal(ch_stat(&n, "cluster_bad_descriptors"), 2);
-    assert_int_equal(ch_stat(&n, "cluster_fetch_failed"), 1);
-    assert_int_equal(ch_stat(&n, "cluster_fetch_pages"), 0);
-    assert_int_equal(ch_stat(&n, "l2_free"), free0);
+    assert_int_equal(th_stat(&n, "cluster_bad_descriptors"), 2);
+    assert_int_equal(th_stat(&n, "cluster_fetch_failed"), 1);
+    assert_int_equal(th_stat(&n, "cluster_fetch_pages"), 0);
+    assert_int_equal(th_stat(&n, "l2_free"), free0);
     assert_int_equal(ch_match(&n, g_toks, 6, &rp, &host), 0);
     assert_int_equal(host, 0);
-    assert_int_equal(ch_node_stop(&n), 0);
+    assert_int_equal(th_node_stop(&n), 0);
 }
 
 int main(int argc, char **argv)
@@ -308,21 +308,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s KVNODE KVCTL [TRANSPORT]\n", argv[0]);
         return 2;
     }
-    CH.kvnode = argv[1];
-    CH.kvctl = argv[2];
+    TH.kvnode = argv[1];
+    TH.kvctl = argv[2];
     if (argc > 3)
         g_transport = argv[3];
-    snprintf(CH.tmpdir, sizeof(CH.tmpdir), "/tmp/kvn-badpeer-XXXXXX");
-    if (!mkdtemp(CH.tmpdir))
+    if (th_tmpdir_make("/tmp/kvn-badpeer-XXXXXX") < 0)
         return 1;
-    signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_lying_peer, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", CH.tmpdir);
-    if (rc == 0 && system(cmd) != 0)
+    if (rc == 0 && th_tmpdir_remove() < 0)
         rc = 1;
     return rc;
 }

@@ -28,7 +28,7 @@ static const char *g_transport = "ofi+tcp";
 static int teardown(void **state)
 {
     (void)state;
-    ch_kill_all();
+    th_kill_all();
     return 0;
 }
 
@@ -36,7 +36,7 @@ static int teardown(void **state)
  * Starts nodes[0..n): node 0 with --cluster, node i with --peer of every earlier node (node 0
  * learns the later ones from their hellos).  extra[i] (may be NULL) adds flags to node i.
  */
-static void start_cluster(struct ch_node *nodes, int n, const char *const *extra[])
+static void start_cluster(struct th_node *nodes, int n, const char *const *extra[])
 {
     for (int attempt = 0; attempt < 5; attempt++) {
         int base = ch_port_base();
@@ -71,7 +71,7 @@ static void start_cluster(struct ch_node *nodes, int n, const char *const *extra
                 assert_true(ch_wait_stat(&nodes[i], "cluster_peers_up", (uint64_t)n - 1, 500));
             return;
         }
-        ch_kill_all();
+        th_kill_all();
     }
     fail_msg("could not find free ports");
 }
@@ -83,7 +83,7 @@ static void seq(int i, int s, int32_t *toks, uint32_t pages)
         toks[t] = 100000 * (i + 1) + 1000 * s + (int32_t)t;
 }
 
-static void insert_seqs(struct ch_node *n, int i, int nseq, uint32_t pages, uint32_t slot0)
+static void insert_seqs(struct th_node *n, int i, int nseq, uint32_t pages, uint32_t slot0)
 {
     int32_t toks[64];
     uint32_t slots[32];
@@ -100,7 +100,7 @@ static void insert_seqs(struct ch_node *n, int i, int nseq, uint32_t pages, uint
 }
 
 /* Node x sees exactly `pages` remote CPU_PINNED pages for sequence (i, s). */
-static bool sees(struct ch_node *x, int i, int s, uint32_t pages, uint64_t want)
+static bool sees(struct th_node *x, int i, int s, uint32_t pages, uint64_t want)
 {
     int32_t toks[64];
     seq(i, s, toks, pages);
@@ -108,7 +108,7 @@ static bool sees(struct ch_node *x, int i, int s, uint32_t pages, uint64_t want)
         uint64_t got = UINT64_MAX;
         if (ch_match(x, toks, pages * PS, &got, NULL) == 0 && got == want)
             return true;
-        ch_sleep_ms(20);
+        th_sleep_ms(20);
     }
     return false;
 }
@@ -116,7 +116,7 @@ static bool sees(struct ch_node *x, int i, int s, uint32_t pages, uint64_t want)
 static void test_replication(void **state)
 {
     (void)state;
-    struct ch_node nd[3];
+    struct th_node nd[3];
     start_cluster(nd, 3, NULL);
     /* every node stores 3 sequences of 4 pages (write-through: CPU_PINNED on ack) */
     for (int i = 0; i < 3; i++)
@@ -139,11 +139,11 @@ static void test_replication(void **state)
     char ctl1[64];
     int port1 = nd[1].port;
     snprintf(ctl1, sizeof(ctl1), "%s", nd[1].ctl);
-    ch_node_kill9(&nd[1]);
+    th_node_kill9(&nd[1]);
     for (int x = 0; x < 3; x += 2) {
         assert_true(ch_wait_stat(&nd[x], "cluster_peers_up", 1, 500));
         assert_true(ch_wait_stat(&nd[x], "cluster_remote_blocks", 12, 100));
-        assert_true(ch_stat(&nd[x], "cluster_peer_deaths") >= 1);
+        assert_true(th_stat(&nd[x], "cluster_peer_deaths") >= 1);
         for (int s = 0; s < 3; s++)
             assert_true(sees(&nd[x], 1, s, 4, 0));
         assert_true(sees(&nd[x], 2 - x, 0, 4, 4)); /* the survivor is still known */
@@ -185,12 +185,12 @@ static void test_replication(void **state)
         assert_true(sees(&nd[1], 0, s, 4, 4));
     /* nothing malformed was applied anywhere, and everyone stops cleanly */
     for (int x = 0; x < 3; x++) {
-        assert_int_equal(ch_stat(&nd[x], "cluster_sub_malformed"), 0);
-        assert_int_equal(ch_node_stop(&nd[x]), 0);
+        assert_int_equal(th_stat(&nd[x], "cluster_sub_malformed"), 0);
+        assert_int_equal(th_node_stop(&nd[x]), 0);
     }
 }
 
-static void fill(struct ch_node *n, const uint32_t *slots, uint32_t k, uint64_t seed)
+static void fill(struct th_node *n, const uint32_t *slots, uint32_t k, uint64_t seed)
 {
     struct kvn_client_req q = {.op = KVN_RPC_L1_FILL, .slots = slots, .n_slots = k, .seed = seed};
     struct kvn_err e;
@@ -198,7 +198,7 @@ static void fill(struct ch_node *n, const uint32_t *slots, uint32_t k, uint64_t 
 }
 
 /* load_back tokens into slots on n and wait for the copy. */
-static void load_back(struct ch_node *n, const int32_t *toks, uint32_t nt, const uint32_t *slots,
+static void load_back(struct th_node *n, const int32_t *toks, uint32_t nt, const uint32_t *slots,
                       uint32_t k)
 {
     struct kvn_client_req q = {
@@ -213,7 +213,7 @@ static void load_back(struct ch_node *n, const int32_t *toks, uint32_t nt, const
 static void test_fetch_push(void **state)
 {
     (void)state;
-    struct ch_node nd[3];
+    struct th_node nd[3];
     start_cluster(nd, 3, NULL);
     struct kvn_err e;
     /* A (node 0) computes 5 pages into L1 slots 0..4; write-through puts them in its pool */
@@ -229,7 +229,7 @@ static void test_fetch_push(void **state)
     assert_int_equal(ch_sums(&nd[0], src, 5, want), 0);
     /* C (node 2) sees it remotely, fetches it into its pool, loads it into its L1 */
     assert_true(sees(&nd[2], 0, 7, 5, 5));
-    uint64_t free_before = ch_stat(&nd[2], "l2_free");
+    uint64_t free_before = th_stat(&nd[2], "l2_free");
     assert_int_equal(kvn_client_fetch(nd[2].c, toks, 10, 0, &r, &e), 0);
     uint64_t fetched = 0, bytes = 0, peer = 99;
     kvn_client_reply_u64(r, "fetched_pages", &fetched);
@@ -238,7 +238,7 @@ static void test_fetch_push(void **state)
     kvn_client_reply_free(r);
     assert_int_equal(fetched, 5);
     assert_int_equal(bytes, 5 * 4096);
-    assert_int_equal(ch_stat(&nd[2], "l2_free"), free_before - 5);
+    assert_int_equal(th_stat(&nd[2], "l2_free"), free_before - 5);
     uint64_t host = 0, rp = 0;
     assert_int_equal(ch_match(&nd[2], toks, 10, &rp, &host), 0);
     assert_int_equal(host, 10);
@@ -246,8 +246,8 @@ static void test_fetch_push(void **state)
     assert_int_equal(ch_sums(&nd[2], dst, 5, got), 0);
     assert_memory_equal(want, got, sizeof(want));
     /* the owner's pin is gone, and a second fetch has nothing left to move */
-    assert_int_equal(ch_stat(&nd[0], "cluster_pins_active"), 0);
-    assert_int_equal(ch_stat(&nd[0], "cluster_pins"), 1);
+    assert_int_equal(th_stat(&nd[0], "cluster_pins_active"), 0);
+    assert_int_equal(th_stat(&nd[0], "cluster_pins"), 1);
     assert_int_equal(kvn_client_fetch(nd[2].c, toks, 10, 0, &r, &e), 0);
     kvn_client_reply_u64(r, "fetched_pages", &fetched);
     kvn_client_reply_free(r);
@@ -274,7 +274,7 @@ static void test_fetch_push(void **state)
     load_back(&nd[1], ptoks, 6, pdst, 3);
     assert_int_equal(ch_sums(&nd[1], pdst, 3, pgot), 0);
     assert_memory_equal(pwant, pgot, sizeof(pwant));
-    assert_int_equal(ch_stat(&nd[1], "cluster_res_completed"), 1);
+    assert_int_equal(th_stat(&nd[1], "cluster_res_completed"), 1);
     /* push from A's pool (no slots): the fetched-and-written pages of seq (0, 7) to B */
     assert_int_equal(kvn_client_push(nd[0].c, nd[1].ctl, toks, 10, NULL, 0, &r, &e), 0);
     kvn_client_reply_u64(r, "inserted_tokens", &inserted);
@@ -284,13 +284,13 @@ static void test_fetch_push(void **state)
     assert_int_equal(ch_sums(&nd[1], dst, 5, got), 0);
     assert_memory_equal(want, got, sizeof(want));
     for (int x = 0; x < 3; x++)
-        assert_int_equal(ch_node_stop(&nd[x]), 0);
+        assert_int_equal(th_node_stop(&nd[x]), 0);
 }
 
 static void test_fetch_faults(void **state)
 {
     (void)state;
-    struct ch_node nd[3];
+    struct th_node nd[3];
     const char *hold[] = {"--inject-fetch-hold", "600", NULL};
     const char *const *extra[3] = {NULL, NULL, hold};
     start_cluster(nd, 3, extra);
@@ -304,7 +304,7 @@ static void test_fetch_faults(void **state)
     kvn_client_reply_free(r);
     assert_true(ch_quiesce(&nd[0]));
     assert_true(sees(&nd[2], 0, 3, 4, 4));
-    uint64_t free_before = ch_stat(&nd[2], "l2_free");
+    uint64_t free_before = th_stat(&nd[2], "l2_free");
 
     /* lease of 50 ms, fetch holds 600 ms before unpinning: the owner expires the pin */
     int rc = kvn_client_fetch(nd[2].c, toks, 8, 50, &r, &e);
@@ -313,53 +313,53 @@ static void test_fetch_faults(void **state)
     uint64_t host = 99;
     assert_int_equal(ch_match(&nd[2], toks, 8, NULL, &host), 0);
     assert_int_equal(host, 0);
-    assert_int_equal(ch_stat(&nd[2], "l2_free"), free_before);
-    assert_int_equal(ch_stat(&nd[2], "cluster_fetch_failed"), 1);
-    assert_int_equal(ch_stat(&nd[0], "cluster_pin_expired"), 1);
-    assert_int_equal(ch_stat(&nd[0], "cluster_pins_active"), 0);
-    assert_int_equal(ch_stat(&nd[0], "cluster_unpin_bad"), 1);
+    assert_int_equal(th_stat(&nd[2], "l2_free"), free_before);
+    assert_int_equal(th_stat(&nd[2], "cluster_fetch_failed"), 1);
+    assert_int_equal(th_stat(&nd[0], "cluster_pin_expired"), 1);
+    assert_int_equal(th_stat(&nd[0], "cluster_pins_active"), 0);
+    assert_int_equal(th_stat(&nd[0], "cluster_unpin_bad"), 1);
 
     /* the owner killed mid-fetch: a kvctl fetch runs while we kill -9 node 0 */
     char out[160];
-    snprintf(out, sizeof(out), "%s/fetch.out", CH.tmpdir);
-    char *argv[] = {(char *)CH.kvctl, "-c",        nd[2].ctl, "fetch", "100000,100001,103000",
+    snprintf(out, sizeof(out), "%s/fetch.out", TH.tmpdir);
+    char *argv[] = {(char *)TH.kvctl, "-c",        nd[2].ctl, "fetch", "100000,100001,103000",
                     "--json",         "--timeout", "20000",   NULL};
     /* (a 3-token list is refused: check the error path of kvctl's fetch too) */
-    pid_t p = ch_spawn(argv, out);
-    assert_int_equal(ch_wait(p, 20000), 1);
+    pid_t p = th_spawn(argv, out, NULL);
+    assert_int_equal(th_wait(p, 20000), 1);
     char tl[128];
     int k = 0;
     for (int i = 0; i < 8; i++)
         k += snprintf(tl + k, sizeof(tl) - (size_t)k, "%s%d", i ? "," : "", toks[i]);
     argv[4] = tl;
-    p = ch_spawn(argv, out);
-    ch_sleep_ms(250); /* inside the hold (pinned, read, not yet unpinned) */
-    ch_node_kill9(&nd[0]);
-    int st = ch_wait(p, 20000);
-    char *o = ch_slurp(out);
+    p = th_spawn(argv, out, NULL);
+    th_sleep_ms(250); /* inside the hold (pinned, read, not yet unpinned) */
+    th_node_kill9(&nd[0]);
+    int st = th_wait(p, 20000);
+    char *o = th_slurp(out);
     if (st == 0)
         fprintf(stderr, "fetch output: %s\n", o);
     free(o);
     assert_int_equal(st, 1); /* refused: the pin could not be released */
     assert_int_equal(ch_match(&nd[2], toks, 8, NULL, &host), 0);
     assert_int_equal(host, 0);
-    assert_int_equal(ch_stat(&nd[2], "l2_free"), free_before);
-    assert_int_equal(ch_stat(&nd[2], "cluster_fetch_failed"), 2);
-    assert_int_equal(ch_stat(&nd[2], "cluster_fetch_pages"), 0);
-    ch_node_stop(&nd[1]);
-    assert_int_equal(ch_node_stop(&nd[2]), 0);
+    assert_int_equal(th_stat(&nd[2], "l2_free"), free_before);
+    assert_int_equal(th_stat(&nd[2], "cluster_fetch_failed"), 2);
+    assert_int_equal(th_stat(&nd[2], "cluster_fetch_pages"), 0);
+    th_node_stop(&nd[1]);
+    assert_int_equal(th_node_stop(&nd[2]), 0);
 }
 
 static void test_bad_input(void **state)
 {
     (void)state;
-    struct ch_node nd[2];
+    struct th_node nd[2];
     start_cluster(nd, 2, NULL);
     struct kvn_err e;
     struct kvn_client_reply *r = NULL;
     int32_t toks[6];
     seq(1, 1, toks, 3);
-    uint64_t free0 = ch_stat(&nd[1], "l2_free");
+    uint64_t free0 = th_stat(&nd[1], "l2_free");
     /* push to a node that is no peer */
     assert_int_equal(kvn_client_push(nd[0].c, "tcp://127.0.0.1:1", toks, 6, NULL, 0, &r, &e),
                      -ENOTCONN);
@@ -372,7 +372,7 @@ static void test_bad_input(void **state)
     struct kvn_client_req q = {.op = KVN_RPC_RESERVE, .tokens = toks, .n_tokens = 6};
     uint64_t h = 0;
     assert_int_equal(ch_call(&nd[1], &q, "handle", &h, &e), 0);
-    assert_int_equal(ch_stat(&nd[1], "l2_free"), free0 - 3);
+    assert_int_equal(th_stat(&nd[1], "l2_free"), free0 - 3);
     uint32_t beyond[1] = {3}, one[1] = {0};
     q = (struct kvn_client_req){
         .op = KVN_RPC_PUSH_DONE, .handle = h, .slots = beyond, .n_slots = 1};
@@ -388,18 +388,18 @@ static void test_bad_input(void **state)
     assert_int_equal(host, 0);
     q = (struct kvn_client_req){.op = KVN_RPC_ABORT, .handle = h};
     assert_int_equal(ch_call(&nd[1], &q, NULL, NULL, &e), 0);
-    assert_int_equal(ch_stat(&nd[1], "l2_free"), free0);
+    assert_int_equal(th_stat(&nd[1], "l2_free"), free0);
     assert_int_equal(ch_call(&nd[1], &q, NULL, NULL, &e), -ENOENT); /* duplicate abort */
     q = (struct kvn_client_req){.op = KVN_RPC_PUSH_DONE, .handle = h};
     assert_int_equal(ch_call(&nd[1], &q, NULL, NULL, &e), -ENOENT); /* late */
     assert_non_null(strstr(e.msg, "aborted"));
-    assert_int_equal(ch_stat(&nd[1], "cluster_res_refused"), 4);
+    assert_int_equal(th_stat(&nd[1], "cluster_res_refused"), 4);
     /* a reservation that times out gives its pages back */
     q = (struct kvn_client_req){
         .op = KVN_RPC_RESERVE, .tokens = toks, .n_tokens = 6, .lease_ms = 50};
     assert_int_equal(ch_call(&nd[1], &q, "handle", &h, &e), 0);
     assert_true(ch_wait_stat(&nd[1], "cluster_res_expired", 1, 200));
-    assert_int_equal(ch_stat(&nd[1], "l2_free"), free0);
+    assert_int_equal(th_stat(&nd[1], "l2_free"), free0);
     q = (struct kvn_client_req){.op = KVN_RPC_PUSH_DONE, .handle = h};
     assert_int_equal(ch_call(&nd[1], &q, NULL, NULL, &e), -ENOENT);
     assert_non_null(strstr(e.msg, "expired"));
@@ -409,16 +409,16 @@ static void test_bad_input(void **state)
     q = (struct kvn_client_req){.op = KVN_RPC_PIN, .tokens = toks, .n_tokens = 6};
     assert_int_equal(ch_call(&nd[1], &q, NULL, NULL, &e), -ENOENT);
     /* malformed peer hellos: refused, counted, the peer set unchanged */
-    uint64_t bad0 = ch_stat(&nd[1], "cluster_hello_bad");
+    uint64_t bad0 = th_stat(&nd[1], "cluster_hello_bad");
     static const uint8_t junk[] = {0x81, 0xa1, 'x', 0x01};
     q = (struct kvn_client_req){.op = KVN_RPC_PEER_HELLO, .hello = junk, .hello_len = 4};
     assert_int_equal(ch_call(&nd[1], &q, NULL, NULL, &e), -EPROTO);
     q.hello_len = 2;
     assert_int_equal(ch_call(&nd[1], &q, NULL, NULL, &e), -EPROTO);
-    assert_int_equal(ch_stat(&nd[1], "cluster_hello_bad"), bad0 + 2);
-    assert_int_equal(ch_stat(&nd[1], "cluster_peers"), 1);
+    assert_int_equal(th_stat(&nd[1], "cluster_hello_bad"), bad0 + 2);
+    assert_int_equal(th_stat(&nd[1], "cluster_peers"), 1);
     /* cluster ops on a node outside any cluster */
-    struct ch_node lone;
+    struct th_node lone;
     ch_node_init(&lone, "127.0.0.1", NULL, 0);
     const char *argv[] = {"--transport",  g_transport, "--page-size", "2",
                           "--page-bytes", "4K",        "--host-pool", "1M",
@@ -426,10 +426,10 @@ static void test_bad_input(void **state)
     int rc = ch_node_start(&lone, argv);
     if (rc == 0) {
         assert_int_equal(kvn_client_fetch(lone.c, toks, 6, 0, &r, &e), -ENOTSUP);
-        assert_int_equal(ch_node_stop(&lone), 0);
+        assert_int_equal(th_node_stop(&lone), 0);
     }
     for (int x = 0; x < 2; x++)
-        assert_int_equal(ch_node_stop(&nd[x]), 0);
+        assert_int_equal(th_node_stop(&nd[x]), 0);
 }
 
 int main(int argc, char **argv)
@@ -438,14 +438,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s KVNODE KVCTL [TRANSPORT]\n", argv[0]);
         return 2;
     }
-    CH.kvnode = argv[1];
-    CH.kvctl = argv[2];
+    TH.kvnode = argv[1];
+    TH.kvctl = argv[2];
     if (argc > 3)
         g_transport = argv[3];
-    snprintf(CH.tmpdir, sizeof(CH.tmpdir), "/tmp/kvn-cluster-XXXXXX");
-    if (!mkdtemp(CH.tmpdir))
+    if (th_tmpdir_make("/tmp/kvn-cluster-XXXXXX") < 0)
         return 1;
-    signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_replication, teardown),
         cmocka_unit_test_teardown(test_fetch_push, teardown),
@@ -453,9 +451,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_bad_input, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", CH.tmpdir);
-    if (rc == 0 && system(cmd) != 0)
+    if (rc == 0 && th_tmpdir_remove() < 0)
         rc = 1;
     return rc;
 }

@@ -108,11 +108,11 @@ static int netns_setup(char *why, size_t cap)
 static int teardown(void **state)
 {
     (void)state;
-    ch_kill_all();
+    th_kill_all();
     return 0;
 }
 
-static void start(struct ch_node *n, int i, struct ch_node *all, int n_prev)
+static void start(struct th_node *n, int i, struct th_node *all, int n_prev)
 {
     ch_node_init(n, g_ip[i], g_ns[i], 7100);
     const char *argv[40];
@@ -137,7 +137,7 @@ static void seq(int i, int s, int32_t *toks, uint32_t pages)
         toks[t] = 100000 * (i + 1) + 1000 * s + (int32_t)t;
 }
 
-static bool sees(struct ch_node *x, int i, int s, uint32_t pages, uint64_t want)
+static bool sees(struct th_node *x, int i, int s, uint32_t pages, uint64_t want)
 {
     int32_t toks[64];
     seq(i, s, toks, pages);
@@ -145,12 +145,12 @@ static bool sees(struct ch_node *x, int i, int s, uint32_t pages, uint64_t want)
         uint64_t got = UINT64_MAX;
         if (ch_match(x, toks, pages * PS, &got, NULL) == 0 && got == want)
             return true;
-        ch_sleep_ms(20);
+        th_sleep_ms(20);
     }
     return false;
 }
 
-static void insert(struct ch_node *n, int i, int s, uint32_t pages, uint32_t slot0, uint64_t seed)
+static void insert(struct th_node *n, int i, int s, uint32_t pages, uint32_t slot0, uint64_t seed)
 {
     int32_t toks[64];
     uint32_t slots[32];
@@ -170,7 +170,7 @@ static void insert(struct ch_node *n, int i, int s, uint32_t pages, uint32_t slo
 static void test_netns_cluster(void **state)
 {
     (void)state;
-    struct ch_node nd[3];
+    struct th_node nd[3];
     for (int i = 0; i < 3; i++)
         start(&nd[i], i, nd, i);
     for (int i = 0; i < 3; i++)
@@ -216,7 +216,7 @@ static void test_netns_cluster(void **state)
     assert_int_equal(ch_sums(&nd[1], dst, 4, got), 0);
     assert_memory_equal(want, got, sizeof(want));
     /* kill -9 of b: dropped by a and c; back on the same address: relearned */
-    ch_node_kill9(&nd[1]);
+    th_node_kill9(&nd[1]);
     for (int x = 0; x < 3; x += 2) {
         assert_true(ch_wait_stat(&nd[x], "cluster_peers_up", 1, 500));
         assert_true(sees(&nd[x], 1, 0, 4, 0));
@@ -229,7 +229,7 @@ static void test_netns_cluster(void **state)
         assert_true(sees(&nd[x], 1, 0, 4, 4));
     assert_true(sees(&nd[1], 2, 1, 4, 4)); /* its replay of c's history */
     for (int x = 0; x < 3; x++)
-        assert_int_equal(ch_node_stop(&nd[x]), 0);
+        assert_int_equal(th_node_stop(&nd[x]), 0);
 }
 
 int main(int argc, char **argv)
@@ -238,8 +238,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s KVNODE KVCTL [TRANSPORT]\n", argv[0]);
         return 2;
     }
-    CH.kvnode = argv[1];
-    CH.kvctl = argv[2];
+    TH.kvnode = argv[1];
+    TH.kvctl = argv[2];
     if (argc > 3)
         g_transport = argv[3];
     if (geteuid() != 0) {
@@ -254,28 +254,24 @@ int main(int argc, char **argv)
         printf("SKIP: no `ip` command (iproute2)\n");
         return 77;
     }
-    CH.ipbin = g_ipbin;
+    TH.ipbin = g_ipbin;
     g_root_ns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
     char why[160];
     if (netns_setup(why, sizeof(why)) < 0) {
         printf("SKIP: %s\n", why);
         return 77;
     }
-    snprintf(CH.tmpdir, sizeof(CH.tmpdir), "/tmp/kvn-netns-XXXXXX");
-    if (!mkdtemp(CH.tmpdir)) {
+    if (th_tmpdir_make("/tmp/kvn-netns-XXXXXX") < 0) {
         netns_teardown();
         return 1;
     }
-    signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_netns_cluster, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    ch_kill_all();
+    th_kill_all();
     netns_teardown();
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", CH.tmpdir);
-    if (rc == 0 && system(cmd) != 0)
+    if (rc == 0 && th_tmpdir_remove() < 0)
         rc = 1;
     return rc;
 }

@@ -19,7 +19,7 @@
 #include "node/kvn_rpc.h"
 #include "node_harness.h"
 
-static struct h_node N;
+static struct th_node N;
 
 struct baseline {
     uint64_t l1_used, l2_used, locked, protected_, locks_held, pending, nodes;
@@ -27,13 +27,13 @@ struct baseline {
 
 static void snap(struct baseline *b)
 {
-    b->l1_used = h_stat(&N, "l1_used");
-    b->l2_used = h_stat(&N, "l2_used");
-    b->locked = h_stat(&N, "locked_nodes");
-    b->protected_ = h_stat(&N, "protected_nodes");
-    b->locks_held = h_stat(&N, "locks_held");
-    b->pending = h_stat(&N, "pending_jobs");
-    b->nodes = h_stat(&N, "nodes");
+    b->l1_used = th_stat(&N, "l1_used");
+    b->l2_used = th_stat(&N, "l2_used");
+    b->locked = th_stat(&N, "locked_nodes");
+    b->protected_ = th_stat(&N, "protected_nodes");
+    b->locks_held = th_stat(&N, "locks_held");
+    b->pending = th_stat(&N, "pending_jobs");
+    b->nodes = th_stat(&N, "nodes");
 }
 
 static void assert_baseline(const struct baseline *b)
@@ -74,8 +74,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    int st = h_node_stop(&N);
-    h_kill_all();
+    int st = th_node_stop(&N);
+    th_kill_all();
     return st == 0 ? 0 : -1;
 }
 
@@ -113,7 +113,7 @@ static void test_malformed_msgpack(void **state)
     assert_int_equal(raw(deep, sizeof(deep), m, sizeof(m)), -EPROTO);
     assert_int_equal(raw("", 0, m, sizeof(m)), -EPROTO);
     assert_baseline(&b);
-    assert_true(h_stat(&N, "rpc_errors") >= 5);
+    assert_true(th_stat(&N, "rpc_errors") >= 5);
 }
 
 static void pack_req(msgpack_sbuffer *sb, const char *op, uint32_t extra)
@@ -232,7 +232,7 @@ static void test_out_of_range_and_unaligned(void **state)
     uint32_t s2[] = {30};
     assert_int_equal(kvn_client_insert(N.c, t2, 2, s2, 1, NULL, &e), 0);
     assert_true(h_quiesce(&N));
-    assert_int_equal(h_stat(&N, "l2_used"), b.l2_used + 1);
+    assert_int_equal(th_stat(&N, "l2_used"), b.l2_used + 1);
     assert_int_equal(kvn_client_reset(N.c, &e), 0);
     assert_int_equal(kvn_client_insert(N.c, (int32_t[]){1, 2, 3, 4, 5, 6}, 6, (uint32_t[]){0, 1, 2},
                                        3, NULL, &e),
@@ -252,7 +252,7 @@ static void test_oversized(void **state)
     char m[256];
     assert_int_equal(raw(big, n, m, sizeof(m)), -EMSGSIZE);
     free(big);
-    assert_true(h_stat(&N, "rpc_oversized") >= 1);
+    assert_true(th_stat(&N, "rpc_oversized") >= 1);
     /* far beyond the cap: ZeroMQ drops the connection; the client times out, the node lives */
     n = 8u << 20;
     big = calloc(1, n);
@@ -308,7 +308,7 @@ static void test_vanishing_clients(void **state)
         close(s);
     }
     assert_baseline(&b);
-    uint64_t req = h_stat(&N, "rpc_requests");
+    uint64_t req = th_stat(&N, "rpc_requests");
     assert_true(req >= 20);
 }
 
@@ -317,7 +317,7 @@ static void test_wrong_frame_counts(void **state)
     (void)state;
     struct baseline b;
     snap(&b);
-    uint64_t dropped0 = h_stat(&N, "rpc_dropped");
+    uint64_t dropped0 = th_stat(&N, "rpc_dropped");
     void *ctx = zmq_ctx_new();
     void *d = zmq_socket(ctx, ZMQ_DEALER);
     int linger = 0, tmo = 3000;
@@ -341,7 +341,7 @@ static void test_wrong_frame_counts(void **state)
     assert_true(got >= 1);
     assert_true(last > 0 && last < (int)sizeof(buf));
     assert_non_null(memmem(buf, (size_t)last, "frames", 6));
-    assert_int_equal(h_stat(&N, "rpc_dropped"), dropped0 + 1);
+    assert_int_equal(th_stat(&N, "rpc_dropped"), dropped0 + 1);
     zmq_close(d);
     /* replay ROUTER: wrong frame counts and a short start_seq are dropped and counted */
     void *rp = zmq_socket(ctx, ZMQ_DEALER);
@@ -354,8 +354,8 @@ static void test_wrong_frame_counts(void **state)
     zmq_send(rp, "12345678", 8, ZMQ_SNDMORE);
     zmq_send(rp, "extra", 5, 0); /* one frame too many */
     uint64_t bad = 0;
-    for (int i = 0; i < 500 && (bad = h_stat(&N, "replay_bad")) < 3; i++)
-        h_sleep_ms(10);
+    for (int i = 0; i < 500 && (bad = th_stat(&N, "replay_bad")) < 3; i++)
+        th_sleep_ms(10);
     assert_int_equal(bad, 3);
     /* a good replay request still works afterwards: the end marker arrives */
     uint8_t zero[8] = {0};
@@ -395,7 +395,7 @@ static void test_no_l1_registered(void **state)
 {
     (void)state;
     /* a second node without --l1: every data op says so, stats work */
-    struct h_node m;
+    struct th_node m;
     const char *flags[] = {"--transport",  "ofi+tcp", "--host-pool", "1M",
                            "--page-bytes", "4K",      NULL};
     assert_int_equal(h_node_start(&m, flags), 0);
@@ -406,8 +406,8 @@ static void test_no_l1_registered(void **state)
     assert_int_equal(kvn_client_match(m.c, t, 16, NULL, &e), -ENOTCONN);
     struct kvn_client_req f = {.op = KVN_RPC_L1_FILL, .slots = s, .n_slots = 1, .seed = 1};
     assert_int_equal(kvn_client_call(m.c, &f, NULL, &e), -ENOTSUP);
-    assert_int_equal(h_stat(&m, "l2_free"), 256);
-    assert_int_equal(h_node_stop(&m), 0);
+    assert_int_equal(th_stat(&m, "l2_free"), 256);
+    assert_int_equal(th_node_stop(&m), 0);
 }
 
 int main(int argc, char **argv)
@@ -416,15 +416,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s KVNODE KVCTL CONSUMER_PY DUMP_PY\n", argv[0]);
         return 2;
     }
-    H.kvnode = argv[1];
-    H.kvctl = argv[2];
+    TH.kvnode = argv[1];
+    TH.kvctl = argv[2];
     H.consumer = argv[3];
     H.dump = argv[4];
     H.python = "/usr/bin/python3";
-    snprintf(H.tmpdir, sizeof(H.tmpdir), "/tmp/kvn_node_bad_XXXXXX");
-    if (!mkdtemp(H.tmpdir))
+    if (th_tmpdir_make("/tmp/kvn_node_bad_XXXXXX") < 0)
         return 1;
-    signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_malformed_msgpack),
         cmocka_unit_test(test_unknown_ops_and_types),
@@ -435,10 +433,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_no_l1_registered),
     };
     int rc = cmocka_run_group_tests(tests, setup, teardown);
-    h_kill_all();
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", H.tmpdir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", H.tmpdir);
+    th_kill_all();
+    if (th_tmpdir_remove() < 0)
+        fprintf(stderr, "could not remove %s\n", TH.tmpdir);
     return rc;
 }

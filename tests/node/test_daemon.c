@@ -27,13 +27,13 @@
 static int teardown(void **state)
 {
     (void)state;
-    h_kill_all();
+    th_kill_all();
     return 0;
 }
 
 static cJSON *json_file(const char *path)
 {
-    char *s = h_slurp(path);
+    char *s = th_slurp(path);
     cJSON *j = cJSON_Parse(s);
     if (!j)
         fprintf(stderr, "not JSON (%s): %s\n", path, s);
@@ -61,7 +61,7 @@ static int64_t jint(const cJSON *a)
 
 static void race(const char *transport, const char *format)
 {
-    struct h_node n;
+    struct th_node n;
     const char *flags[] = {"--transport",
                            transport,
                            "--page-size",
@@ -86,10 +86,10 @@ static void race(const char *transport, const char *format)
     }
     assert_int_equal(rc, 0);
     char cons_out[128], dump_out[128], ready1[128], ready2[128];
-    h_path(cons_out, sizeof(cons_out), "race_consumer.json");
-    h_path(dump_out, sizeof(dump_out), "race_dump.json");
-    h_path(ready1, sizeof(ready1), "ready1");
-    h_path(ready2, sizeof(ready2), "ready2");
+    th_path(cons_out, sizeof(cons_out), "race_consumer.json");
+    th_path(dump_out, sizeof(dump_out), "race_dump.json");
+    th_path(ready1, sizeof(ready1), "ready1");
+    th_path(ready2, sizeof(ready2), "ready2");
     const char *cargs[] = {"--endpoint", n.pub,       "--topic", "kv-events", "--page-size",
                            "2",          "--seconds", "3",       NULL};
     pid_t cons = h_python(H.consumer, cons_out, ready1, cargs);
@@ -106,13 +106,13 @@ static void race(const char *transport, const char *format)
     free(out);
     free(err);
     /* the first job is still held (500 ms): the second insert split a pending node */
-    assert_true(h_stat(&n, "pending_jobs") >= 1);
-    assert_int_equal(h_stat(&n, "acks_ok"), 0);
+    assert_true(th_stat(&n, "pending_jobs") >= 1);
+    assert_int_equal(th_stat(&n, "acks_ok"), 0);
     assert_true(h_quiesce(&n));
-    assert_int_equal(h_stat(&n, "acks_ok"), 2);
+    assert_int_equal(th_stat(&n, "acks_ok"), 2);
 
-    assert_int_equal(h_wait(cons, 30000), 0);
-    assert_int_equal(h_wait(dump, 30000), 0);
+    assert_int_equal(th_wait(cons, 30000), 0);
+    assert_int_equal(th_wait(dump, 30000), 0);
     assert_consumer_clean(cons_out);
     cJSON *j = json_file(dump_out);
     assert_non_null(j);
@@ -142,7 +142,7 @@ static void race(const char *transport, const char *format)
         free(t2);
     }
     cJSON_Delete(j);
-    assert_int_equal(h_node_stop(&n), 0);
+    assert_int_equal(th_node_stop(&n), 0);
 }
 
 static void test_race_ofi_tcp(void **s)
@@ -171,7 +171,7 @@ static void test_race_ucx_sm(void **s)
     race("ucx+sm", "array");
 }
 
-static void l1_sums(struct h_node *n, const uint32_t *slots, uint32_t k, uint64_t *sums)
+static void l1_sums(struct th_node *n, const uint32_t *slots, uint32_t k, uint64_t *sums)
 {
     struct kvn_client_req q = {.op = KVN_RPC_L1_CHECKSUM, .slots = slots, .n_slots = k};
     struct kvn_client_reply *r;
@@ -185,7 +185,7 @@ static void l1_sums(struct h_node *n, const uint32_t *slots, uint32_t k, uint64_
 
 static void integrity(const char *transport)
 {
-    struct h_node n;
+    struct th_node n;
     const char *flags[] = {"--transport",  transport, "--page-size", "4",
                            "--page-bytes", "64K",     "--host-pool", "8M",
                            "--l1",         "2M",      NULL};
@@ -222,8 +222,8 @@ static void integrity(const char *transport)
     assert_int_equal(prefix, 16);
     kvn_client_reply_free(r);
     assert_true(h_quiesce(&n));
-    assert_int_equal(h_stat(&n, "l2_used"), 8);
-    assert_int_equal(h_stat(&n, "bytes_to_l2"), 8 * 64 * 1024);
+    assert_int_equal(th_stat(&n, "l2_used"), 8);
+    assert_int_equal(th_stat(&n, "bytes_to_l2"), 8 * 64 * 1024);
     /* overwrite L1, then demote everything to L2 */
     fill.seed = 99;
     assert_int_equal(kvn_client_call(n.c, &fill, NULL, &e), 0);
@@ -231,7 +231,7 @@ static void integrity(const char *transport)
     assert_true(got[0] != want[0]);
     struct kvn_client_req ev = {.op = KVN_RPC_EVICT, .tier = KVN_RPC_TIER_L1, .pages = 8};
     assert_int_equal(kvn_client_call(n.c, &ev, NULL, &e), 0);
-    assert_int_equal(h_stat(&n, "l1_used"), 0);
+    assert_int_equal(th_stat(&n, "l1_used"), 0);
     assert_int_equal(kvn_client_match(n.c, toks, 32, &r, &e), 0);
     uint64_t host;
     assert_int_equal(kvn_client_reply_u64(r, "host_tokens", &host), 0);
@@ -260,8 +260,8 @@ static void integrity(const char *transport)
     for (int i = 0; i < 8; i++)
         assert_int_equal(ms[i], back[i]);
     kvn_client_reply_free(r);
-    assert_int_equal(h_stat(&n, "jobs_failed"), 0);
-    assert_int_equal(h_node_stop(&n), 0);
+    assert_int_equal(th_stat(&n, "jobs_failed"), 0);
+    assert_int_equal(th_node_stop(&n), 0);
 }
 
 static void test_integrity_ofi_tcp(void **s)
@@ -288,30 +288,30 @@ static void test_integrity_ucx_sm(void **s)
 static void test_sigterm_drains(void **state)
 {
     (void)state;
-    struct h_node n;
+    struct th_node n;
     const char *flags[] = {
         "--transport", "ofi+tcp", "--page-size",        "2",    "--page-bytes", "4K",
         "--host-pool", "4M",      "--inject-ack-delay", "1500", "--l1",         "1M",
         NULL};
     assert_int_equal(h_node_start(&n, flags), 0);
     char dump_out[128], ready[128];
-    h_path(dump_out, sizeof(dump_out), "term_dump.json");
-    h_path(ready, sizeof(ready), "ready_term");
+    th_path(dump_out, sizeof(dump_out), "term_dump.json");
+    th_path(ready, sizeof(ready), "ready_term");
     const char *dargs[] = {"--endpoint", n.pub, "--seconds", "3", NULL};
     pid_t dump = h_python(H.dump, dump_out, ready, dargs);
     int32_t toks[] = {7, 8, 9, 10};
     uint32_t sl[] = {0, 1};
     struct kvn_err e;
     assert_int_equal(kvn_client_insert(n.c, toks, 4, sl, 2, NULL, &e), 0);
-    assert_int_equal(h_stat(&n, "pending_jobs"), 1);
+    assert_int_equal(th_stat(&n, "pending_jobs"), 1);
     /* TERM while the completion is held: the node drains, acks, publishes, exits 0 */
-    assert_int_equal(h_node_stop(&n), 0);
-    assert_int_equal(h_wait(dump, 30000), 0);
+    assert_int_equal(th_node_stop(&n), 0);
+    assert_int_equal(th_wait(dump, 30000), 0);
     cJSON *j = json_file(dump_out);
     assert_non_null(j);
     assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(j, "cpu_stored")), 2);
     cJSON_Delete(j);
-    char *log = h_slurp(n.log);
+    char *log = th_slurp(n.log);
     assert_non_null(strstr(log, "stopped"));
     free(log);
 }
@@ -319,7 +319,7 @@ static void test_sigterm_drains(void **state)
 static void test_locks_and_leases(void **state)
 {
     (void)state;
-    struct h_node n;
+    struct th_node n;
     const char *flags[] = {"--transport",  "ofi+tcp", "--page-size", "2",
                            "--page-bytes", "4K",      "--host-pool", "4M",
                            "--l1",         "1M",      NULL};
@@ -329,7 +329,7 @@ static void test_locks_and_leases(void **state)
     uint32_t sl[] = {0, 1};
     assert_int_equal(kvn_client_insert(n.c, toks, 4, sl, 2, NULL, &e), 0);
     assert_true(h_quiesce(&n));
-    uint64_t base_locked = h_stat(&n, "locked_nodes");
+    uint64_t base_locked = th_stat(&n, "locked_nodes");
     struct kvn_client_req lk = {.op = KVN_RPC_LOCK, .tokens = toks, .n_tokens = 4};
     struct kvn_client_reply *r;
     assert_int_equal(kvn_client_call(n.c, &lk, &r, &e), 0);
@@ -338,8 +338,8 @@ static void test_locks_and_leases(void **state)
     assert_int_equal(kvn_client_reply_u64(r, "locked_tokens", &locked), 0);
     assert_int_equal(locked, 4);
     kvn_client_reply_free(r);
-    assert_int_equal(h_stat(&n, "locks_held"), 1);
-    assert_true(h_stat(&n, "locked_nodes") > base_locked);
+    assert_int_equal(th_stat(&n, "locks_held"), 1);
+    assert_true(th_stat(&n, "locked_nodes") > base_locked);
     /* a locked prefix is not evicted */
     struct kvn_client_req ev = {.op = KVN_RPC_EVICT, .tier = KVN_RPC_TIER_L1, .pages = 2};
     assert_int_equal(kvn_client_call(n.c, &ev, &r, &e), 0);
@@ -352,8 +352,8 @@ static void test_locks_and_leases(void **state)
     assert_int_equal(kvn_client_call(n.c, &ul, NULL, &e), -ENOENT); /* double unlock */
     ul.handle = 12345;
     assert_int_equal(kvn_client_call(n.c, &ul, NULL, &e), -ENOENT);
-    assert_int_equal(h_stat(&n, "locks_held"), 0);
-    assert_int_equal(h_stat(&n, "locked_nodes"), base_locked);
+    assert_int_equal(th_stat(&n, "locks_held"), 0);
+    assert_int_equal(th_stat(&n, "locked_nodes"), base_locked);
     /* a lock on tokens that are not cached */
     int32_t other[] = {9, 9};
     struct kvn_client_req lk2 = {.op = KVN_RPC_LOCK, .tokens = other, .n_tokens = 2};
@@ -361,24 +361,24 @@ static void test_locks_and_leases(void **state)
     /* a lease expires by itself */
     lk.lease_ms = 100;
     assert_int_equal(kvn_client_call(n.c, &lk, NULL, &e), 0);
-    for (int i = 0; i < 1000 && h_stat(&n, "locks_held") != 0; i++)
-        h_sleep_ms(10);
-    assert_int_equal(h_stat(&n, "locks_held"), 0);
-    assert_int_equal(h_stat(&n, "lease_expired"), 1);
-    assert_int_equal(h_stat(&n, "locked_nodes"), base_locked);
+    for (int i = 0; i < 1000 && th_stat(&n, "locks_held") != 0; i++)
+        th_sleep_ms(10);
+    assert_int_equal(th_stat(&n, "locks_held"), 0);
+    assert_int_equal(th_stat(&n, "lease_expired"), 1);
+    assert_int_equal(th_stat(&n, "locked_nodes"), base_locked);
     /* reset clears everything */
     assert_int_equal(kvn_client_call(n.c, &lk, NULL, &e), 0);
     assert_int_equal(kvn_client_reset(n.c, &e), 0);
-    assert_int_equal(h_stat(&n, "locks_held"), 0);
-    assert_int_equal(h_stat(&n, "l1_used"), 0);
-    assert_int_equal(h_stat(&n, "nodes"), 0);
-    assert_int_equal(h_node_stop(&n), 0);
+    assert_int_equal(th_stat(&n, "locks_held"), 0);
+    assert_int_equal(th_stat(&n, "l1_used"), 0);
+    assert_int_equal(th_stat(&n, "nodes"), 0);
+    assert_int_equal(th_node_stop(&n), 0);
 }
 
 static void test_kvctl_cli(void **state)
 {
     (void)state;
-    struct h_node n;
+    struct th_node n;
     const char *flags[] = {"--transport",  "ofi+tcp", "--page-size", "2",
                            "--page-bytes", "4K",      "--host-pool", "4M",
                            "--l1",         "1M",      NULL};
@@ -450,22 +450,22 @@ static void test_kvctl_cli(void **state)
     free(out);
     free(err);
     /* a node that is not there: exit 1 within the timeout */
-    struct h_node ghost = n;
+    struct th_node ghost = n;
     snprintf(ghost.ctl, sizeof(ghost.ctl), "tcp://127.0.0.1:%d", n.port + 3);
     const char *g1[] = {"--timeout", "300", "hello", NULL};
     assert_int_equal(h_kvctl(&ghost, &out, &err, g1), 1);
     assert_non_null(strstr(err, "no reply"));
     free(out);
     free(err);
-    assert_int_equal(h_node_stop(&n), 0);
+    assert_int_equal(th_node_stop(&n), 0);
 }
 
 static void test_storage_tier(void **state)
 {
     (void)state;
     char dir[128];
-    h_path(dir, sizeof(dir), "l3");
-    struct h_node n;
+    th_path(dir, sizeof(dir), "l3");
+    struct th_node n;
     const char *flags[] = {"--transport", "ofi+tcp",     "--page-size", "2",    "--page-bytes",
                            "4K",          "--host-pool", "4M",          "--l1", "1M",
                            "--storage",   dir,           NULL};
@@ -475,7 +475,7 @@ static void test_storage_tier(void **state)
     uint32_t sl[] = {0, 1, 2};
     assert_int_equal(kvn_client_insert(n.c, toks, 6, sl, 3, NULL, &e), 0);
     assert_true(h_quiesce(&n));
-    assert_int_equal(h_stat(&n, "l3_pages_written"), 3);
+    assert_int_equal(th_stat(&n, "l3_pages_written"), 3);
     char sub[160];
     snprintf(sub, sizeof(sub), "%s/ns-0", dir);
     DIR *d = opendir(sub);
@@ -487,7 +487,7 @@ static void test_storage_tier(void **state)
             files++;
     closedir(d);
     assert_int_equal(files, 3);
-    assert_int_equal(h_node_stop(&n), 0);
+    assert_int_equal(th_node_stop(&n), 0);
 }
 
 /* An engine of our own: its L1 region in its own transport domain, progressed
@@ -512,7 +512,7 @@ static void *engine_main(void *arg)
 
 static void register_l1(const char *transport)
 {
-    struct h_node n;
+    struct th_node n;
     const char *flags[] = {"--transport", transport,     "--page-size", "2", "--page-bytes",
                            "8K",          "--host-pool", "4M",          NULL};
     int rc = h_node_start(&n, flags);
@@ -566,8 +566,8 @@ static void register_l1(const char *transport)
     uint32_t sl[] = {3, 4, 5};
     assert_int_equal(kvn_client_insert(n.c, toks, 6, sl, 3, NULL, &e), 0);
     assert_true(h_quiesce(&n));
-    assert_int_equal(h_stat(&n, "jobs_failed"), 0);
-    assert_int_equal(h_stat(&n, "l2_used"), 3);
+    assert_int_equal(th_stat(&n, "jobs_failed"), 0);
+    assert_int_equal(th_stat(&n, "l2_used"), 3);
     struct kvn_client_req ev = {.op = KVN_RPC_EVICT, .tier = KVN_RPC_TIER_L1, .pages = 3};
     assert_int_equal(kvn_client_call(n.c, &ev, NULL, &e), 0);
     memset(l1, 0, (size_t)SLOTS * PB); /* the engine reuses its memory */
@@ -576,7 +576,7 @@ static void register_l1(const char *transport)
         .op = KVN_RPC_LOAD_BACK, .tokens = toks, .n_tokens = 6, .slots = back, .n_slots = 3};
     assert_int_equal(kvn_client_call(n.c, &lb, NULL, &e), 0);
     assert_true(h_quiesce(&n));
-    assert_int_equal(h_stat(&n, "jobs_failed"), 0);
+    assert_int_equal(th_stat(&n, "jobs_failed"), 0);
     uint8_t want[PB];
     for (int i = 0; i < 3; i++) {
         kvn_rpc_fill_pattern(want, PB, 5, sl[i]);
@@ -587,26 +587,26 @@ static void register_l1(const char *transport)
     /* the engine dies: a write-through from its L1 fails, frees its L2 pages, publishes
      * nothing, and the node keeps serving (bounded by the transport's op timeout) */
     kvn_xport_close(g.x);
-    uint64_t l2_before = h_stat(&n, "l2_used"), failed_before = h_stat(&n, "acks_failed");
+    uint64_t l2_before = th_stat(&n, "l2_used"), failed_before = th_stat(&n, "acks_failed");
     int32_t t2[] = {50, 51, 52, 53};
     uint32_t s2[] = {20, 21};
     assert_int_equal(kvn_client_insert(n.c, t2, 4, s2, 2, NULL, &e), 0);
-    for (int i = 0; i < 2000 && h_stat(&n, "acks_failed") == failed_before &&
-                    h_stat(&n, "copy_submit_failures") == 0;
+    for (int i = 0; i < 2000 && th_stat(&n, "acks_failed") == failed_before &&
+                    th_stat(&n, "copy_submit_failures") == 0;
          i++)
-        h_sleep_ms(10);
+        th_sleep_ms(10);
     assert_true(h_quiesce(&n));
-    assert_true(h_stat(&n, "acks_failed") + h_stat(&n, "copy_submit_failures") > failed_before);
-    assert_int_equal(h_stat(&n, "l2_used"), l2_before);
+    assert_true(th_stat(&n, "acks_failed") + th_stat(&n, "copy_submit_failures") > failed_before);
+    assert_int_equal(th_stat(&n, "l2_used"), l2_before);
     printf("%s, engine gone: acks_failed %llu, copy_submit_failures %llu\n", transport,
-           (unsigned long long)h_stat(&n, "acks_failed"),
-           (unsigned long long)h_stat(&n, "copy_submit_failures"));
+           (unsigned long long)th_stat(&n, "acks_failed"),
+           (unsigned long long)th_stat(&n, "copy_submit_failures"));
     assert_int_equal(kvn_client_match(n.c, t2, 4, &r, &e), 0);
     uint64_t backed;
     assert_int_equal(kvn_client_reply_u64(r, "backed_tokens", &backed), 0);
     assert_int_equal(backed, 0);
     kvn_client_reply_free(r);
-    assert_int_equal(h_node_stop(&n), 0);
+    assert_int_equal(th_node_stop(&n), 0);
     free(l1);
 }
 
@@ -624,18 +624,18 @@ static void test_register_l1_ucx_tcp(void **s)
 static void test_bad_flags_exit_2(void **state)
 {
     (void)state;
-    char *argv[] = {(char *)H.kvnode, "--page-size", "zero", NULL};
+    char *argv[] = {(char *)TH.kvnode, "--page-size", "zero", NULL};
     char out[128];
-    h_path(out, sizeof(out), "badflag.out");
-    pid_t p = h_spawn(argv, out, NULL);
-    assert_int_equal(h_wait(p, 10000), 2);
-    char *s = h_slurp(out);
+    th_path(out, sizeof(out), "badflag.out");
+    pid_t p = th_spawn(argv, out, NULL);
+    assert_int_equal(th_wait(p, 10000), 2);
+    char *s = th_slurp(out);
     assert_non_null(strstr(s, "usage"));
     free(s);
-    char *argv2[] = {(char *)H.kvnode, "--help", NULL};
-    p = h_spawn(argv2, out, NULL);
-    assert_int_equal(h_wait(p, 10000), 0);
-    s = h_slurp(out);
+    char *argv2[] = {(char *)TH.kvnode, "--help", NULL};
+    p = th_spawn(argv2, out, NULL);
+    assert_int_equal(th_wait(p, 10000), 0);
+    s = th_slurp(out);
     assert_non_null(strstr(s, "--inject-ack-delay"));
     free(s);
 }
@@ -646,15 +646,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s KVNODE KVCTL CONSUMER_PY DUMP_PY\n", argv[0]);
         return 2;
     }
-    H.kvnode = argv[1];
-    H.kvctl = argv[2];
+    TH.kvnode = argv[1];
+    TH.kvctl = argv[2];
     H.consumer = argv[3];
     H.dump = argv[4];
     H.python = "/usr/bin/python3";
-    snprintf(H.tmpdir, sizeof(H.tmpdir), "/tmp/kvn_node_test_XXXXXX");
-    if (!mkdtemp(H.tmpdir))
+    if (th_tmpdir_make("/tmp/kvn_node_test_XXXXXX") < 0)
         return 1;
-    signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_bad_flags_exit_2, teardown),
         cmocka_unit_test_teardown(test_race_ofi_tcp, teardown),
@@ -674,10 +672,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_register_l1_ucx_tcp, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    h_kill_all();
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", H.tmpdir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", H.tmpdir);
+    th_kill_all();
+    if (th_tmpdir_remove() < 0)
+        fprintf(stderr, "could not remove %s\n", TH.tmpdir);
     return rc;
 }

@@ -26,7 +26,7 @@ static const char *g_transport = "ofi+tcp";
 static int teardown(void **state)
 {
     (void)state;
-    h_kill_all();
+    th_kill_all();
     return 0;
 }
 
@@ -52,7 +52,7 @@ static uint32_t path(int32_t *toks)
 
 static cJSON *json_file(const char *p)
 {
-    char *s = h_slurp(p);
+    char *s = th_slurp(p);
     cJSON *j = cJSON_Parse(s);
     if (!j)
         fprintf(stderr, "not JSON (%s): %.300s\n", p, s);
@@ -77,7 +77,7 @@ static void assert_clean(const char *p)
 static void test_random_workload(void **state)
 {
     (void)state;
-    struct h_node n;
+    struct th_node n;
     const char *flags[] = {
         "--transport",    g_transport, "--page-size", "2",    "--page-bytes",       "4K",
         "--host-pool",    "512K",      "--l1",        "256K", "--inject-ack-delay", "2",
@@ -89,12 +89,12 @@ static void test_random_workload(void **state)
     }
     assert_int_equal(rc, 0);
     char cons[128], live[128], late[128], late_cons[128], r1[128], r2[128];
-    h_path(cons, sizeof(cons), "wl_consumer.json");
-    h_path(live, sizeof(live), "wl_live.json");
-    h_path(late, sizeof(late), "wl_late.json");
-    h_path(late_cons, sizeof(late_cons), "wl_late_consumer.json");
-    h_path(r1, sizeof(r1), "wl_r1");
-    h_path(r2, sizeof(r2), "wl_r2");
+    th_path(cons, sizeof(cons), "wl_consumer.json");
+    th_path(live, sizeof(live), "wl_live.json");
+    th_path(late, sizeof(late), "wl_late.json");
+    th_path(late_cons, sizeof(late_cons), "wl_late_consumer.json");
+    th_path(r1, sizeof(r1), "wl_r1");
+    th_path(r2, sizeof(r2), "wl_r2");
     const char *cargs[] = {"--endpoint", n.pub, "--page-size", "2", "--seconds", "5", NULL};
     pid_t pc = h_python(H.consumer, cons, r1, cargs);
     const char *dargs[] = {"--endpoint", n.pub, "--seconds", "5", NULL};
@@ -161,26 +161,26 @@ static void test_random_workload(void **state)
         assert_int_equal(kvn_client_call(n.c, &q, NULL, &e), 0);
     }
     assert_true(h_quiesce(&n));
-    assert_int_equal(h_stat(&n, "locks_held"), 0);
-    assert_int_equal(h_stat(&n, "ack_errors"), 0);
-    assert_int_equal(h_stat(&n, "events_dropped"), 0);
-    assert_int_equal(h_stat(&n, "jobs_failed"), 0);
+    assert_int_equal(th_stat(&n, "locks_held"), 0);
+    assert_int_equal(th_stat(&n, "ack_errors"), 0);
+    assert_int_equal(th_stat(&n, "events_dropped"), 0);
+    assert_int_equal(th_stat(&n, "jobs_failed"), 0);
     printf("workload: %d refusals (ENOENT/ENOSPC/EBUSY); inserts %d, acks %llu, events %llu\n",
-           errors, counts[KVN_RPC_INSERT], (unsigned long long)h_stat(&n, "acks_ok"),
-           (unsigned long long)h_stat(&n, "events_published"));
-    assert_true(h_stat(&n, "acks_ok") > 100);
+           errors, counts[KVN_RPC_INSERT], (unsigned long long)th_stat(&n, "acks_ok"),
+           (unsigned long long)th_stat(&n, "events_published"));
+    assert_true(th_stat(&n, "acks_ok") > 100);
 
-    assert_int_equal(h_wait(pc, 120000), 0);
-    assert_int_equal(h_wait(pd, 120000), 0);
+    assert_int_equal(th_wait(pc, 120000), 0);
+    assert_int_equal(th_wait(pd, 120000), 0);
     assert_clean(cons);
     /* late join: replay everything from seq 0, no live traffic */
     const char *largs[] = {"--replay", n.rep, "--seconds", "5", NULL};
     pid_t pl = h_python(H.dump, late, NULL, largs);
-    assert_int_equal(h_wait(pl, 120000), 0);
+    assert_int_equal(th_wait(pl, 120000), 0);
     const char *lcargs[] = {"--endpoint", n.pub,       "--replay", n.rep, "--page-size",
                             "2",          "--seconds", "2",        NULL};
     pid_t plc = h_python(H.consumer, late_cons, NULL, lcargs);
-    assert_int_equal(h_wait(plc, 120000), 0);
+    assert_int_equal(th_wait(plc, 120000), 0);
     assert_clean(late_cons);
 
     cJSON *a = json_file(live), *b = json_file(late);
@@ -198,7 +198,7 @@ static void test_random_workload(void **state)
     assert_true(cJSON_GetArraySize(cJSON_GetObjectItem(a, "cpu_stored")) > 100);
     cJSON_Delete(a);
     cJSON_Delete(b);
-    assert_int_equal(h_node_stop(&n), 0);
+    assert_int_equal(th_node_stop(&n), 0);
 }
 
 int main(int argc, char **argv)
@@ -207,25 +207,21 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: %s KVNODE KVCTL CONSUMER_PY DUMP_PY [TRANSPORT]\n", argv[0]);
         return 2;
     }
-    H.kvnode = argv[1];
-    H.kvctl = argv[2];
+    TH.kvnode = argv[1];
+    TH.kvctl = argv[2];
     H.consumer = argv[3];
     H.dump = argv[4];
     if (argc > 5)
         g_transport = argv[5];
     H.python = "/usr/bin/python3";
-    snprintf(H.tmpdir, sizeof(H.tmpdir), "/tmp/kvn_node_wl_XXXXXX");
-    if (!mkdtemp(H.tmpdir))
+    if (th_tmpdir_make("/tmp/kvn_node_wl_XXXXXX") < 0)
         return 1;
-    signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_random_workload, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    h_kill_all();
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", H.tmpdir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", H.tmpdir);
+    th_kill_all();
+    if (th_tmpdir_remove() < 0)
+        fprintf(stderr, "could not remove %s\n", TH.tmpdir);
     return rc;
 }
