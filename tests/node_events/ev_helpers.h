@@ -7,6 +7,7 @@
 #define KVN_TEST_EV_HELPERS_H
 
 #include <openssl/sha.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 #include <zmq.h>
@@ -84,5 +85,34 @@ static inline struct kvn_kv_event evh_removed(const struct evh_seq *s, uint32_t 
                               .n_hashes = s->pages - from};
     return ev;
 }
+
+/*
+ * One ZMQ context per test (evh_setup / evh_teardown as cmocka fixtures; zctx is the context).
+ * A failed test leaves sockets open, and zmq_ctx_term would then wait for them forever: such a
+ * context is only shut down (and leaked).  Each test's last line is DONE().
+ */
+static __attribute__((unused)) void *zctx;
+static __attribute__((unused)) bool test_done; /* set by each test's last line */
+
+static __attribute__((unused)) int evh_setup(void **state)
+{
+    (void)state;
+    test_done = false;
+    zctx = zmq_ctx_new();
+    return zctx ? 0 : -1;
+}
+
+static __attribute__((unused)) int evh_teardown(void **state)
+{
+    (void)state;
+    if (test_done)
+        zmq_ctx_term(zctx);
+    else
+        zmq_ctx_shutdown(zctx);
+    zctx = NULL;
+    return 0;
+}
+
+#define DONE() (test_done = true)
 
 #endif /* KVN_TEST_EV_HELPERS_H */

@@ -25,32 +25,6 @@
 #include "ev_helpers.h"
 #include "node/events/event_pub.h"
 
-static void *zctx;
-static bool test_done; /* set by each test's last line; see teardown */
-
-/* One ZMQ context per test.  A failed test leaves sockets open, and zmq_ctx_term would
- * then wait for them forever: such a context is only shut down (and leaked). */
-static int setup(void **state)
-{
-    (void)state;
-    test_done = false;
-    zctx = zmq_ctx_new();
-    return zctx ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    if (test_done)
-        zmq_ctx_term(zctx);
-    else
-        zmq_ctx_shutdown(zctx);
-    zctx = NULL;
-    return 0;
-}
-
-#define DONE() (test_done = true)
-
 /* Batch b of the workload: a 3-page sequence on GPU, its first 2 pages on CPU_PINNED, and
  * every third batch the GPU copies of pages 1..2 removed again. */
 static void add_batch_events(struct kvn_events_pub *pub, uint32_t b)
@@ -612,13 +586,13 @@ static void test_sink_and_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_consumer_replay_and_live, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_consumer_history_bound, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_consumer_map_topic, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_consumer_live_only, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_replay_protocol, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_overflow_counted, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_sink_and_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_consumer_replay_and_live, evh_setup, evh_teardown),
+        cmocka_unit_test_setup_teardown(test_consumer_history_bound, evh_setup, evh_teardown),
+        cmocka_unit_test_setup_teardown(test_consumer_map_topic, evh_setup, evh_teardown),
+        cmocka_unit_test_setup_teardown(test_consumer_live_only, evh_setup, evh_teardown),
+        cmocka_unit_test_setup_teardown(test_replay_protocol, evh_setup, evh_teardown),
+        cmocka_unit_test_setup_teardown(test_overflow_counted, evh_setup, evh_teardown),
+        cmocka_unit_test_setup_teardown(test_sink_and_errors, evh_setup, evh_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

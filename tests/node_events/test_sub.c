@@ -21,32 +21,6 @@
 #include "node/events/event_pub.h"
 #include "node/events/event_sub.h"
 
-static void *zctx;
-static bool test_done; /* set by each test's last line; see teardown */
-
-/* One ZMQ context per test.  A failed test leaves sockets open, and zmq_ctx_term would
- * then wait for them forever: such a context is only shut down (and leaked). */
-static int setup(void **state)
-{
-    (void)state;
-    test_done = false;
-    zctx = zmq_ctx_new();
-    return zctx ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    if (test_done)
-        zmq_ctx_term(zctx);
-    else
-        zmq_ctx_shutdown(zctx);
-    zctx = NULL;
-    return 0;
-}
-
-#define DONE() (test_done = true)
-
 /* The workload: batch b stores a 3-page sequence (seeds repeat, so some stores are
  * re-adds) on GPU and 2 pages on CPU_PINNED, removes now and then, and batch 30 clears. */
 struct wl {
@@ -713,14 +687,14 @@ static void test_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_live_and_late_join_converge, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_gap_repaired_by_replay, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_lost_history, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_malformed_input_counted, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_map_topic_converge, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_gap_burst_small_hold, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_rejoin, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_live_and_late_join_converge, evh_setup, evh_teardown),
+        cmocka_unit_test_setup_teardown(test_gap_repaired_by_replay, evh_setup, evh_teardown),
+        cmocka_unit_test_setup_teardown(test_lost_history, evh_setup, evh_teardown),
+        cmocka_unit_test_setup_teardown(test_malformed_input_counted, evh_setup, evh_teardown),
+        cmocka_unit_test_setup_teardown(test_map_topic_converge, evh_setup, evh_teardown),
+        cmocka_unit_test_setup_teardown(test_gap_burst_small_hold, evh_setup, evh_teardown),
+        cmocka_unit_test_setup_teardown(test_rejoin, evh_setup, evh_teardown),
+        cmocka_unit_test_setup_teardown(test_errors, evh_setup, evh_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
