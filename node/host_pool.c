@@ -22,22 +22,127 @@ static bool numa_node_exists(int node)
     return access(path, F_OK) == 0;
 }
 
+/* Where a pool's bytes live: what pool_mem_get made, what pool_mem_put releases. */
+struct pool_mem {
+    uint8_t *base;
+    size_t map_bytes;
+    size_t alloc_bytes;
+    struct kvn_xport *x;
+    bool huge;
+    const char *how;
+    const char *numa;
+};
+
+static void pool_mem_put(const struct pool_mem *m)
+{
+    if (!m->base)
+        return;
+    if (m->x)
+        (void)kvn_xport_mem_free(m->x, m->base, m->alloc_bytes, NULL); /* -EBUSY: stays */
+    else
+        munmap(m->base, m->map_bytes);
+}
+
+/* Binds [m) to numa_node (>= 0): 0, or a negative errno (memory untouched). */
+static int pool_mem_bind(struct pool_mem *m, int numa_node, int *bound, struct kvn_err *err)
+{
+    *bound = -1;
+    m->numa = "no NUMA binding";
+    if (numa_node < 0)
+        return 0;
+    unsigned long mask[1024 / (8 * sizeof(unsigned long))] = {0};
+    mask[numa_node / (8 * sizeof(unsigned long))] |= 1ul
+                                                     << (numa_node % (8 * sizeof(unsigned long)));
+    /* domain memory is populated already (UCX zero-fills it): move it */
+    long r = syscall(SYS_mbind, m->base, m->map_bytes, MPOL_BIND_, mask, 1024ul,
+                     m->x ? MPOL_MF_MOVE_ : 0u);
+    if (r == 0) {
+        *bound = numa_node;
+        m->numa = "bound to the NUMA node";
+        return 0;
+    }
+    if (errno == ENOSYS || errno == EPERM) {
+        m->numa = "NUMA binding skipped: the kernel refused mbind";
+        return 0;
+    }
+    int e = errno;
+    return kvn_err_set(err, -e, "mbind to NUMA node %d failed: %s", numa_node, strerror(e));
+}
+
+/* want bytes, from x's kvn_xport_mem_alloc (when x says so) or our own mapping. */
+static int pool_mem_get(struct kvn_xport *x, uint64_t want, bool try_huge, struct pool_mem *m,
+                        struct kvn_err *err)
+{
+    memset(m, 0, sizeof(*m));
+    void *base = MAP_FAILED;
+    /* a UCX domain's own memory is what ucx+sm puts/gets directly; on other backends
+     * kvn_xport_mem_alloc is our own huge-page mapping, so honour try_huge == false here */
+    if (x && (kvn_xport_backend(x) == KVN_XPORT_BACKEND_UCX || try_huge)) {
+        struct kvn_err e;
+        int rc = kvn_xport_mem_alloc(x, (size_t)want, &base, &e);
+        if (rc < 0)
+            return kvn_err_set(err, rc, "pool memory from %s: %s", kvn_xport_name(x), e.msg);
+        m->base = base;
+        m->x = x;
+        m->alloc_bytes = (size_t)want;
+        m->map_bytes = (size_t)want;
+        m->how = kvn_xport_backend(x) == KVN_XPORT_BACKEND_UCX
+                     ? "UCX-allocated memory (kvn_xport_mem_alloc)"
+                     : "domain memory (kvn_xport_mem_alloc, huge pages when available)";
+        return 0;
+    }
+    if (try_huge) {
+        m->map_bytes = (size_t)((want + HUGE_2M - 1) / HUGE_2M * HUGE_2M);
+        base = mmap(NULL, m->map_bytes, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+        if (base != MAP_FAILED)
+            m->huge = true;
+    }
+    if (base == MAP_FAILED) {
+        long ps = sysconf(_SC_PAGESIZE);
+        size_t pg = ps > 0 ? (size_t)ps : 4096;
+        m->map_bytes = (size_t)((want + pg - 1) / pg * pg);
+        /* populated up front: the pool is registered for RDMA anyway (verbs pins it), and
+         * page faults in the first transfers would only move the cost to the data path */
+        base = mmap(NULL, m->map_bytes, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+        if (base == MAP_FAILED)
+            return kvn_err_set(err, -ENOMEM, "mmap of %" PRIu64 " bytes failed: %s", want,
+                               strerror(errno));
+        if (m->map_bytes >= HUGE_2M)
+            (void)madvise(base, m->map_bytes, MADV_HUGEPAGE); /* a hint; THP may be off */
+    }
+    m->base = base;
+    m->how = m->huge ? "huge pages (MAP_HUGETLB)" : "regular pages";
+    return 0;
+}
+
+static void pool_adopt(struct kvn_host_pool *p, const struct pool_mem *m, int bound)
+{
+    p->base = m->base;
+    p->map_bytes = m->map_bytes;
+    p->alloc_bytes = m->alloc_bytes;
+    p->x = m->x;
+    p->huge = m->huge;
+    p->numa_node = bound;
+    snprintf(p->note, sizeof(p->note), "%" PRIu32 " pages of %" PRIu64 " bytes, %s, %s", p->n_pages,
+             p->page_bytes, m->how, m->numa);
+}
+
+static struct pool_mem pool_mem_of(const struct kvn_host_pool *p)
+{
+    struct pool_mem m = {.base = p->base,
+                         .map_bytes = p->map_bytes,
+                         .alloc_bytes = p->alloc_bytes,
+                         .x = p->x,
+                         .huge = p->huge};
+    return m;
+}
+
 int kvn_host_pool_create(struct kvn_host_pool **out, uint64_t bytes, uint64_t page_bytes,
                          bool try_huge, int numa_node, struct kvn_err *err)
 {
     return kvn_host_pool_create_in(NULL, out, bytes, page_bytes, try_huge, numa_node, err);
-}
-
-/* Releases the pool's memory (domain or own mapping). */
-static void pool_unmap(struct kvn_host_pool *p)
-{
-    if (!p->base)
-        return;
-    if (p->x)
-        (void)kvn_xport_mem_free(p->x, p->base, p->alloc_bytes, NULL); /* -EBUSY: stays */
-    else
-        munmap(p->base, p->map_bytes);
-    p->base = NULL;
 }
 
 int kvn_host_pool_create_in(struct kvn_xport *x, struct kvn_host_pool **out, uint64_t bytes,
@@ -64,77 +169,44 @@ int kvn_host_pool_create_in(struct kvn_xport *x, struct kvn_host_pool **out, uin
         return kvn_err_set(err, -ENOMEM, "no memory for the pool header");
     p->page_bytes = page_bytes;
     p->n_pages = (uint32_t)(bytes / page_bytes);
-    p->numa_node = -1;
-    uint64_t want = (uint64_t)p->n_pages * page_bytes;
-    void *base = MAP_FAILED;
-    const char *mem_note = NULL;
-    /* a UCX domain's own memory is what ucx+sm puts/gets directly; on other backends
-     * kvn_xport_mem_alloc is our own huge-page mapping, so honour try_huge == false here */
-    if (x && (kvn_xport_backend(x) == KVN_XPORT_BACKEND_UCX || try_huge)) {
-        struct kvn_err e;
-        int rc = kvn_xport_mem_alloc(x, (size_t)want, &base, &e);
-        if (rc < 0) {
-            free(p);
-            return kvn_err_set(err, rc, "pool memory from %s: %s", kvn_xport_name(x), e.msg);
-        }
-        p->x = x;
-        p->alloc_bytes = (size_t)want;
-        p->map_bytes = (size_t)want;
-        mem_note = kvn_xport_backend(x) == KVN_XPORT_BACKEND_UCX
-                       ? "UCX-allocated memory (kvn_xport_mem_alloc)"
-                       : "domain memory (kvn_xport_mem_alloc, huge pages when available)";
+    p->try_huge = try_huge;
+    struct pool_mem m;
+    int bound, rc;
+    if ((rc = pool_mem_get(x, (uint64_t)p->n_pages * page_bytes, try_huge, &m, err)) < 0) {
+        free(p);
+        return rc;
     }
-    if (base == MAP_FAILED && try_huge) {
-        p->map_bytes = (size_t)((want + HUGE_2M - 1) / HUGE_2M * HUGE_2M);
-        base = mmap(NULL, p->map_bytes, PROT_READ | PROT_WRITE,
-                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
-        if (base != MAP_FAILED)
-            p->huge = true;
+    if ((rc = pool_mem_bind(&m, numa_node, &bound, err)) < 0) {
+        pool_mem_put(&m);
+        free(p);
+        return rc;
     }
-    if (base == MAP_FAILED) {
-        long ps = sysconf(_SC_PAGESIZE);
-        size_t pg = ps > 0 ? (size_t)ps : 4096;
-        p->map_bytes = (size_t)((want + pg - 1) / pg * pg);
-        /* populated up front: the pool is registered for RDMA anyway (verbs pins it), and
-         * page faults in the first transfers would only move the cost to the data path */
-        base = mmap(NULL, p->map_bytes, PROT_READ | PROT_WRITE,
-                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-        if (base == MAP_FAILED) {
-            free(p);
-            return kvn_err_set(err, -ENOMEM, "mmap of %" PRIu64 " bytes failed: %s", want,
-                               strerror(errno));
-        }
-        if (p->map_bytes >= HUGE_2M)
-            (void)madvise(base, p->map_bytes, MADV_HUGEPAGE); /* a hint; THP may be off */
-    }
-    p->base = base;
-    const char *numa_note = "no NUMA binding";
-    if (numa_node >= 0) {
-        unsigned long mask[1024 / (8 * sizeof(unsigned long))] = {0};
-        mask[numa_node / (8 * sizeof(unsigned long))] |=
-            1ul << (numa_node % (8 * sizeof(unsigned long)));
-        /* domain memory is populated already (UCX zero-fills it): move it */
-        long r = syscall(SYS_mbind, base, p->map_bytes, MPOL_BIND_, mask, 1024ul,
-                         p->x ? MPOL_MF_MOVE_ : 0u);
-        if (r == 0) {
-            p->numa_node = numa_node;
-            numa_note = "bound to the NUMA node";
-        } else if (errno == ENOSYS || errno == EPERM) {
-            numa_note = "NUMA binding skipped: the kernel refused mbind";
-        } else {
-            int e = errno;
-            pool_unmap(p);
-            free(p);
-            return kvn_err_set(err, -e, "mbind to NUMA node %d failed: %s", numa_node, strerror(e));
-        }
-    }
-    snprintf(p->note, sizeof(p->note), "%" PRIu32 " pages of %" PRIu64 " bytes, %s, %s", p->n_pages,
-             page_bytes,
-             mem_note  ? mem_note
-             : p->huge ? "huge pages (MAP_HUGETLB)"
-                       : "regular pages",
-             numa_note);
+    p->want_numa = numa_node;
+    pool_adopt(p, &m, bound);
     *out = p;
+    return 0;
+}
+
+int kvn_host_pool_move(struct kvn_host_pool *pool, struct kvn_xport *x, struct kvn_err *err)
+{
+    if (!pool || !pool->base)
+        return kvn_err_set(err, -EINVAL, "pool is NULL");
+    if (x && kvn_xport_backend(x) < 0)
+        return kvn_err_set(err, -EINVAL, "not a transport domain");
+    if (x == pool->x)
+        return 0;
+    struct pool_mem m;
+    int bound, rc;
+    if ((rc = pool_mem_get(x, kvn_host_pool_bytes(pool), pool->try_huge, &m, err)) < 0)
+        return rc;
+    if ((rc = pool_mem_bind(&m, pool->want_numa, &bound, err)) < 0) {
+        pool_mem_put(&m);
+        return rc;
+    }
+    memcpy(m.base, pool->base, (size_t)kvn_host_pool_bytes(pool));
+    struct pool_mem old = pool_mem_of(pool);
+    pool_adopt(pool, &m, bound);
+    pool_mem_put(&old);
     return 0;
 }
 
@@ -142,7 +214,8 @@ void kvn_host_pool_destroy(struct kvn_host_pool *pool)
 {
     if (!pool)
         return;
-    pool_unmap(pool);
+    struct pool_mem m = pool_mem_of(pool);
+    pool_mem_put(&m);
     free(pool);
 }
 

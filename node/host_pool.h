@@ -41,6 +41,8 @@ struct kvn_host_pool {
     int numa_node;       /* -1 when not bound */
     struct kvn_xport *x; /* domain the memory came from (kvn_host_pool_create_in), or NULL */
     size_t alloc_bytes;  /* length passed to kvn_xport_mem_alloc when x != NULL */
+    bool try_huge;       /* as created (kvn_host_pool_move keeps it) */
+    int want_numa;       /* NUMA node asked for at creation, -1 for none */
     char note[160];      /* how the pool was made, for the log */
 };
 
@@ -64,6 +66,29 @@ int kvn_host_pool_create(struct kvn_host_pool **out, uint64_t bytes, uint64_t pa
  */
 int kvn_host_pool_create_in(struct kvn_xport *x, struct kvn_host_pool **out, uint64_t bytes,
                             uint64_t page_bytes, bool try_huge, int numa_node, struct kvn_err *err);
+
+/*
+ * Moves the pool's bytes into memory from kvn_xport_mem_alloc(x) (x != NULL), or back into a
+ * mapping of its own (x == NULL), keeping the contents, the page geometry, try_huge and the
+ * NUMA binding; base (and so every page address) changes. For a pool whose owner opens its
+ * transport domain only after the pool exists:
+ *
+ *     kvn_host_pool_create(&pool, ...);          // at start-up, no domain yet
+ *     kvn_xport_open(uri, &attr, &x, &err);
+ *     kvn_host_pool_move(pool, x, &err);         // before registering it anywhere
+ *     kvn_xport_mr_reg(x, pool->base, ...);
+ *     ...
+ *     kvn_xport_mr_dereg(mr, &err);
+ *     kvn_host_pool_move(pool, NULL, &err);      // before kvn_xport_close(x), if the pool
+ *     kvn_xport_close(x);                        // lives on (else destroy it first)
+ *
+ * Only while no domain has the pool registered (the old memory is released; a registration
+ * in x still lying in it refuses that release and the old memory then stays with x). Costs a
+ * copy of the pool and, for a moment, twice its memory. x == pool->x does nothing.
+ * Errors: -EINVAL (pool NULL), kvn_xport_mem_alloc's / mmap's (-ENOMEM...), mbind's: the pool
+ * is then unchanged.
+ */
+int kvn_host_pool_move(struct kvn_host_pool *pool, struct kvn_xport *x, struct kvn_err *err);
 
 /*
  * Unmaps (or gives the memory back to its domain) and frees; NULL is fine. For a pool made in

@@ -11,7 +11,8 @@
  *   - a real READ and WRITE between two domains of this process, both
  *     regions from kvn_xport_mem_alloc, bytes checked;
  *   - host pools in a domain: page addresses inside the memory, registered
- *     whole, freed through the domain; the plain mmap path unchanged.
+ *     whole, freed through the domain; the plain mmap path unchanged; a pool
+ *     moved into a domain and out again (kvn_host_pool_move) keeps its bytes.
  *
  * Waiting loops are bounded by a wall-clock guard that fails the test;
  * nothing is timed.  Backends that do not open here are skipped with the
@@ -24,6 +25,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -371,6 +373,49 @@ static void test_host_pool_in_domain_errors(void **state)
     kvn_host_pool_destroy(pool);
 }
 
+/* a pool made before its domain moves in and out of it, contents kept */
+static void test_host_pool_move(void **state)
+{
+    (void)state;
+    struct kvn_err err;
+    kvn_err_clear(&err);
+    assert_int_equal(kvn_host_pool_move(NULL, NULL, &err), -EINVAL);
+    assert_int_equal(err.code, -EINVAL);
+    for (size_t i = 0; i < N_URIS; i++) {
+        struct kvn_xport *x = open_or_null(uris[i]);
+        if (!x)
+            continue;
+        struct kvn_host_pool *pool = NULL;
+        uint64_t pb = 4096;
+        assert_int_equal(kvn_host_pool_create(&pool, 33 * pb, pb, true, -1, &err), 0);
+        assert_null(pool->x);
+        for (uint64_t k = 0; k < 33 * pb; k++)
+            pool->base[k] = (uint8_t)(k * 13 + 1);
+        assert_int_equal(kvn_host_pool_move(pool, x, &err), 0);
+        print_message("%s moved in: %s\n", uris[i], pool->note);
+        assert_ptr_equal(pool->x, x);
+        assert_int_equal(pool->n_pages, 33);
+        for (uint64_t k = 0; k < 33 * pb; k++)
+            if (pool->base[k] != (uint8_t)(k * 13 + 1))
+                fail_msg("%s: byte %" PRIu64 " lost in the move", uris[i], k);
+        assert_int_equal(kvn_host_pool_move(pool, x, &err), 0); /* same domain: nothing */
+        assert_ptr_equal(pool->x, x);
+        struct kvn_xport_mr *mr;
+        assert_int_equal(kvn_xport_mr_reg(x, pool->base, (size_t)kvn_host_pool_bytes(pool),
+                                          KVN_XPORT_ACCESS_ALL, &mr, &err),
+                         0);
+        assert_int_equal(kvn_xport_mr_dereg(mr, &err), 0);
+        uint8_t *page7 = kvn_host_pool_page(pool, 7);
+        page7[0] = 0xee;
+        assert_int_equal(kvn_host_pool_move(pool, NULL, &err), 0); /* out, before close */
+        assert_null(pool->x);
+        assert_int_equal(((uint8_t *)kvn_host_pool_page(pool, 7))[0], 0xee);
+        assert_int_equal(pool->base[33 * pb - 1], (uint8_t)((33 * pb - 1) * 13 + 1));
+        kvn_xport_close(x);
+        kvn_host_pool_destroy(pool); /* its own mapping: fine after the close */
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -379,6 +424,7 @@ int main(void)
         cmocka_unit_test(test_transfer),
         cmocka_unit_test(test_host_pool_in_domain),
         cmocka_unit_test(test_host_pool_in_domain_errors),
+        cmocka_unit_test(test_host_pool_move),
     };
     return cmocka_run_group_tests_name("transport/mem", tests, NULL, NULL);
 }
