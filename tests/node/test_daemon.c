@@ -22,6 +22,7 @@
 
 #include "node/kvn_rpc.h"
 #include "node_harness.h"
+#include "th_cmocka.h"
 #include "transport/kvn_xport.h"
 
 static int teardown(void **state)
@@ -145,30 +146,13 @@ static void race(const char *transport, const char *format)
     assert_int_equal(th_node_stop(&n), 0);
 }
 
-static void test_race_ofi_tcp(void **s)
+static void test_race(void **s)
 {
-    (void)s;
-    race("ofi+tcp", "array");
+    race(TH_TRANSPORT(s), "array");
 }
-static void test_race_ofi_shm(void **s)
+static void test_race_map(void **s)
 {
-    (void)s;
-    race("ofi+shm", "array");
-}
-static void test_race_ucx_tcp(void **s)
-{
-    (void)s;
-    race("ucx+tcp", "array");
-}
-static void test_race_map_ofi_tcp(void **s)
-{
-    (void)s;
-    race("ofi+tcp", "map"); /* vLLM's map encoding, same checks */
-}
-static void test_race_ucx_sm(void **s)
-{
-    (void)s;
-    race("ucx+sm", "array");
+    race(TH_TRANSPORT(s), "map"); /* vLLM's map encoding, same checks */
 }
 
 static void l1_sums(struct th_node *n, const uint32_t *slots, uint32_t k, uint64_t *sums)
@@ -264,25 +248,9 @@ static void integrity(const char *transport)
     assert_int_equal(th_node_stop(&n), 0);
 }
 
-static void test_integrity_ofi_tcp(void **s)
+static void test_integrity(void **s)
 {
-    (void)s;
-    integrity("ofi+tcp");
-}
-static void test_integrity_ofi_shm(void **s)
-{
-    (void)s;
-    integrity("ofi+shm");
-}
-static void test_integrity_ucx_tcp(void **s)
-{
-    (void)s;
-    integrity("ucx+tcp");
-}
-static void test_integrity_ucx_sm(void **s)
-{
-    (void)s;
-    integrity("ucx+sm");
+    integrity(TH_TRANSPORT(s));
 }
 
 static void test_sigterm_drains(void **state)
@@ -610,15 +578,9 @@ static void register_l1(const char *transport)
     free(l1);
 }
 
-static void test_register_l1_ofi_tcp(void **s)
+static void test_register_l1(void **s)
 {
-    (void)s;
-    register_l1("ofi+tcp");
-}
-static void test_register_l1_ucx_tcp(void **s)
-{
-    (void)s;
-    register_l1("ucx+tcp");
+    register_l1(TH_TRANSPORT(s));
 }
 
 static void test_bad_flags_exit_2(void **state)
@@ -655,21 +617,21 @@ int main(int argc, char **argv)
         return 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_bad_flags_exit_2, teardown),
-        cmocka_unit_test_teardown(test_race_ofi_tcp, teardown),
-        cmocka_unit_test_teardown(test_race_ofi_shm, teardown),
-        cmocka_unit_test_teardown(test_race_ucx_tcp, teardown),
-        cmocka_unit_test_teardown(test_race_ucx_sm, teardown),
-        cmocka_unit_test_teardown(test_race_map_ofi_tcp, teardown),
-        cmocka_unit_test_teardown(test_integrity_ofi_tcp, teardown),
-        cmocka_unit_test_teardown(test_integrity_ofi_shm, teardown),
-        cmocka_unit_test_teardown(test_integrity_ucx_tcp, teardown),
-        cmocka_unit_test_teardown(test_integrity_ucx_sm, teardown),
+        TH_TRANSPORT_TEST(test_race, ofi_tcp, "ofi+tcp", NULL, teardown),
+        TH_TRANSPORT_TEST(test_race, ofi_shm, "ofi+shm", NULL, teardown),
+        TH_TRANSPORT_TEST(test_race, ucx_tcp, "ucx+tcp", NULL, teardown),
+        TH_TRANSPORT_TEST(test_race, ucx_sm, "ucx+sm", NULL, teardown),
+        TH_TRANSPORT_TEST(test_race_map, ofi_tcp, "ofi+tcp", NULL, teardown),
+        TH_TRANSPORT_TEST(test_integrity, ofi_tcp, "ofi+tcp", NULL, teardown),
+        TH_TRANSPORT_TEST(test_integrity, ofi_shm, "ofi+shm", NULL, teardown),
+        TH_TRANSPORT_TEST(test_integrity, ucx_tcp, "ucx+tcp", NULL, teardown),
+        TH_TRANSPORT_TEST(test_integrity, ucx_sm, "ucx+sm", NULL, teardown),
         cmocka_unit_test_teardown(test_sigterm_drains, teardown),
         cmocka_unit_test_teardown(test_locks_and_leases, teardown),
         cmocka_unit_test_teardown(test_kvctl_cli, teardown),
         cmocka_unit_test_teardown(test_storage_tier, teardown),
-        cmocka_unit_test_teardown(test_register_l1_ofi_tcp, teardown),
-        cmocka_unit_test_teardown(test_register_l1_ucx_tcp, teardown),
+        TH_TRANSPORT_TEST(test_register_l1, ofi_tcp, "ofi+tcp", NULL, teardown),
+        TH_TRANSPORT_TEST(test_register_l1, ucx_tcp, "ucx+tcp", NULL, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     th_kill_all();

@@ -20,6 +20,7 @@
 
 #include "node/kvn_rpc.h"
 #include "node/xfer.h"
+#include "th_cmocka.h"
 #include "transport/kvn_xport.h"
 
 #define PB     4096u
@@ -117,25 +118,9 @@ static void roundtrip(const char *uri)
     kvn_host_pool_destroy(pool);
 }
 
-static void test_ofi_tcp(void **state)
+static void test(void **state)
 {
-    (void)state;
-    roundtrip("ofi+tcp");
-}
-static void test_ofi_shm(void **state)
-{
-    (void)state;
-    roundtrip("ofi+shm");
-}
-static void test_ucx_tcp(void **state)
-{
-    (void)state;
-    roundtrip("ucx+tcp");
-}
-static void test_ucx_sm(void **state)
-{
-    (void)state;
-    roundtrip("ucx+sm");
+    roundtrip(TH_TRANSPORT(state));
 }
 
 static void test_held_completions(void **state)
@@ -315,8 +300,10 @@ static void test_bad_args(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_ofi_tcp),          cmocka_unit_test(test_ofi_shm),
-        cmocka_unit_test(test_ucx_tcp),          cmocka_unit_test(test_ucx_sm),
+        TH_TRANSPORT_TEST(test, ofi_tcp, "ofi+tcp", NULL, NULL),
+        TH_TRANSPORT_TEST(test, ofi_shm, "ofi+shm", NULL, NULL),
+        TH_TRANSPORT_TEST(test, ucx_tcp, "ucx+tcp", NULL, NULL),
+        TH_TRANSPORT_TEST(test, ucx_sm, "ucx+sm", NULL, NULL),
         cmocka_unit_test(test_held_completions), cmocka_unit_test(test_dead_engine),
         cmocka_unit_test(test_bad_args),
     };
