@@ -1648,26 +1648,33 @@ int kvn_radix_match_l2(struct kvn_radix *t, uint64_t ns, const int32_t *tokens, 
 
 /* ---------------------------------------------------------------- insert */
 
+enum walk_tier { WALK_L1, WALK_L2 };
+
 struct walk {
     struct rnode *last;  /* deepest node fully covered by the walk (or root) */
     struct rnode *split; /* node to split, or NULL */
     uint32_t split_at;
     uint32_t pos;      /* pages covered by existing nodes */
-    uint32_t prefix;   /* of pos: pages in L1 */
-    uint32_t revive;   /* of pos: pages L2-only */
+    uint32_t prefix;   /* of pos: pages already in the tier */
+    uint32_t missing;  /* of pos: pages of nodes lacking the tier (L1: L2-only nodes to revive;
+                        * L2: L1-only nodes to attach) */
     struct rnode *end; /* node holding page pos-1 when no split, or NULL */
-    bool barrier;
+    bool barrier;      /* stopped in front of a node the tier cannot take yet (L1: loading;
+                        * L2: a pending write) */
 };
 
 /*
- * Read-only walk for insert / load_back. Records L2-only nodes to revive in
- * t->scratch2[0..*n_rev) (eviction uses t->scratch meanwhile).
+ * Read-only walk down the path of tokens for an insert into `tier`. Records the nodes lacking
+ * the tier in t->scratch2[0..*n_miss) (eviction uses t->scratch meanwhile). Inlined into the two
+ * walks below, so that each is compiled for its tier.
  */
-static int walk_insert(struct kvn_radix *t, struct rnode *root, const int32_t *tokens, uint32_t np,
-                       struct walk *w, uint32_t *n_rev)
+static inline __attribute__((always_inline)) int walk_tier(struct kvn_radix *t, struct rnode *root,
+                                                           const int32_t *tokens, uint32_t np,
+                                                           struct walk *w, uint32_t *n_miss,
+                                                           enum walk_tier tier)
 {
     memset(w, 0, sizeof(*w));
-    *n_rev = 0;
+    *n_miss = 0;
     struct rnode *node = root;
     w->last = root;
     while (w->pos < np) {
@@ -1675,25 +1682,26 @@ static int walk_insert(struct kvn_radix *t, struct rnode *root, const int32_t *t
         struct rnode *c = child_find(t, node, tok);
         if (!c)
             break;
-        if (c->flags & F_LOADING) {
+        if (tier == WALK_L1 ? (c->flags & F_LOADING) != 0 : pending_write(c)) {
             w->barrier = true;
             break;
         }
         uint32_t k = common_pages(t, c, tok, np - w->pos);
-        if (in_l1(c)) {
+        bool has = tier == WALK_L1 ? in_l1(c) : l2_valid(c);
+        if (has) {
             w->prefix += k;
         } else {
-            if (grow_ptrs(&t->scratch2, &t->scratch2_cap, *n_rev + 1) < 0)
+            if (grow_ptrs(&t->scratch2, &t->scratch2_cap, *n_miss + 1) < 0)
                 return -ENOMEM;
-            t->scratch2[(*n_rev)++] = c;
-            w->revive += k;
+            t->scratch2[(*n_miss)++] = c;
+            w->missing += k;
         }
         w->pos += k;
         w->end = c;
         if (k < c->n_pages) {
-            /* split where the key diverges, or where it ends inside an
-             * L2-only node (only its head is revived / loaded) */
-            if (w->pos < np || !in_l1(c)) {
+            /* split where the key diverges, or where it ends inside a node lacking the tier
+             * (only its head is revived / loaded / attached) */
+            if (w->pos < np || !has) {
                 w->split = c;
                 w->split_at = k;
             }
@@ -1703,6 +1711,20 @@ static int walk_insert(struct kvn_radix *t, struct rnode *root, const int32_t *t
         w->last = c;
     }
     return 0;
+}
+
+/* The walk for insert / load_back: L2-only nodes to revive go to t->scratch2[0..*n_rev). */
+static int walk_insert(struct kvn_radix *t, struct rnode *root, const int32_t *tokens, uint32_t np,
+                       struct walk *w, uint32_t *n_rev)
+{
+    return walk_tier(t, root, tokens, np, w, n_rev, WALK_L1);
+}
+
+/* The walk for insert_host: L1-only nodes to attach go to t->scratch2[0..*n_att). */
+static int walk_host(struct kvn_radix *t, struct rnode *root, const int32_t *tokens, uint32_t np,
+                     struct walk *w, uint32_t *n_att)
+{
+    return walk_tier(t, root, tokens, np, w, n_att, WALK_L2);
 }
 
 static int check_slots(const struct kvn_radix *t, const uint32_t *slots, uint32_t n,
@@ -1805,7 +1827,7 @@ int kvn_radix_insert(struct kvn_radix *t, uint64_t ns, const int32_t *tokens, si
         return kvn_err_set(err, -ENOMEM, "insert: out of memory");
     uint32_t stop = w.barrier ? w.pos : np;
     uint32_t new_pages = stop - w.pos;
-    uint32_t adopt = w.revive + new_pages;
+    uint32_t adopt = w.missing + new_pages;
     if (l1_slots) { /* every entry must be a slot, even those not adopted */
         int rc = check_slots(t, l1_slots, np, err, "insert");
         if (rc < 0)
@@ -1901,7 +1923,7 @@ int kvn_radix_insert(struct kvn_radix *t, uint64_t ns, const int32_t *tokens, si
     }
 
     res->prefix_tokens = w.prefix * t->ps;
-    res->revived_tokens = w.revive * t->ps;
+    res->revived_tokens = w.missing * t->ps;
     res->new_tokens = new_pages * t->ps;
     res->inserted_tokens = stop * t->ps;
     res->last_node = is_root(last) ? 0 : last->id;
@@ -1971,58 +1993,6 @@ int kvn_radix_release_l2(struct kvn_radix *t, const uint32_t *pages, uint32_t n_
     return 0;
 }
 
-struct hwalk {
-    struct rnode *last;  /* deepest node fully covered (or root) */
-    struct rnode *end;   /* node holding the last covered page, or NULL */
-    struct rnode *split; /* node to split, or NULL */
-    uint32_t split_at;
-    uint32_t pos;    /* pages covered by existing nodes */
-    uint32_t prefix; /* of pos: pages with a valid L2 copy */
-    uint32_t attach; /* of pos: pages of L1-only nodes, adopting the caller's */
-    bool barrier;    /* stopped in front of a pending write */
-};
-
-/* Read-only walk for insert_host; L1-only nodes to attach go to scratch2. */
-static int walk_host(struct kvn_radix *t, struct rnode *root, const int32_t *tokens, uint32_t np,
-                     struct hwalk *w, uint32_t *n_att)
-{
-    memset(w, 0, sizeof(*w));
-    *n_att = 0;
-    struct rnode *node = root;
-    w->last = root;
-    while (w->pos < np) {
-        const int32_t *tok = tokens + (size_t)w->pos * t->ps;
-        struct rnode *c = child_find(t, node, tok);
-        if (!c)
-            break;
-        if (pending_write(c)) {
-            w->barrier = true;
-            break;
-        }
-        uint32_t k = common_pages(t, c, tok, np - w->pos);
-        if (l2_valid(c)) {
-            w->prefix += k;
-        } else {
-            if (grow_ptrs(&t->scratch2, &t->scratch2_cap, *n_att + 1) < 0)
-                return -ENOMEM;
-            t->scratch2[(*n_att)++] = c;
-            w->attach += k;
-        }
-        w->pos += k;
-        w->end = c;
-        if (k < c->n_pages) {
-            if (w->pos < np || !l2_valid(c)) {
-                w->split = c;
-                w->split_at = k;
-            }
-            break;
-        }
-        node = c;
-        w->last = c;
-    }
-    return 0;
-}
-
 int kvn_radix_insert_host(struct kvn_radix *t, uint64_t ns, const int32_t *tokens, size_t n_tokens,
                           const uint32_t *l2_pages, uint64_t now,
                           struct kvn_radix_insert_result *out, struct kvn_err *err)
@@ -2057,13 +2027,13 @@ int kvn_radix_insert_host(struct kvn_radix *t, uint64_t ns, const int32_t *token
     if (!root && t->nsmap_n >= t->cfg.max_namespaces)
         return kvn_err_set(err, -ENOSPC, "insert_host: namespace limit %u reached",
                            t->cfg.max_namespaces);
-    struct hwalk w = {0};
+    struct walk w = {0};
     uint32_t n_att = 0;
     if (root && walk_host(t, root, tokens, np, &w, &n_att) < 0)
         return kvn_err_set(err, -ENOMEM, "insert_host: out of memory");
     uint32_t stop = w.barrier ? w.pos : np;
     uint32_t new_pages = stop - w.pos;
-    uint32_t adopt = w.attach + new_pages;
+    uint32_t adopt = w.missing + new_pages;
     const uint32_t *pages = l2_pages + w.prefix;
     /* every page to adopt must be reserved, and listed once (2 marks "seen") */
     for (uint32_t i = 0; i < adopt; i++) {
@@ -2141,7 +2111,7 @@ int kvn_radix_insert_host(struct kvn_radix *t, uint64_t ns, const int32_t *token
     for (struct rnode *n = last; !is_root(n); n = n->parent)
         touch(t, n, now);
     res->prefix_tokens = w.prefix * t->ps;
-    res->revived_tokens = w.attach * t->ps;
+    res->revived_tokens = w.missing * t->ps;
     res->new_tokens = new_pages * t->ps;
     res->inserted_tokens = stop * t->ps;
     res->last_node = is_root(last) ? 0 : last->id;
@@ -2266,13 +2236,13 @@ int kvn_radix_load_back(struct kvn_radix *t, uint64_t ns, const int32_t *tokens,
     uint32_t n_rev = 0;
     if (walk_insert(t, root, tokens, np, &w, &n_rev) < 0)
         return kvn_err_set(err, -ENOMEM, "load_back: out of memory");
-    uint32_t want = w.revive;
+    uint32_t want = w.missing;
     if (l1_slots && n_slots < want) {
         /* re-walk with a shorter key so the split lands after n_slots pages */
         np = w.prefix + n_slots;
         if (walk_insert(t, root, tokens, np, &w, &n_rev) < 0)
             return kvn_err_set(err, -ENOMEM, "load_back: out of memory");
-        want = w.revive;
+        want = w.missing;
     }
     res->prefix_tokens = w.prefix * t->ps;
     if (want == 0) {
