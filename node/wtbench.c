@@ -34,17 +34,28 @@ struct engine {
     struct kvn_xport_mr *mr;
     void *l1; /* kvn_xport_mem_alloc */
     size_t l1_len;
+    int passive; /* sleep on the wait fd instead of busy-polling */
     atomic_int stop;
     pthread_t th;
 };
 
-/* The engine side progresses its domain (UCX over TCP and libfabric shm need the target to). */
+/*
+ * The engine side progresses its domain (UCX over TCP and libfabric shm need the target to):
+ * it busy-polls, as kvbench's server does. On ucx+sm with kvn_xport_mem_alloc memory the
+ * node's READs are one-sided (a copy out of our mapped segment; we do nothing), so there it
+ * sleeps on the wait fd instead (--engine-poll auto, the default), as an inference engine
+ * would, and leaves the CPU to the node; --engine-poll busy|wait forces either.
+ */
 static void *engine_main(void *arg)
 {
     struct engine *g = arg;
     struct kvn_xport_cqe c[16];
-    while (!atomic_load(&g->stop))
-        kvn_xport_poll(g->x, c, 16); /* busy-polls, as kvbench's server does */
+    while (!atomic_load(&g->stop)) {
+        if (g->passive)
+            (void)kvn_xport_wait(g->x, 5, NULL);
+        while (kvn_xport_poll(g->x, c, 16) > 0 && g->passive)
+            ;
+    }
     return NULL;
 }
 
@@ -108,14 +119,16 @@ int main(int argc, char **argv)
     const char *ep = "tcp://127.0.0.1:7100";
     int rounds = 5, json = 0;
     uint32_t ppi = 16, engine_slots = 0;
+    const char *engine_poll = "auto";
     static const struct option opts[] = {{"connect", required_argument, NULL, 'c'},
                                          {"rounds", required_argument, NULL, 'r'},
                                          {"pages-per-insert", required_argument, NULL, 'p'},
                                          {"json", no_argument, NULL, 'j'},
                                          {"engine", required_argument, NULL, 'e'},
+                                         {"engine-poll", required_argument, NULL, 'P'},
                                          {NULL, 0, NULL, 0}};
     int o;
-    while ((o = getopt_long(argc, argv, "c:r:p:je:", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, "c:r:p:je:P:", opts, NULL)) != -1) {
         switch (o) {
         case 'c':
             ep = optarg;
@@ -132,11 +145,18 @@ int main(int argc, char **argv)
         case 'e':
             engine_slots = (uint32_t)atoi(optarg);
             break;
+        case 'P':
+            engine_poll = optarg;
+            break;
         default:
             fprintf(stderr, "usage: kvn-wtbench [-c EP] [--rounds N] [--pages-per-insert P] "
-                            "[--engine SLOTS] [--json]\n");
+                            "[--engine SLOTS] [--engine-poll auto|busy|wait] [--json]\n");
             return 2;
         }
+    }
+    if (strcmp(engine_poll, "auto") && strcmp(engine_poll, "busy") && strcmp(engine_poll, "wait")) {
+        fprintf(stderr, "kvn-wtbench: --engine-poll is auto, busy or wait\n");
+        return 2;
     }
     if (rounds < 1 || ppi < 1) {
         fprintf(stderr, "kvn-wtbench: --rounds and --pages-per-insert must be >= 1\n");
@@ -163,6 +183,8 @@ int main(int argc, char **argv)
     }
     kvn_client_reply_free(r);
     struct engine g = {0};
+    g.passive = !strcmp(engine_poll, "wait") ||
+                (!strcmp(engine_poll, "auto") && !strcmp(transport, "ucx+sm"));
     if (engine_slots) {
         if (engine_start(&g, c, transport, pb, engine_slots, &e) < 0) {
             fprintf(stderr, "kvn-wtbench: engine on %s: %s\n", transport, e.msg);
@@ -214,8 +236,8 @@ int main(int argc, char **argv)
                ",\"seconds\":%.6f,\"gbps\":%.4f,"
                "\"acks\":%" PRIu64 ",\"jobs_failed\":%" PRIu64 ",\"backups_skipped\":%" PRIu64
                ",\"ack_to_publish_p50_us\":%" PRIu64 ",\"ack_to_publish_p99_us\":%" PRIu64 "}\n",
-               engine_slots ? "engine" : "loopback", pb, bytes, busy, gbps, acks, failed, skipped,
-               p50, p99);
+               engine_slots ? (g.passive ? "engine-wait" : "engine") : "loopback", pb, bytes, busy,
+               gbps, acks, failed, skipped, p50, p99);
     else
         printf("page_bytes %" PRIu64 "  bytes %" PRIu64 "  %.3f s  %.3f GB/s  acks %" PRIu64
                "  failed %" PRIu64 "  ack->publish p50 %" PRIu64 " us p99 %" PRIu64 " us\n",
