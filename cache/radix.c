@@ -1555,19 +1555,36 @@ static void touch(struct kvn_radix *t, struct rnode *n, uint64_t now)
         heap_key_changed(t, n);
 }
 
+/*
+ * The checks of a token key shared by the calls that take one: tokens present, ns not the
+ * reserved namespace, at most UINT32_MAX tokens and, with whole_pages, a multiple of page_size.
+ */
+static inline int check_key(const struct kvn_radix *t, uint64_t ns, const int32_t *tokens,
+                            size_t n_tokens, bool whole_pages, struct kvn_err *err,
+                            const char *who)
+{
+    if (!tokens && n_tokens > 0)
+        return kvn_err_set(err, -EINVAL, "%s: tokens is NULL", who);
+    if (ns == KVN_RADIX_NS_INVALID)
+        return kvn_err_set(err, -EINVAL, "%s: namespace %llu is reserved", who,
+                           (unsigned long long)ns);
+    if (whole_pages && n_tokens % t->ps)
+        return kvn_err_set(err, -EINVAL, "%s: %zu tokens is not a multiple of page_size %u", who,
+                           n_tokens, t->ps);
+    if (n_tokens > UINT32_MAX)
+        return kvn_err_set(err, -EINVAL, "%s: %zu tokens is too many", who, n_tokens);
+    return 0;
+}
+
 int kvn_radix_match_prefix(struct kvn_radix *t, uint64_t ns, const int32_t *tokens, size_t n_tokens,
                            uint64_t now, uint32_t *slots_out, uint32_t slots_cap,
                            struct kvn_radix_match *res, struct kvn_err *err)
 {
     if (!t || !res)
         return kvn_err_set(err, -EINVAL, "match_prefix: tree and res must not be NULL");
-    if (!tokens && n_tokens > 0)
-        return kvn_err_set(err, -EINVAL, "match_prefix: tokens is NULL");
-    if (ns == KVN_RADIX_NS_INVALID)
-        return kvn_err_set(err, -EINVAL, "match_prefix: namespace %llu is reserved",
-                           (unsigned long long)ns);
-    if (n_tokens > UINT32_MAX)
-        return kvn_err_set(err, -EINVAL, "match_prefix: %zu tokens is too many", n_tokens);
+    int krc = check_key(t, ns, tokens, n_tokens, false, err, "match_prefix");
+    if (krc < 0)
+        return krc;
     memset(res, 0, sizeof(*res));
     struct rnode *node = ns_root(t, ns);
     if (!node)
@@ -1616,13 +1633,9 @@ int kvn_radix_match_l2(struct kvn_radix *t, uint64_t ns, const int32_t *tokens, 
 {
     if (!t || !res)
         return kvn_err_set(err, -EINVAL, "match_l2: tree and res must not be NULL");
-    if (!tokens && n_tokens > 0)
-        return kvn_err_set(err, -EINVAL, "match_l2: tokens is NULL");
-    if (ns == KVN_RADIX_NS_INVALID)
-        return kvn_err_set(err, -EINVAL, "match_l2: namespace %llu is reserved",
-                           (unsigned long long)ns);
-    if (n_tokens > UINT32_MAX)
-        return kvn_err_set(err, -EINVAL, "match_l2: %zu tokens is too many", n_tokens);
+    int krc = check_key(t, ns, tokens, n_tokens, false, err, "match_l2");
+    if (krc < 0)
+        return krc;
     memset(res, 0, sizeof(*res));
     struct rnode *node = ns_root(t, ns);
     if (!node)
@@ -1800,16 +1813,9 @@ int kvn_radix_insert(struct kvn_radix *t, uint64_t ns, const int32_t *tokens, si
     struct kvn_radix_insert_result resv, *res = &resv;
     if (!t || !out)
         return kvn_err_set(err, -EINVAL, "insert: tree and res must not be NULL");
-    if (!tokens && n_tokens > 0)
-        return kvn_err_set(err, -EINVAL, "insert: tokens is NULL");
-    if (ns == KVN_RADIX_NS_INVALID)
-        return kvn_err_set(err, -EINVAL, "insert: namespace %llu is reserved",
-                           (unsigned long long)ns);
-    if (n_tokens % t->ps)
-        return kvn_err_set(err, -EINVAL, "insert: %zu tokens is not a multiple of page_size %u",
-                           n_tokens, t->ps);
-    if (n_tokens > UINT32_MAX)
-        return kvn_err_set(err, -EINVAL, "insert: %zu tokens is too many", n_tokens);
+    int krc = check_key(t, ns, tokens, n_tokens, true, err, "insert");
+    if (krc < 0)
+        return krc;
     memset(res, 0, sizeof(*res));
     uint32_t np = (uint32_t)(n_tokens / t->ps);
     if (np == 0) {
@@ -2000,19 +2006,11 @@ int kvn_radix_insert_host(struct kvn_radix *t, uint64_t ns, const int32_t *token
     struct kvn_radix_insert_result resv, *res = &resv;
     if (!t || !out || !l2_pages)
         return kvn_err_set(err, -EINVAL, "insert_host: tree, l2_pages and res must not be NULL");
-    if (!tokens && n_tokens > 0)
-        return kvn_err_set(err, -EINVAL, "insert_host: tokens is NULL");
-    if (ns == KVN_RADIX_NS_INVALID)
-        return kvn_err_set(err, -EINVAL, "insert_host: namespace %llu is reserved",
-                           (unsigned long long)ns);
     if (t->cfg.l2_pages == 0)
         return kvn_err_set(err, -EINVAL, "insert_host: the tree has no L2 tier");
-    if (n_tokens % t->ps)
-        return kvn_err_set(err, -EINVAL,
-                           "insert_host: %zu tokens is not a multiple of page_size %u", n_tokens,
-                           t->ps);
-    if (n_tokens > UINT32_MAX)
-        return kvn_err_set(err, -EINVAL, "insert_host: %zu tokens is too many", n_tokens);
+    int krc = check_key(t, ns, tokens, n_tokens, true, err, "insert_host");
+    if (krc < 0)
+        return krc;
     memset(res, 0, sizeof(*res));
     uint32_t np = (uint32_t)(n_tokens / t->ps);
     for (uint32_t i = 0; i < np; i++)
@@ -2214,16 +2212,9 @@ int kvn_radix_load_back(struct kvn_radix *t, uint64_t ns, const int32_t *tokens,
     struct kvn_radix_job_result resv, *res = &resv;
     if (!t || !out)
         return kvn_err_set(err, -EINVAL, "load_back: tree and res must not be NULL");
-    if (!tokens && n_tokens > 0)
-        return kvn_err_set(err, -EINVAL, "load_back: tokens is NULL");
-    if (ns == KVN_RADIX_NS_INVALID)
-        return kvn_err_set(err, -EINVAL, "load_back: namespace %llu is reserved",
-                           (unsigned long long)ns);
-    if (n_tokens % t->ps)
-        return kvn_err_set(err, -EINVAL, "load_back: %zu tokens is not a multiple of page_size %u",
-                           n_tokens, t->ps);
-    if (n_tokens > UINT32_MAX)
-        return kvn_err_set(err, -EINVAL, "load_back: %zu tokens is too many", n_tokens);
+    int krc = check_key(t, ns, tokens, n_tokens, true, err, "load_back");
+    if (krc < 0)
+        return krc;
     memset(res, 0, sizeof(*res));
     uint32_t np = (uint32_t)(n_tokens / t->ps);
     struct rnode *root = ns_root(t, ns);
