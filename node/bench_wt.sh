@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # node/bench_wt.sh - write-through throughput of kvnode against `kvbench read`, side by side.
-#   [PPI=64] [BIG=64M] [WTBENCH=other kvn-wtbench] node/bench_wt.sh BUILD_DIR [ROUNDS] [PAGE_BYTES] [TRANSPORTS...]
+#   [PPI=64] [BIG=64M] [WTBENCH=other kvn-wtbench] [WTARGS=...] node/bench_wt.sh BUILD_DIR [ROUNDS] [PAGE_BYTES] [TRANSPORTS...]
 # For each transport and round: kvbench read (server + client, -s PAGE_BYTES -q 16), then a
 # kvnode whose L1 is an engine in another process (kvn-wtbench --engine: the production
 # path), then a kvnode with its own --l1 stand-in (loopback in one process). Prints one line
@@ -12,6 +12,7 @@ set -uo pipefail
 PPI=${PPI:-64} # pages per insert (64 pages of 16 tokens: a 1024-token prompt)
 BIG=${BIG:-64M}
 WTB=${WTBENCH:-} # another kvn-wtbench binary (A/B runs); default: BUILD_DIR's
+WTARGS=${WTARGS:-} # extra kvn-wtbench args for the engine runs, e.g. "--engine-mem mmap --engine-poll busy"
 B=${1:?build dir}; R=${2:-3}; PB=${3:-1M}; shift 3 2>/dev/null || shift $#
 WTB=${WTB:-$B/node/kvn-wtbench}
 TS=("$@"); [ ${#TS[@]} -eq 0 ] && TS=(ofi+tcp ofi+shm ucx+tcp ucx+sm)
@@ -32,7 +33,7 @@ for T in "${TS[@]}"; do
     "$B/node/kvnode" --listen tcp://127.0.0.1:17605 --events tcp://127.0.0.1:17606 --transport "$T" \
       --page-size 16 --page-bytes "$PB" --host-pool 256M --no-hugepages --log-level warn & K=$!
     sleep 1
-    en=$("$WTB" -c tcp://127.0.0.1:17605 --rounds 5 --pages-per-insert "$PPI" --engine 128 --json)
+    en=$("$WTB" -c tcp://127.0.0.1:17605 --rounds 5 --pages-per-insert "$PPI" --engine 128 $WTARGS --json)
     kill -TERM $K; wait $K
     "$B/node/kvnode" --listen tcp://127.0.0.1:17605 --events tcp://127.0.0.1:17606 --transport "$T" \
       --page-size 16 --page-bytes "$PB" --host-pool 256M --l1 128M --no-hugepages --log-level warn & K=$!

@@ -14,12 +14,15 @@
  *
  * A round inserts new sequences (no shared prefix) into every L1 slot, waits
  * until every write-through job is acknowledged, then resets the index (not
- * timed). Time is measured from the first insert of a round to the stats
- * reply that shows no job pending.
+ * timed). --warmup N (default 1) rounds run first and are not counted: the
+ * first touch of every page (page faults, the node mapping the engine's UCX
+ * segment) is not the copy rate (kvbench warms up too). Time is measured from the first insert of a
+ * round to the stats reply that shows no job pending.
  */
 #include <getopt.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/mman.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +37,8 @@ struct engine {
     struct kvn_xport_mr *mr;
     void *l1; /* kvn_xport_mem_alloc */
     size_t l1_len;
-    int passive; /* sleep on the wait fd instead of busy-polling */
+    int passive;   /* sleep on the wait fd instead of busy-polling */
+    int plain_mem; /* L1 from mmap instead of kvn_xport_mem_alloc */
     atomic_int stop;
     pthread_t th;
 };
@@ -69,8 +73,14 @@ static int engine_start(struct engine *g, struct kvn_client *c, const char *tran
     /* the memory the domain is best at (UCX-allocated on ucx: one-copy RMA over ucx+sm), as an
      * engine that registers its GPU/host L1 with the transport would use */
     void *l1;
-    if ((rc = kvn_xport_mem_alloc(g->x, len, &l1, e)) < 0)
+    if (g->plain_mem) { /* --engine-mem mmap: caller memory, for A/B runs */
+        l1 = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1,
+                  0);
+        if (l1 == MAP_FAILED)
+            return kvn_err_set(e, -ENOMEM, "mmap of %zu bytes", len);
+    } else if ((rc = kvn_xport_mem_alloc(g->x, len, &l1, e)) < 0) {
         return rc;
+    }
     g->l1 = l1;
     g->l1_len = len;
     memset(l1, 0x5a, len);
@@ -117,18 +127,21 @@ static uint64_t stat_u64(struct kvn_client *c, const char *k)
 int main(int argc, char **argv)
 {
     const char *ep = "tcp://127.0.0.1:7100";
-    int rounds = 5, json = 0;
+    int rounds = 5, json = 0, warmup = 1;
     uint32_t ppi = 16, engine_slots = 0;
     const char *engine_poll = "auto";
+    int plain_mem = 0;
     static const struct option opts[] = {{"connect", required_argument, NULL, 'c'},
                                          {"rounds", required_argument, NULL, 'r'},
                                          {"pages-per-insert", required_argument, NULL, 'p'},
                                          {"json", no_argument, NULL, 'j'},
                                          {"engine", required_argument, NULL, 'e'},
                                          {"engine-poll", required_argument, NULL, 'P'},
+                                         {"engine-mem", required_argument, NULL, 'M'},
+                                         {"warmup", required_argument, NULL, 'W'},
                                          {NULL, 0, NULL, 0}};
     int o;
-    while ((o = getopt_long(argc, argv, "c:r:p:je:P:", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, "c:r:p:je:P:M:W:", opts, NULL)) != -1) {
         switch (o) {
         case 'c':
             ep = optarg;
@@ -148,9 +161,21 @@ int main(int argc, char **argv)
         case 'P':
             engine_poll = optarg;
             break;
+        case 'W':
+            warmup = atoi(optarg);
+            break;
+        case 'M':
+            if (strcmp(optarg, "domain") && strcmp(optarg, "mmap")) {
+                fprintf(stderr, "kvn-wtbench: --engine-mem is domain or mmap\n");
+                return 2;
+            }
+            plain_mem = !strcmp(optarg, "mmap");
+            break;
         default:
-            fprintf(stderr, "usage: kvn-wtbench [-c EP] [--rounds N] [--pages-per-insert P] "
-                            "[--engine SLOTS] [--engine-poll auto|busy|wait] [--json]\n");
+            fprintf(stderr,
+                    "usage: kvn-wtbench [-c EP] [--rounds N] [--warmup N] [--pages-per-insert P] "
+                    "[--engine SLOTS] [--engine-poll auto|busy|wait] [--engine-mem domain|mmap] "
+                    "[--json]\n");
             return 2;
         }
     }
@@ -158,8 +183,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "kvn-wtbench: --engine-poll is auto, busy or wait\n");
         return 2;
     }
-    if (rounds < 1 || ppi < 1) {
-        fprintf(stderr, "kvn-wtbench: --rounds and --pages-per-insert must be >= 1\n");
+    if (rounds < 1 || ppi < 1 || warmup < 0 || warmup > 1000 || rounds > 100000) {
+        fprintf(stderr, "kvn-wtbench: --rounds and --pages-per-insert must be >= 1, --warmup "
+                        "0..1000\n");
         return 2;
     }
     struct kvn_client *c;
@@ -185,6 +211,7 @@ int main(int argc, char **argv)
     struct engine g = {0};
     g.passive = !strcmp(engine_poll, "wait") ||
                 (!strcmp(engine_poll, "auto") && !strcmp(transport, "ucx+sm"));
+    g.plain_mem = plain_mem;
     if (engine_slots) {
         if (engine_start(&g, c, transport, pb, engine_slots, &e) < 0) {
             fprintf(stderr, "kvn-wtbench: engine on %s: %s\n", transport, e.msg);
@@ -203,8 +230,14 @@ int main(int argc, char **argv)
     if (!toks || !sl)
         return 1;
     double busy = 0;
-    uint64_t b0 = stat_u64(c, "bytes_to_l2"), acks0 = stat_u64(c, "acks_ok");
-    for (int rd = 0; rd < rounds; rd++) {
+    uint64_t b0 = 0, acks0 = 0;
+    /* warmup rounds first, not counted: the first touch of every page (the node mapping the
+     * engine's UCX segment, page faults in L1 and pool) is not the copy rate */
+    for (int rd = 0; rd < warmup + rounds; rd++) {
+        if (rd == warmup) {
+            b0 = stat_u64(c, "bytes_to_l2");
+            acks0 = stat_u64(c, "acks_ok");
+        }
         if (kvn_client_reset(c, &e) < 0) {
             fprintf(stderr, "kvn-wtbench: reset: %s\n", e.msg);
             return 1;
@@ -224,7 +257,8 @@ int main(int argc, char **argv)
         }
         while (stat_u64(c, "pending_jobs") != 0)
             nanosleep(&(struct timespec){0, 200000}, NULL); /* do not crowd the node's loop */
-        busy += now_s() - t0;
+        if (rd >= warmup)
+            busy += now_s() - t0;
     }
     uint64_t bytes = stat_u64(c, "bytes_to_l2") - b0;
     uint64_t acks = stat_u64(c, "acks_ok") - acks0;
@@ -232,12 +266,15 @@ int main(int argc, char **argv)
     uint64_t failed = stat_u64(c, "jobs_failed"), skipped = stat_u64(c, "backups_skipped");
     double gbps = bytes / busy / 1e9;
     if (json)
-        printf("{\"mode\":\"%s\",\"page_bytes\":%" PRIu64 ",\"bytes\":%" PRIu64
-               ",\"seconds\":%.6f,\"gbps\":%.4f,"
+        printf("{\"mode\":\"%s\",\"engine_mem\":\"%s\",\"warmup\":%d,\"page_bytes\":%" PRIu64
+               ",\"bytes\":%" PRIu64 ",\"seconds\":%.6f,\"gbps\":%.4f,"
                "\"acks\":%" PRIu64 ",\"jobs_failed\":%" PRIu64 ",\"backups_skipped\":%" PRIu64
                ",\"ack_to_publish_p50_us\":%" PRIu64 ",\"ack_to_publish_p99_us\":%" PRIu64 "}\n",
-               engine_slots ? (g.passive ? "engine-wait" : "engine") : "loopback", pb, bytes, busy,
-               gbps, acks, failed, skipped, p50, p99);
+               engine_slots ? (g.passive ? "engine-wait" : "engine") : "loopback",
+               !engine_slots ? "node"
+               : plain_mem   ? "mmap"
+                             : "domain",
+               warmup, pb, bytes, busy, gbps, acks, failed, skipped, p50, p99);
     else
         printf("page_bytes %" PRIu64 "  bytes %" PRIu64 "  %.3f s  %.3f GB/s  acks %" PRIu64
                "  failed %" PRIu64 "  ack->publish p50 %" PRIu64 " us p99 %" PRIu64 " us\n",
@@ -249,7 +286,10 @@ int main(int argc, char **argv)
         atomic_store(&g.stop, 1);
         pthread_join(g.th, NULL);
         kvn_xport_mr_dereg(g.mr, NULL);
-        kvn_xport_mem_free(g.x, g.l1, g.l1_len, NULL);
+        if (g.plain_mem)
+            munmap(g.l1, g.l1_len);
+        else
+            kvn_xport_mem_free(g.x, g.l1, g.l1_len, NULL);
         kvn_xport_close(g.x);
     }
     return 0;
