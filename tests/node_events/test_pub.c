@@ -173,6 +173,17 @@ static int run_consumer(struct consumer *c, struct kvn_events_pub *pub, uint32_t
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+/* start_consumer + run_consumer; fails the test unless the consumer exits 0. */
+static void consume(struct kvn_events_pub *pub, const char *topic, bool replay, uint32_t from,
+                    uint32_t live, char *summary, size_t cap)
+{
+    struct consumer c;
+    start_consumer(&c, pub, topic, replay);
+    int rc = run_consumer(&c, pub, from, live, summary, cap);
+    if (rc != 0)
+        fail_msg("consumer failed (%d): %s", rc, summary);
+}
+
 static void expect_in(const char *summary, const char *needle)
 {
     if (!strstr(summary, needle))
@@ -205,12 +216,8 @@ static void test_consumer_replay_and_live(void **state)
     (void)state;
     struct kvn_events_pub *pub = make_pub(KVN_EVENTS_FORMAT_ARRAY, 0, "", false);
     publish(pub, 0, 12);
-    struct consumer c;
-    start_consumer(&c, pub, "", true);
     char summary[4096];
-    int rc = run_consumer(&c, pub, 12, 30, summary, sizeof(summary));
-    if (rc != 0)
-        fail_msg("consumer failed (%d): %s", rc, summary);
+    consume(pub, "", true, 12, 30, summary, sizeof(summary));
     expect_in(summary, "\"batches\": 42");
     expect_in(summary, "\"last_seq\": 41");
     expect_in(summary, "\"gaps\": 0");
@@ -242,12 +249,8 @@ static void test_consumer_history_bound(void **state)
     struct kvn_events_pub_stats st;
     kvn_events_pub_get_stats(pub, &st);
     assert_int_equal(st.history, 8);
-    struct consumer c;
-    start_consumer(&c, pub, "", true);
     char summary[4096];
-    int rc = run_consumer(&c, pub, 20, 5, summary, sizeof(summary));
-    if (rc != 0)
-        fail_msg("consumer failed (%d): %s", rc, summary);
+    consume(pub, "", true, 20, 5, summary, sizeof(summary));
     expect_in(summary, "\"batches\": 13");
     expect_in(summary, "\"last_seq\": 24");
     expect_in(summary, "\"gaps\": 0");
@@ -268,12 +271,8 @@ static void test_consumer_map_topic(void **state)
     (void)state;
     struct kvn_events_pub *pub = make_pub(KVN_EVENTS_FORMAT_MAP, 0, "kv@node1", true);
     publish(pub, 0, 4);
-    struct consumer c;
-    start_consumer(&c, pub, "kv@node1", true);
     char summary[4096];
-    int rc = run_consumer(&c, pub, 4, 6, summary, sizeof(summary));
-    if (rc != 0)
-        fail_msg("consumer failed (%d): %s", rc, summary);
+    consume(pub, "kv@node1", true, 4, 6, summary, sizeof(summary));
     expect_in(summary, "\"batches\": 10");
     expect_in(summary, "\"last_seq\": 9");
     expect_in(summary, "\"errors\": []");
@@ -293,12 +292,8 @@ static void test_consumer_live_only(void **state)
     struct kvn_err err;
     assert_int_equal(kvn_events_handle_replay(pub, &err), -ENOTSUP);
     publish(pub, 0, 3); /* before anybody listens: gone */
-    struct consumer c;
-    start_consumer(&c, pub, "", false);
     char summary[4096];
-    int rc = run_consumer(&c, pub, 3, 7, summary, sizeof(summary));
-    if (rc != 0)
-        fail_msg("consumer failed (%d): %s", rc, summary);
+    consume(pub, "", false, 3, 7, summary, sizeof(summary));
     expect_in(summary, "\"batches\": 7");
     expect_in(summary, "\"last_seq\": 9");
     kvn_events_pub_destroy(pub);
