@@ -25,6 +25,16 @@
 #include "node/kvnode_client.h"
 #include "proc_harness.h"
 
+/* argv: KVNODE KVCTL [TRANSPORT] (into *transport when given); -1 (exit 2) when too short. */
+static __attribute__((unused)) int ch_args(int argc, char **argv, const char **transport)
+{
+    if (th_args(argc, argv, 3, "KVNODE KVCTL [TRANSPORT]") < 0)
+        return -1;
+    if (argc > 3)
+        *transport = argv[3];
+    return 0;
+}
+
 /* A port base below Linux's ephemeral range (32768+), where outgoing connections take ports. */
 static __attribute__((unused)) int ch_port_base(void)
 {

@@ -34,13 +34,6 @@ static const char *g_transport = "ofi+tcp";
 
 static const int32_t g_toks[6] = {501, 502, 503, 504, 505, 506};
 
-static int teardown(void **state)
-{
-    (void)state;
-    th_kill_all();
-    return 0;
-}
-
 static void pk_s(msgpack_packer *pk, const char *s)
 {
     msgpack_pack_str(pk, strlen(s));
@@ -304,18 +297,12 @@ static void test_lying_peer(void **state)
 
 int main(int argc, char **argv)
 {
-    if (argc < 3) {
-        fprintf(stderr, "usage: %s KVNODE KVCTL [TRANSPORT]\n", argv[0]);
+    if (ch_args(argc, argv, &g_transport) < 0)
         return 2;
-    }
-    TH.kvnode = argv[1];
-    TH.kvctl = argv[2];
-    if (argc > 3)
-        g_transport = argv[3];
     if (th_tmpdir_make("/tmp/kvn-badpeer-XXXXXX") < 0)
         return 1;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_lying_peer, teardown),
+        cmocka_unit_test_teardown(test_lying_peer, th_teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     if (rc == 0 && th_tmpdir_remove() < 0)

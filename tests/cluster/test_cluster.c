@@ -25,13 +25,6 @@ static const char *g_transport = "ofi+tcp";
 
 #define PS 2 /* tokens per page */
 
-static int teardown(void **state)
-{
-    (void)state;
-    th_kill_all();
-    return 0;
-}
-
 /*
  * Starts nodes[0..n): node 0 with --cluster, node i with --peer of every earlier node (node 0
  * learns the later ones from their hellos).  extra[i] (may be NULL) adds flags to node i.
@@ -434,21 +427,15 @@ static void test_bad_input(void **state)
 
 int main(int argc, char **argv)
 {
-    if (argc < 3) {
-        fprintf(stderr, "usage: %s KVNODE KVCTL [TRANSPORT]\n", argv[0]);
+    if (ch_args(argc, argv, &g_transport) < 0)
         return 2;
-    }
-    TH.kvnode = argv[1];
-    TH.kvctl = argv[2];
-    if (argc > 3)
-        g_transport = argv[3];
     if (th_tmpdir_make("/tmp/kvn-cluster-XXXXXX") < 0)
         return 1;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_replication, teardown),
-        cmocka_unit_test_teardown(test_fetch_push, teardown),
-        cmocka_unit_test_teardown(test_fetch_faults, teardown),
-        cmocka_unit_test_teardown(test_bad_input, teardown),
+        cmocka_unit_test_teardown(test_replication, th_teardown),
+        cmocka_unit_test_teardown(test_fetch_push, th_teardown),
+        cmocka_unit_test_teardown(test_fetch_faults, th_teardown),
+        cmocka_unit_test_teardown(test_bad_input, th_teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     if (rc == 0 && th_tmpdir_remove() < 0)

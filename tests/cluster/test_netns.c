@@ -105,13 +105,6 @@ static int netns_setup(char *why, size_t cap)
     return 0;
 }
 
-static int teardown(void **state)
-{
-    (void)state;
-    th_kill_all();
-    return 0;
-}
-
 static void start(struct th_node *n, int i, struct th_node *all, int n_prev)
 {
     ch_node_init(n, g_ip[i], g_ns[i], 7100);
@@ -234,14 +227,8 @@ static void test_netns_cluster(void **state)
 
 int main(int argc, char **argv)
 {
-    if (argc < 3) {
-        fprintf(stderr, "usage: %s KVNODE KVCTL [TRANSPORT]\n", argv[0]);
+    if (ch_args(argc, argv, &g_transport) < 0)
         return 2;
-    }
-    TH.kvnode = argv[1];
-    TH.kvctl = argv[2];
-    if (argc > 3)
-        g_transport = argv[3];
     if (geteuid() != 0) {
         printf("SKIP: network namespaces need root (euid %u)\n", (unsigned)geteuid());
         return 77;
@@ -266,7 +253,7 @@ int main(int argc, char **argv)
         return 1;
     }
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_netns_cluster, teardown),
+        cmocka_unit_test_teardown(test_netns_cluster, th_teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     th_kill_all();

@@ -120,6 +120,24 @@ int th_tmpdir_remove(void)
     return system(cmd) == 0 ? 0 : -1;
 }
 
+int th_args(int argc, char **argv, int min_argc, const char *usage)
+{
+    if (argc < min_argc) {
+        fprintf(stderr, "usage: %s %s\n", argv[0], usage);
+        return -1;
+    }
+    TH.kvnode = argv[1];
+    TH.kvctl = argv[2];
+    return 0;
+}
+
+int th_teardown(void **state)
+{
+    (void)state;
+    th_kill_all();
+    return 0;
+}
+
 int th_port_base(unsigned slots, int stride)
 {
     static unsigned salt;

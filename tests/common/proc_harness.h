@@ -61,6 +61,16 @@ int th_tmpdir_make(const char *template_);
 /* rm -rf TH.tmpdir; 0 or -1. */
 int th_tmpdir_remove(void);
 
+/*
+ * The integration tests' command line: argv[1] = kvnode, argv[2] = kvctl (into TH), then the
+ * caller's own.  With fewer than min_argc words, prints "usage: PROG usage" and returns -1 (the
+ * test exits 2); else 0.
+ */
+int th_args(int argc, char **argv, int min_argc, const char *usage);
+
+/* cmocka teardown fixture: th_kill_all(). */
+int th_teardown(void **state);
+
 /* A pseudo-random port base 20000 + k * stride, k < slots (different on every call). */
 int th_port_base(unsigned slots, int stride);
 

@@ -33,6 +33,19 @@ struct h_env {
 
 static struct h_env H;
 
+/* argv: KVNODE KVCTL CONSUMER_PY DUMP_PY, then usage_tail's; -1 (exit 2) when too short. */
+static __attribute__((unused)) int h_args(int argc, char **argv, const char *usage_tail)
+{
+    char usage[128];
+    snprintf(usage, sizeof(usage), "KVNODE KVCTL CONSUMER_PY DUMP_PY%s", usage_tail);
+    if (th_args(argc, argv, 5, usage) < 0)
+        return -1;
+    H.consumer = argv[3];
+    H.dump = argv[4];
+    H.python = "/usr/bin/python3";
+    return 0;
+}
+
 /*
  * Starts kvnode with extra flags (NULL-terminated), control/events/replay on
  * three fresh ports. Returns 0, -ENOTSUP when the transport is not available

@@ -412,15 +412,8 @@ static void test_no_l1_registered(void **state)
 
 int main(int argc, char **argv)
 {
-    if (argc < 5) {
-        fprintf(stderr, "usage: %s KVNODE KVCTL CONSUMER_PY DUMP_PY\n", argv[0]);
+    if (h_args(argc, argv, "") < 0)
         return 2;
-    }
-    TH.kvnode = argv[1];
-    TH.kvctl = argv[2];
-    H.consumer = argv[3];
-    H.dump = argv[4];
-    H.python = "/usr/bin/python3";
     if (th_tmpdir_make("/tmp/kvn_node_bad_XXXXXX") < 0)
         return 1;
     const struct CMUnitTest tests[] = {

@@ -25,13 +25,6 @@
 #include "th_cmocka.h"
 #include "transport/kvn_xport.h"
 
-static int teardown(void **state)
-{
-    (void)state;
-    th_kill_all();
-    return 0;
-}
-
 static cJSON *json_file(const char *path)
 {
     char *s = th_slurp(path);
@@ -604,34 +597,27 @@ static void test_bad_flags_exit_2(void **state)
 
 int main(int argc, char **argv)
 {
-    if (argc < 5) {
-        fprintf(stderr, "usage: %s KVNODE KVCTL CONSUMER_PY DUMP_PY\n", argv[0]);
+    if (h_args(argc, argv, "") < 0)
         return 2;
-    }
-    TH.kvnode = argv[1];
-    TH.kvctl = argv[2];
-    H.consumer = argv[3];
-    H.dump = argv[4];
-    H.python = "/usr/bin/python3";
     if (th_tmpdir_make("/tmp/kvn_node_test_XXXXXX") < 0)
         return 1;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_bad_flags_exit_2, teardown),
-        TH_TRANSPORT_TEST(test_race, ofi_tcp, "ofi+tcp", NULL, teardown),
-        TH_TRANSPORT_TEST(test_race, ofi_shm, "ofi+shm", NULL, teardown),
-        TH_TRANSPORT_TEST(test_race, ucx_tcp, "ucx+tcp", NULL, teardown),
-        TH_TRANSPORT_TEST(test_race, ucx_sm, "ucx+sm", NULL, teardown),
-        TH_TRANSPORT_TEST(test_race_map, ofi_tcp, "ofi+tcp", NULL, teardown),
-        TH_TRANSPORT_TEST(test_integrity, ofi_tcp, "ofi+tcp", NULL, teardown),
-        TH_TRANSPORT_TEST(test_integrity, ofi_shm, "ofi+shm", NULL, teardown),
-        TH_TRANSPORT_TEST(test_integrity, ucx_tcp, "ucx+tcp", NULL, teardown),
-        TH_TRANSPORT_TEST(test_integrity, ucx_sm, "ucx+sm", NULL, teardown),
-        cmocka_unit_test_teardown(test_sigterm_drains, teardown),
-        cmocka_unit_test_teardown(test_locks_and_leases, teardown),
-        cmocka_unit_test_teardown(test_kvctl_cli, teardown),
-        cmocka_unit_test_teardown(test_storage_tier, teardown),
-        TH_TRANSPORT_TEST(test_register_l1, ofi_tcp, "ofi+tcp", NULL, teardown),
-        TH_TRANSPORT_TEST(test_register_l1, ucx_tcp, "ucx+tcp", NULL, teardown),
+        cmocka_unit_test_teardown(test_bad_flags_exit_2, th_teardown),
+        TH_TRANSPORT_TEST(test_race, ofi_tcp, "ofi+tcp", NULL, th_teardown),
+        TH_TRANSPORT_TEST(test_race, ofi_shm, "ofi+shm", NULL, th_teardown),
+        TH_TRANSPORT_TEST(test_race, ucx_tcp, "ucx+tcp", NULL, th_teardown),
+        TH_TRANSPORT_TEST(test_race, ucx_sm, "ucx+sm", NULL, th_teardown),
+        TH_TRANSPORT_TEST(test_race_map, ofi_tcp, "ofi+tcp", NULL, th_teardown),
+        TH_TRANSPORT_TEST(test_integrity, ofi_tcp, "ofi+tcp", NULL, th_teardown),
+        TH_TRANSPORT_TEST(test_integrity, ofi_shm, "ofi+shm", NULL, th_teardown),
+        TH_TRANSPORT_TEST(test_integrity, ucx_tcp, "ucx+tcp", NULL, th_teardown),
+        TH_TRANSPORT_TEST(test_integrity, ucx_sm, "ucx+sm", NULL, th_teardown),
+        cmocka_unit_test_teardown(test_sigterm_drains, th_teardown),
+        cmocka_unit_test_teardown(test_locks_and_leases, th_teardown),
+        cmocka_unit_test_teardown(test_kvctl_cli, th_teardown),
+        cmocka_unit_test_teardown(test_storage_tier, th_teardown),
+        TH_TRANSPORT_TEST(test_register_l1, ofi_tcp, "ofi+tcp", NULL, th_teardown),
+        TH_TRANSPORT_TEST(test_register_l1, ucx_tcp, "ucx+tcp", NULL, th_teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     th_kill_all();

@@ -23,13 +23,6 @@
 
 static const char *g_transport = "ofi+tcp";
 
-static int teardown(void **state)
-{
-    (void)state;
-    th_kill_all();
-    return 0;
-}
-
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 static uint32_t rnd(uint32_t n)
 {
@@ -203,21 +196,14 @@ static void test_random_workload(void **state)
 
 int main(int argc, char **argv)
 {
-    if (argc < 5) {
-        fprintf(stderr, "usage: %s KVNODE KVCTL CONSUMER_PY DUMP_PY [TRANSPORT]\n", argv[0]);
+    if (h_args(argc, argv, " [TRANSPORT]") < 0)
         return 2;
-    }
-    TH.kvnode = argv[1];
-    TH.kvctl = argv[2];
-    H.consumer = argv[3];
-    H.dump = argv[4];
     if (argc > 5)
         g_transport = argv[5];
-    H.python = "/usr/bin/python3";
     if (th_tmpdir_make("/tmp/kvn_node_wl_XXXXXX") < 0)
         return 1;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_random_workload, teardown),
+        cmocka_unit_test_teardown(test_random_workload, th_teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     th_kill_all();
