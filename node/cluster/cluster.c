@@ -85,25 +85,27 @@ struct kvn_cluster {
 
 /* ---- small helpers -------------------------------------------------------------------- */
 
-static uint64_t mono_ms(void)
+static uint64_t clock_us(clockid_t id)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    clock_gettime(id, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
 static uint64_t mono_us(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    return clock_us(CLOCK_MONOTONIC);
 }
 
 static uint64_t real_us(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    return clock_us(CLOCK_REALTIME);
+}
+
+/* floor(us / 1000) is floor(ns / 1e6): the same milliseconds as reading them directly */
+static uint64_t mono_ms(void)
+{
+    return mono_us() / 1000u;
 }
 
 static void clog_(const struct kvn_cluster *c, int lvl, const char *fmt, ...)
