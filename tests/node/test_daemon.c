@@ -20,6 +20,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "engine_thread.h"
 #include "node/kvn_rpc.h"
 #include "node_harness.h"
 #include "th_cmocka.h"
@@ -451,26 +452,6 @@ static void test_storage_tier(void **state)
     assert_int_equal(th_node_stop(&n), 0);
 }
 
-/* An engine of our own: its L1 region in its own transport domain, progressed
- * by a thread as a separate engine process would. */
-struct engine {
-    struct kvn_xport *x;
-    atomic_int stop;
-    pthread_t th;
-};
-
-static void *engine_main(void *arg)
-{
-    struct engine *g = arg;
-    struct kvn_xport_cqe c[8];
-    while (!atomic_load(&g->stop)) {
-        struct kvn_err e;
-        kvn_xport_wait(g->x, 10, &e);
-        kvn_xport_poll(g->x, c, 8);
-    }
-    return NULL;
-}
-
 static void register_l1(const char *transport)
 {
     struct th_node n;
@@ -484,7 +465,9 @@ static void register_l1(const char *transport)
     assert_int_equal(rc, 0);
     struct kvn_err e;
     enum { SLOTS = 32, PB = 8192 };
-    struct engine g = {0};
+    /* an engine of our own: its L1 region in its own transport domain, progressed by a
+     * thread (th_engine) as a separate engine process would */
+    struct th_engine g = {0};
     assert_int_equal(kvn_xport_open(transport, NULL, &g.x, &e), 0);
     uint8_t *l1 = calloc(SLOTS, PB);
     assert_non_null(l1);
@@ -501,7 +484,7 @@ static void register_l1(const char *transport)
     struct kvn_client_reply *r;
     assert_int_equal(kvn_client_hello(n.c, &r, &e), 0);
     kvn_client_reply_free(r);
-    assert_int_equal(pthread_create(&g.th, NULL, engine_main, &g), 0);
+    assert_int_equal(th_engine_start(&g, g.x, false), 0);
 
     struct kvn_client_req q = {.op = KVN_RPC_REGISTER_L1,
                                .desc = desc,
@@ -543,8 +526,7 @@ static void register_l1(const char *transport)
         kvn_rpc_fill_pattern(want, PB, 5, sl[i]);
         assert_memory_equal(l1 + (size_t)back[i] * PB, want, PB);
     }
-    atomic_store(&g.stop, 1);
-    pthread_join(g.th, NULL);
+    th_engine_stop(&g);
     /* the engine dies: a write-through from its L1 fails, frees its L2 pages, publishes
      * nothing, and the node keeps serving (bounded by the transport's op timeout) */
     kvn_xport_close(g.x);

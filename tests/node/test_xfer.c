@@ -18,6 +18,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "engine_thread.h"
 #include "node/kvn_rpc.h"
 #include "node/xfer.h"
 #include "th_cmocka.h"
@@ -157,26 +158,6 @@ static void test_held_completions(void **state)
     kvn_host_pool_destroy(pool);
 }
 
-/* The engine's domain progresses on its own thread, as it would in its own process. */
-struct engine {
-    struct kvn_xport *x;
-    atomic_int stop;
-    pthread_t th;
-};
-
-static void *engine_main(void *arg)
-{
-    struct engine *g = arg;
-    struct kvn_xport_cqe c[8];
-    while (!atomic_load(&g->stop)) {
-        struct kvn_err e;
-        kvn_xport_wait(g->x, 10, &e);
-        kvn_xport_poll(g->x, c, 8);
-    }
-    kvn_xport_close(g->x); /* the engine dies */
-    return NULL;
-}
-
 static void test_dead_engine(void **state)
 {
     (void)state;
@@ -222,8 +203,10 @@ static void test_dead_engine(void **state)
     uint32_t slots[] = {2, 3}, pages[] = {7, 8};
     struct done_log d = {0};
     assert_int_equal(kvn_xfer_copy(x, KVN_XFER_TO_L2, 9, slots, pages, 2, &e), 0);
-    struct engine g = {.x = eng};
-    assert_int_equal(pthread_create(&g.th, NULL, engine_main, &g), 0);
+    /* the engine's domain progresses on its own thread, as it would in its own process;
+     * the thread closes it as it ends (the engine dies) */
+    struct th_engine g;
+    assert_int_equal(th_engine_start(&g, eng, true), 0);
     for (int i = 0; i < 400 && d.n < 1; i++) {
         struct pollfd pfd = {.fd = kvn_xfer_wait_fd(x), .events = POLLIN};
         if (!kvn_xfer_busy(x))
@@ -238,8 +221,7 @@ static void test_dead_engine(void **state)
         fail_msg("copy from the engine failed: %s", st0.last_error);
     assert_memory_equal(kvn_host_pool_page(pool, 7), l1 + 2 * PB, PB);
     /* the engine goes away: the next job fails (bounded by the op timeout) */
-    atomic_store(&g.stop, 1);
-    pthread_join(g.th, NULL);
+    th_engine_stop(&g);
     assert_int_equal(kvn_xfer_copy(x, KVN_XFER_TO_L2, 10, slots, pages, 2, &e), 0);
     /* bounded: the op timeout (2 s) turns the lost ops into error completions */
     for (int i = 0; i < 400 && d.n < 2; i++) {
