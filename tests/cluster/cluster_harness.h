@@ -131,4 +131,30 @@ static __attribute__((unused)) int ch_sums(struct th_node *n, const uint32_t *sl
     return rc == 0 && got == k ? 0 : -EPROTO;
 }
 
+/* The cluster tests run their nodes with --page-size 2. */
+#define CH_PS 2
+
+/* Sequence s of node i: pages of tokens (CH_PS a page) unique to (i, s). */
+static __attribute__((unused)) void ch_seq(int i, int s, int32_t *toks, uint32_t pages)
+{
+    for (uint32_t t = 0; t < pages * CH_PS; t++)
+        toks[t] = 100000 * (i + 1) + 1000 * s + (int32_t)t;
+}
+
+/* Node x sees exactly `want` remote CPU_PINNED pages for sequence (i, s) of `pages` pages
+ * (polled, bounded: ~250 x 20 ms). */
+static __attribute__((unused)) bool ch_sees(struct th_node *x, int i, int s, uint32_t pages,
+                                            uint64_t want)
+{
+    int32_t toks[64];
+    ch_seq(i, s, toks, pages);
+    for (int k = 0; k < 250; k++) {
+        uint64_t got = UINT64_MAX;
+        if (ch_match(x, toks, pages * CH_PS, &got, NULL) == 0 && got == want)
+            return true;
+        th_sleep_ms(20);
+    }
+    return false;
+}
+
 #endif /* CLUSTER_HARNESS_H */

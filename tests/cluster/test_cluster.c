@@ -23,7 +23,7 @@
 
 static const char *g_transport = "ofi+tcp";
 
-#define PS 2 /* tokens per page */
+#define PS CH_PS /* tokens per page */
 
 /*
  * Starts nodes[0..n): node 0 with --cluster, node i with --peer of every earlier node (node 0
@@ -69,19 +69,12 @@ static void start_cluster(struct th_node *nodes, int n, const char *const *extra
     fail_msg("could not find free ports");
 }
 
-/* Sequence s of node i: pages of tokens unique to (i, s). */
-static void seq(int i, int s, int32_t *toks, uint32_t pages)
-{
-    for (uint32_t t = 0; t < pages * PS; t++)
-        toks[t] = 100000 * (i + 1) + 1000 * s + (int32_t)t;
-}
-
 static void insert_seqs(struct th_node *n, int i, int nseq, uint32_t pages, uint32_t slot0)
 {
     int32_t toks[64];
     uint32_t slots[32];
     for (int s = 0; s < nseq; s++) {
-        seq(i, s, toks, pages);
+        ch_seq(i, s, toks, pages);
         for (uint32_t p = 0; p < pages; p++)
             slots[p] = slot0 + (uint32_t)s * pages + p;
         struct kvn_client_reply *r;
@@ -90,20 +83,6 @@ static void insert_seqs(struct th_node *n, int i, int nseq, uint32_t pages, uint
         kvn_client_reply_free(r);
     }
     assert_true(ch_quiesce(n));
-}
-
-/* Node x sees exactly `pages` remote CPU_PINNED pages for sequence (i, s). */
-static bool sees(struct th_node *x, int i, int s, uint32_t pages, uint64_t want)
-{
-    int32_t toks[64];
-    seq(i, s, toks, pages);
-    for (int k = 0; k < 250; k++) {
-        uint64_t got = UINT64_MAX;
-        if (ch_match(x, toks, pages * PS, &got, NULL) == 0 && got == want)
-            return true;
-        th_sleep_ms(20);
-    }
-    return false;
 }
 
 static void test_replication(void **state)
@@ -119,11 +98,11 @@ static void test_replication(void **state)
         assert_true(ch_wait_stat(&nd[x], "cluster_remote_blocks", 24, 500));
         for (int i = 0; i < 3; i++)
             for (int s = 0; s < 3; s++)
-                assert_true(sees(&nd[x], i, s, 4, i == x ? 0 : 4));
+                assert_true(ch_sees(&nd[x], i, s, 4, i == x ? 0 : 4));
     }
     /* a prefix query longer than what is stored reports the stored part */
     int32_t longer[12];
-    seq(1, 0, longer, 6);
+    ch_seq(1, 0, longer, 6);
     uint64_t rp;
     assert_int_equal(ch_match(&nd[0], longer, 12, &rp, NULL), 0);
     assert_int_equal(rp, 4);
@@ -138,8 +117,8 @@ static void test_replication(void **state)
         assert_true(ch_wait_stat(&nd[x], "cluster_remote_blocks", 12, 100));
         assert_true(th_stat(&nd[x], "cluster_peer_deaths") >= 1);
         for (int s = 0; s < 3; s++)
-            assert_true(sees(&nd[x], 1, s, 4, 0));
-        assert_true(sees(&nd[x], 2 - x, 0, 4, 4)); /* the survivor is still known */
+            assert_true(ch_sees(&nd[x], 1, s, 4, 0));
+        assert_true(ch_sees(&nd[x], 2 - x, 0, 4, 4)); /* the survivor is still known */
     }
     /* it returns on the same endpoints (a new incarnation) and stores again: relearned */
     ch_node_init(&nd[1], "127.0.0.1", NULL, port1);
@@ -170,12 +149,12 @@ static void test_replication(void **state)
     for (int x = 0; x < 3; x += 2) {
         assert_true(ch_wait_stat(&nd[x], "cluster_remote_blocks", 24, 500));
         for (int s = 0; s < 3; s++)
-            assert_true(sees(&nd[x], 1, s, 4, 4));
+            assert_true(ch_sees(&nd[x], 1, s, 4, 4));
     }
     /* the returned node learned the others' history by replay */
     assert_true(ch_wait_stat(&nd[1], "cluster_remote_blocks", 24, 500));
     for (int s = 0; s < 3; s++)
-        assert_true(sees(&nd[1], 0, s, 4, 4));
+        assert_true(ch_sees(&nd[1], 0, s, 4, 4));
     /* nothing malformed was applied anywhere, and everyone stops cleanly */
     for (int x = 0; x < 3; x++) {
         assert_int_equal(th_stat(&nd[x], "cluster_sub_malformed"), 0);
@@ -211,7 +190,7 @@ static void test_fetch_push(void **state)
     struct kvn_err e;
     /* A (node 0) computes 5 pages into L1 slots 0..4; write-through puts them in its pool */
     int32_t toks[10];
-    seq(0, 7, toks, 5);
+    ch_seq(0, 7, toks, 5);
     uint32_t src[5] = {0, 1, 2, 3, 4}, dst[5] = {30, 31, 32, 33, 34};
     fill(&nd[0], src, 5, 4242);
     struct kvn_client_reply *r;
@@ -221,7 +200,7 @@ static void test_fetch_push(void **state)
     uint64_t want[5], got[5];
     assert_int_equal(ch_sums(&nd[0], src, 5, want), 0);
     /* C (node 2) sees it remotely, fetches it into its pool, loads it into its L1 */
-    assert_true(sees(&nd[2], 0, 7, 5, 5));
+    assert_true(ch_sees(&nd[2], 0, 7, 5, 5));
     uint64_t free_before = th_stat(&nd[2], "l2_free");
     assert_int_equal(kvn_client_fetch(nd[2].c, toks, 10, 0, &r, &e), 0);
     uint64_t fetched = 0, bytes = 0, peer = 99;
@@ -250,7 +229,7 @@ static void test_fetch_push(void **state)
 
     /* push: A writes 3 fresh pages from L1 slots 10..12 into B, which inserts them */
     int32_t ptoks[6];
-    seq(0, 9, ptoks, 3);
+    ch_seq(0, 9, ptoks, 3);
     uint32_t psrc[3] = {10, 11, 12}, pdst[3] = {40, 41, 42};
     fill(&nd[0], psrc, 3, 777);
     uint64_t pwant[3], pgot[3];
@@ -290,13 +269,13 @@ static void test_fetch_faults(void **state)
     struct kvn_err e;
     struct kvn_client_reply *r = NULL;
     int32_t toks[8];
-    seq(0, 3, toks, 4);
+    ch_seq(0, 3, toks, 4);
     uint32_t src[4] = {0, 1, 2, 3};
     fill(&nd[0], src, 4, 11);
     assert_int_equal(kvn_client_insert(nd[0].c, toks, 8, src, 4, &r, &e), 0);
     kvn_client_reply_free(r);
     assert_true(ch_quiesce(&nd[0]));
-    assert_true(sees(&nd[2], 0, 3, 4, 4));
+    assert_true(ch_sees(&nd[2], 0, 3, 4, 4));
     uint64_t free_before = th_stat(&nd[2], "l2_free");
 
     /* lease of 50 ms, fetch holds 600 ms before unpinning: the owner expires the pin */
@@ -351,7 +330,7 @@ static void test_bad_input(void **state)
     struct kvn_err e;
     struct kvn_client_reply *r = NULL;
     int32_t toks[6];
-    seq(1, 1, toks, 3);
+    ch_seq(1, 1, toks, 3);
     uint64_t free0 = th_stat(&nd[1], "l2_free");
     /* push to a node that is no peer */
     assert_int_equal(kvn_client_push(nd[0].c, "tcp://127.0.0.1:1", toks, 6, NULL, 0, &r, &e),

@@ -32,7 +32,7 @@ static int g_root_ns = -1;
 static bool g_made;
 static const char *g_ipbin = "ip";
 
-#define PS 2
+#define PS CH_PS
 
 static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -124,30 +124,11 @@ static void start(struct th_node *n, int i, struct th_node *all, int n_prev)
     assert_int_equal(ch_node_start(n, argv), 0);
 }
 
-static void seq(int i, int s, int32_t *toks, uint32_t pages)
-{
-    for (uint32_t t = 0; t < pages * PS; t++)
-        toks[t] = 100000 * (i + 1) + 1000 * s + (int32_t)t;
-}
-
-static bool sees(struct th_node *x, int i, int s, uint32_t pages, uint64_t want)
-{
-    int32_t toks[64];
-    seq(i, s, toks, pages);
-    for (int k = 0; k < 250; k++) {
-        uint64_t got = UINT64_MAX;
-        if (ch_match(x, toks, pages * PS, &got, NULL) == 0 && got == want)
-            return true;
-        th_sleep_ms(20);
-    }
-    return false;
-}
-
 static void insert(struct th_node *n, int i, int s, uint32_t pages, uint32_t slot0, uint64_t seed)
 {
     int32_t toks[64];
     uint32_t slots[32];
-    seq(i, s, toks, pages);
+    ch_seq(i, s, toks, pages);
     for (uint32_t p = 0; p < pages; p++)
         slots[p] = slot0 + p;
     struct kvn_client_req f = {
@@ -175,11 +156,11 @@ static void test_netns_cluster(void **state)
         assert_true(ch_wait_stat(&nd[x], "cluster_remote_blocks", 16, 500));
         for (int i = 0; i < 3; i++)
             for (int s = 0; s < 2; s++)
-                assert_true(sees(&nd[x], i, s, 4, i == x ? 0 : 4));
+                assert_true(ch_sees(&nd[x], i, s, 4, i == x ? 0 : 4));
     }
     /* fetch across namespaces: c reads a's sequence 0, loads it, same bytes */
     int32_t toks[8];
-    seq(0, 0, toks, 4);
+    ch_seq(0, 0, toks, 4);
     uint32_t src[4] = {0, 1, 2, 3}, dst[4] = {60, 61, 62, 63};
     uint64_t want[4], got[4];
     assert_int_equal(ch_sums(&nd[0], src, 4, want), 0);
@@ -198,7 +179,7 @@ static void test_netns_cluster(void **state)
     assert_memory_equal(want, got, sizeof(want));
     /* push across namespaces: a's sequence 1 (L1 slots 4..7) into b */
     int32_t ptoks[8];
-    seq(0, 1, ptoks, 4);
+    ch_seq(0, 1, ptoks, 4);
     uint32_t psrc[4] = {4, 5, 6, 7};
     assert_int_equal(ch_sums(&nd[0], psrc, 4, want), 0);
     assert_int_equal(kvn_client_push(nd[0].c, nd[1].ctl, ptoks, 8, psrc, 4, &r, &e), 0);
@@ -212,15 +193,15 @@ static void test_netns_cluster(void **state)
     th_node_kill9(&nd[1]);
     for (int x = 0; x < 3; x += 2) {
         assert_true(ch_wait_stat(&nd[x], "cluster_peers_up", 1, 500));
-        assert_true(sees(&nd[x], 1, 0, 4, 0));
+        assert_true(ch_sees(&nd[x], 1, 0, 4, 0));
     }
     start(&nd[1], 1, nd, 1);
     for (int x = 0; x < 3; x++)
         assert_true(ch_wait_stat(&nd[x], "cluster_peers_up", 2, 500));
     insert(&nd[1], 1, 0, 4, 0, 7);
     for (int x = 0; x < 3; x += 2)
-        assert_true(sees(&nd[x], 1, 0, 4, 4));
-    assert_true(sees(&nd[1], 2, 1, 4, 4)); /* its replay of c's history */
+        assert_true(ch_sees(&nd[x], 1, 0, 4, 4));
+    assert_true(ch_sees(&nd[1], 2, 1, 4, 4)); /* its replay of c's history */
     for (int x = 0; x < 3; x++)
         assert_int_equal(th_node_stop(&nd[x]), 0);
 }
