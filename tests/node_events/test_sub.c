@@ -265,30 +265,61 @@ static void send_live(void *x, uint64_t seq, const uint8_t *p, size_t len, int n
     zmq_send(x, p, len, 0);
 }
 
+/* Batch b's payload sent live as seq (three frames, as the publisher sends them). */
+static void send_payload(void *x, uint64_t seq, uint32_t b)
+{
+    static uint8_t p[1 << 16];
+    size_t len = payload_of(b, p, sizeof(p));
+    send_live(x, seq, p, len, 3);
+}
+
+/*
+ * A subscriber (peer 1, index g) on a fake live stream x with the real publisher's replay
+ * channel: `joined` batches published (and applied to ref), the subscriber caught up by replay
+ * and subscribed to x.  The tests then send live batches themselves.
+ */
+struct fake_rig {
+    struct kvn_gindex *ref, *g;
+    struct kvn_events_pub *pub;
+    struct kvn_events_sub *s;
+    void *x;
+    char ep[256];
+};
+
+static void fake_rig_start(struct fake_rig *r, uint32_t joined, uint32_t max_pending)
+{
+    assert_int_equal(kvn_gindex_create(NULL, &r->ref, NULL), 0);
+    assert_int_equal(kvn_gindex_create(NULL, &r->g, NULL), 0);
+    r->pub = make_pub(0);
+    publish(r->pub, r->ref, 0, joined);
+    r->x = fake_pub(r->ep, sizeof(r->ep));
+    r->s = make_sub(r->g, 1, r->ep, kvn_events_replay_endpoint(r->pub), max_pending);
+    pump_until(r->pub, &r->s, 1, joined);
+    wait_subscribed(r->x, r->pub, r->s);
+}
+
+static void fake_rig_destroy(struct fake_rig *r)
+{
+    zmq_close(r->x);
+    kvn_events_sub_destroy(r->s);
+    kvn_events_pub_destroy(r->pub);
+    kvn_gindex_destroy(r->ref);
+    kvn_gindex_destroy(r->g);
+}
+
 /* seq 5 live, then 8 live: the gap 6..7 is replayed from the publisher's history. */
 static void test_gap_repaired_by_replay(void **state)
 {
     (void)state;
-    struct kvn_gindex *ref, *g;
-    assert_int_equal(kvn_gindex_create(NULL, &ref, NULL), 0);
-    assert_int_equal(kvn_gindex_create(NULL, &g, NULL), 0);
-    struct kvn_events_pub *pub = make_pub(0);
-    publish(pub, ref, 0, 5);
-    char ep[256];
-    void *x = fake_pub(ep, sizeof(ep));
-    struct kvn_events_sub *s = make_sub(g, 1, ep, kvn_events_replay_endpoint(pub), 0);
-    pump_until(pub, &s, 1, 5);
-    wait_subscribed(x, pub, s);
-    publish(pub, ref, 5, 10);
+    struct fake_rig r;
+    fake_rig_start(&r, 5, 0);
+    publish(r.pub, r.ref, 5, 10);
 
-    static uint8_t p[1 << 16];
-    size_t len = payload_of(5, p, sizeof(p));
-    send_live(x, 5, p, len, 3);
-    len = payload_of(8, p, sizeof(p));
-    send_live(x, 8, p, len, 3);
-    pump_until(pub, &s, 1, 10);
+    send_payload(r.x, 5, 5);
+    send_payload(r.x, 8, 8);
+    pump_until(r.pub, &r.s, 1, 10);
     struct kvn_events_sub_stats st;
-    kvn_events_sub_get_stats(s, &st);
+    kvn_events_sub_get_stats(r.s, &st);
     assert_int_equal(st.next_seq, 10);
     assert_int_equal(st.gaps, 1);
     assert_int_equal(st.replays_requested, 2); /* join + gap */
@@ -296,29 +327,24 @@ static void test_gap_repaired_by_replay(void **state)
     assert_int_equal(st.batches_applied, 10);
     assert_int_equal(st.lost, 0);
     assert_true(st.duplicates >= 1); /* the held 8 came again by replay */
-    assert_same_index(g, 1, ref, 0);
-    assert_same_index(ref, 0, g, 1);
+    assert_same_index(r.g, 1, r.ref, 0);
+    assert_same_index(r.ref, 0, r.g, 1);
 
     /* Live duplicates of old batches change nothing. */
-    len = payload_of(3, p, sizeof(p));
-    send_live(x, 3, p, len, 3);
+    send_payload(r.x, 3, 3);
     for (int i = 0; i < 200; i++) {
-        pump(pub, &s, 1, 10);
+        pump(r.pub, &r.s, 1, 10);
         struct kvn_events_sub_stats st2;
-        kvn_events_sub_get_stats(s, &st2);
+        kvn_events_sub_get_stats(r.s, &st2);
         if (st2.live_batches == 3)
             break;
     }
     struct kvn_events_sub_stats st3;
-    kvn_events_sub_get_stats(s, &st3);
+    kvn_events_sub_get_stats(r.s, &st3);
     assert_int_equal(st3.live_batches, 3);
     assert_int_equal(st3.duplicates, st.duplicates + 1);
     assert_int_equal(st3.next_seq, 10);
-    zmq_close(x);
-    kvn_events_sub_destroy(s);
-    kvn_events_pub_destroy(pub);
-    kvn_gindex_destroy(ref);
-    kvn_gindex_destroy(g);
+    fake_rig_destroy(&r);
     DONE();
 }
 
@@ -341,9 +367,7 @@ static void test_lost_history(void **state)
     wait_subscribed(x, pub, s);
 
     publish(pub, NULL, 10, 20); /* history 16..19 */
-    static uint8_t p[1 << 16];
-    size_t len = payload_of(19, p, sizeof(p));
-    send_live(x, 19, p, len, 3);
+    send_payload(x, 19, 19);
     pump_until(pub, &s, 1, 20);
     kvn_events_sub_get_stats(s, &st);
     assert_int_equal(st.lost, 12);
@@ -352,8 +376,7 @@ static void test_lost_history(void **state)
 
     /* A live batch far ahead of what the publisher has: the replay brings nothing, so the
      * missing range is declared lost and the held batch applies. */
-    len = payload_of(31, p, sizeof(p));
-    send_live(x, 30, p, len, 3);
+    send_payload(x, 30, 31);
     pump_until(pub, &s, 1, 31);
     kvn_events_sub_get_stats(s, &st);
     assert_int_equal(st.lost, 22);
@@ -537,42 +560,27 @@ static void test_map_topic_converge(void **state)
 static void test_gap_burst_small_hold(void **state)
 {
     (void)state;
-    struct kvn_gindex *ref, *g;
-    assert_int_equal(kvn_gindex_create(NULL, &ref, NULL), 0);
-    assert_int_equal(kvn_gindex_create(NULL, &g, NULL), 0);
-    struct kvn_events_pub *pub = make_pub(0);
-    publish(pub, ref, 0, 2);
-    char ep[256];
-    void *x = fake_pub(ep, sizeof(ep));
-    struct kvn_events_sub *s = make_sub(g, 1, ep, kvn_events_replay_endpoint(pub), 1);
-    pump_until(pub, &s, 1, 2);
-    wait_subscribed(x, pub, s);
-    publish(pub, ref, 2, 10);
-    static uint8_t p[1 << 16];
-    for (uint64_t q = 4; q < 8; q++) {
-        size_t len = payload_of((uint32_t)q, p, sizeof(p));
-        send_live(x, q, p, len, 3);
-    }
-    pump_until(pub, &s, 1, 10);
+    struct fake_rig r;
+    fake_rig_start(&r, 2, 1);
+    publish(r.pub, r.ref, 2, 10);
+    for (uint64_t q = 4; q < 8; q++)
+        send_payload(r.x, q, (uint32_t)q);
+    pump_until(r.pub, &r.s, 1, 10);
     /* Let every live message arrive (bounded) before reading the counters. */
     struct kvn_events_sub_stats st;
     for (int i = 0; i < 200; i++) {
-        kvn_events_sub_get_stats(s, &st);
+        kvn_events_sub_get_stats(r.s, &st);
         if (st.live_batches == 4)
             break;
-        pump(pub, &s, 1, 10);
+        pump(r.pub, &r.s, 1, 10);
     }
     assert_int_equal(st.live_batches, 4);
     assert_int_equal(st.next_seq, 10);
     assert_int_equal(st.lost, 0);
     assert_true(st.pending_dropped + st.duplicates >= 3);
-    assert_same_index(g, 1, ref, 0);
-    assert_same_index(ref, 0, g, 1);
-    zmq_close(x);
-    kvn_events_sub_destroy(s);
-    kvn_events_pub_destroy(pub);
-    kvn_gindex_destroy(ref);
-    kvn_gindex_destroy(g);
+    assert_same_index(r.g, 1, r.ref, 0);
+    assert_same_index(r.ref, 0, r.g, 1);
+    fake_rig_destroy(&r);
     DONE();
 }
 
