@@ -47,8 +47,10 @@
  * reports FI_ORDER_WAW; deferred mode is off without it), so the
  * delivery-complete acknowledgement of a part confirms every part posted
  * to that peer before it.  Each write part gets a per-peer sequence number;
- * only the last part of every OFI_DC_EVERY-th part carries
- * FI_DELIVERY_COMPLETE.  A write whose other parts all completed locally
+ * a write's last part carries FI_DELIVERY_COMPLETE once OFI_DC_EVERY parts
+ * or OFI_DC_BYTES bytes passed since the previous one (so large writes keep
+ * acknowledgements flowing while the rest of the window is on the wire,
+ * and small ones share one).  A write whose other parts all completed locally
  * (sent) is *held* (not reported) until a delivery-complete part with a
  * higher sequence number completes:
  *
@@ -103,6 +105,7 @@
 #define OFI_MAX_IOV     16u
 #define OFI_CQ_BATCH    64
 #define OFI_DC_EVERY    16u /* rxm: one delivery-complete part per this many */
+#define OFI_DC_BYTES    (2ull << 20) /* ... or per this many bytes */
 
 /* op->backend[] slots used by this backend */
 #define OB_SLOT  0 /* SEND: tx buffer slot */
@@ -221,6 +224,7 @@ struct ofi_peer {
     /* deferred delivery (rxm) */
     uint64_t seq;                         /* write parts submitted */
     uint32_t run;                         /* parts since the last DC part */
+    uint64_t run_bytes;                   /* bytes since the last DC part */
     uint32_t dc_out;                      /* DC parts submitted, not completed */
     struct xport_op *held_head, *held_tail; /* sent, awaiting a DC ack */
 };
@@ -1065,13 +1069,16 @@ static int part_submit(struct ofi_domain *d, struct ofi_peer *p, struct xport_op
         op->backend[OB_DESC] = (uint64_t)(uintptr_t)desc[n - 1];
         op->backend[OB_RADDR] = raddr + len - 1;
         op->backend[OB_KEY] = key;
-        if (++p->run >= OFI_DC_EVERY)
+        p->run_bytes += len;
+        if (++p->run >= OFI_DC_EVERY || p->run_bytes >= OFI_DC_BYTES)
             dc = dc_get(d, op, seq); /* NULL (pool empty): a confirm follows */
     } else {
         p->run++;
+        p->run_bytes += len;
     }
     if (dc) {
         p->run = 0;
+        p->run_bytes = 0;
         p->dc_out++;
     }
     int rc = part_submit_ctx(d, p, op, dc ? (void *)dc : (void *)op,
@@ -1374,6 +1381,7 @@ static int maybe_confirm(struct ofi_domain *d, struct ofi_peer *pp, char *msg, s
     }
     pp->seq++;
     pp->run = 0;
+    pp->run_bytes = 0;
     pp->dc_out++;
     op->parts++;
     struct iovec iov = {.iov_base = (void *)(uintptr_t)op->backend[OB_SRC], .iov_len = 1};
