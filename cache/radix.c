@@ -1560,8 +1560,7 @@ static void touch(struct kvn_radix *t, struct rnode *n, uint64_t now)
  * reserved namespace, at most UINT32_MAX tokens and, with whole_pages, a multiple of page_size.
  */
 static inline int check_key(const struct kvn_radix *t, uint64_t ns, const int32_t *tokens,
-                            size_t n_tokens, bool whole_pages, struct kvn_err *err,
-                            const char *who)
+                            size_t n_tokens, bool whole_pages, struct kvn_err *err, const char *who)
 {
     if (!tokens && n_tokens > 0)
         return kvn_err_set(err, -EINVAL, "%s: tokens is NULL", who);

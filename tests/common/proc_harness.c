@@ -175,8 +175,7 @@ static unsigned node_exited(struct th_node *n)
     return why;
 }
 
-int th_node_launch(struct th_node *n, const char *const extra[], int work_timeout_ms,
-                   unsigned *why)
+int th_node_launch(struct th_node *n, const char *const extra[], int work_timeout_ms, unsigned *why)
 {
     if (why)
         *why = 0;

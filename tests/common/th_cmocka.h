@@ -9,10 +9,10 @@
  * the transport string (e.g. "ofi+tcp") as its initial state, so fn reads it from *state.
  * Replaces one wrapper function per transport; the reported test names stay the same.
  */
-#define TH_TRANSPORT_TEST(fn, suffix, transport, setup, teardown)                                 \
+#define TH_TRANSPORT_TEST(fn, suffix, transport, setup, teardown)                                  \
     {                                                                                              \
-        .name = #fn "_" #suffix, .test_func = fn, .setup_func = setup, .teardown_func = teardown, \
-        .initial_state = (void *)(transport)                                                      \
+        .name = #fn "_" #suffix, .test_func = fn, .setup_func = setup, .teardown_func = teardown,  \
+        .initial_state = (void *)(transport)                                                       \
     }
 
 /* The transport a TH_TRANSPORT_TEST body runs with. */

@@ -271,7 +271,8 @@ int main(void)
         TH_TRANSPORT_TEST(test, ofi_shm, "ofi+shm", NULL, NULL),
         TH_TRANSPORT_TEST(test, ucx_tcp, "ucx+tcp", NULL, NULL),
         TH_TRANSPORT_TEST(test, ucx_sm, "ucx+sm", NULL, NULL),
-        cmocka_unit_test(test_held_completions), cmocka_unit_test(test_dead_engine),
+        cmocka_unit_test(test_held_completions),
+        cmocka_unit_test(test_dead_engine),
         cmocka_unit_test(test_bad_args),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
