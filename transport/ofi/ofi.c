@@ -34,13 +34,13 @@
  * target.  rxm/tcp completes a write once the data is sent unless it carries
  * FI_DELIVERY_COMPLETE, which costs an acknowledgement from the target per
  * write (measured 2-7x slower at 64 KiB with 16 in flight).  So over rxm
- * writes are *confirmed in batches* (see "Deferred delivery" below).  shm writes carry it only up to the
- * inject size (4 KiB), where shm would otherwise complete from its inject
- * buffer; larger ones go without it, so shm takes its CMA fast path (the
- * initiator's process_vm_writev, complete when it returns) or, without
- * CMA, a protocol that completes on the target's response - explicit
- * delivery-complete would force the slower target-copy path (measured
- * about 2x slower at 1 MiB).
+ * writes are *confirmed in batches* (see "Deferred delivery" below).
+ * shm writes carry it only up to the inject size (4 KiB), where shm would
+ * otherwise complete from its inject buffer; larger ones go without it, so
+ * shm takes its CMA fast path (the initiator's process_vm_writev, complete
+ * when it returns) or, without CMA, a protocol that completes on the
+ * target's response - explicit delivery-complete would force the slower
+ * target-copy path (measured about 2x slower at 1 MiB).
  *
  * Deferred delivery (rxm/tcp).  All writes of a peer travel in order on one
  * TCP connection and the target places them in stream order (the provider
@@ -50,9 +50,9 @@
  * a write's last part carries FI_DELIVERY_COMPLETE once OFI_DC_EVERY parts
  * or OFI_DC_BYTES bytes passed since the previous one (so large writes keep
  * acknowledgements flowing while the rest of the window is on the wire,
- * and small ones share one).  A write whose other parts all completed locally
- * (sent) is *held* (not reported) until a delivery-complete part with a
- * higher sequence number completes:
+ * and small ones share one).  A write whose other parts all completed
+ * locally (sent) is *held* (not reported) until a delivery-complete part
+ * with a higher sequence number completes:
  *
  *   seq   1    2    3 ... 15   16(DC)        held: 1..15 (sent)
  *                               ack(16) ───► report 1..16
@@ -104,18 +104,18 @@
 #define OFI_MAX_TX_BUFS 256u
 #define OFI_MAX_IOV     16u
 #define OFI_CQ_BATCH    64
-#define OFI_DC_EVERY    16u /* rxm: one delivery-complete part per this many */
+#define OFI_DC_EVERY    16u          /* rxm: one delivery-complete part per this many */
 #define OFI_DC_BYTES    (2ull << 20) /* ... or per this many bytes */
 
 /* op->backend[] slots used by this backend */
-#define OB_SLOT  0 /* SEND: tx buffer slot */
-#define OB_SEQ   1 /* deferred WRITE: sequence number of its last part */
-#define OB_NEXT  2 /* deferred WRITE: next held op (struct xport_op *) */
-#define OB_SRC   3 /* deferred WRITE: address of its last local byte */
-#define OB_DESC  4 /*                 its fi_mr_desc */
-#define OB_RADDR 5 /*                 remote address of its last byte */
-#define OB_KEY   6 /*                 remote key */
-#define OB_FLAGS 7 /* OBF_* */
+#define OB_SLOT   0    /* SEND: tx buffer slot */
+#define OB_SEQ    1    /* deferred WRITE: sequence number of its last part */
+#define OB_NEXT   2    /* deferred WRITE: next held op (struct xport_op *) */
+#define OB_SRC    3    /* deferred WRITE: address of its last local byte */
+#define OB_DESC   4    /*                 its fi_mr_desc */
+#define OB_RADDR  5    /*                 remote address of its last byte */
+#define OB_KEY    6    /*                 remote key */
+#define OB_FLAGS  7    /* OBF_* */
 #define OBF_DEFER 0x1u /* WRITE confirmed in batches (rxm) */
 
 /*
@@ -142,8 +142,8 @@ struct ofi_rx {
 struct ofi_pending {
     struct ofi_pending *next;
     struct xport_op *op;
-    void *ctx;      /* fi context: op, or a struct ofi_dc */
-    uint64_t flags; /* extra fi_writemsg flags (FI_DELIVERY_COMPLETE) */
+    void *ctx;                   /* fi context: op, or a struct ofi_dc */
+    uint64_t flags;              /* extra fi_writemsg flags (FI_DELIVERY_COMPLETE) */
     enum kvn_xport_op_kind kind; /* WRITE, READ or SEND */
     struct fid_ep *ep;
     fi_addr_t addr;
@@ -222,10 +222,10 @@ struct ofi_peer {
     bool hs_done;      /* a post succeeded: the provider reached the peer */
     int pid;           /* shm: the peer's process id (from its name), or 0 */
     /* deferred delivery (rxm) */
-    uint64_t seq;                         /* write parts submitted */
-    uint32_t run;                         /* parts since the last DC part */
-    uint64_t run_bytes;                   /* bytes since the last DC part */
-    uint32_t dc_out;                      /* DC parts submitted, not completed */
+    uint64_t seq;                           /* write parts submitted */
+    uint32_t run;                           /* parts since the last DC part */
+    uint64_t run_bytes;                     /* bytes since the last DC part */
+    uint32_t dc_out;                        /* DC parts submitted, not completed */
     struct xport_op *held_head, *held_tail; /* sent, awaiting a DC ack */
 };
 
@@ -1064,8 +1064,8 @@ static int part_submit(struct ofi_domain *d, struct ofi_peer *p, struct xport_op
     struct ofi_dc *dc = NULL;
     if (last) {
         op->backend[OB_SEQ] = seq;
-        op->backend[OB_SRC] = (uint64_t)(uintptr_t)((char *)iov[n - 1].iov_base +
-                                                    iov[n - 1].iov_len - 1);
+        op->backend[OB_SRC] =
+            (uint64_t)(uintptr_t)((char *)iov[n - 1].iov_base + iov[n - 1].iov_len - 1);
         op->backend[OB_DESC] = (uint64_t)(uintptr_t)desc[n - 1];
         op->backend[OB_RADDR] = raddr + len - 1;
         op->backend[OB_KEY] = key;
@@ -1081,9 +1081,8 @@ static int part_submit(struct ofi_domain *d, struct ofi_peer *p, struct xport_op
         p->run_bytes = 0;
         p->dc_out++;
     }
-    int rc = part_submit_ctx(d, p, op, dc ? (void *)dc : (void *)op,
-                             dc ? FI_DELIVERY_COMPLETE : 0, kind, iov, desc, n, raddr, len, key,
-                             msg, msgcap);
+    int rc = part_submit_ctx(d, p, op, dc ? (void *)dc : (void *)op, dc ? FI_DELIVERY_COMPLETE : 0,
+                             kind, iov, desc, n, raddr, len, key, msg, msgcap);
     if (rc && dc) {
         p->dc_out--;
         dc_put(d, dc);
@@ -1444,9 +1443,9 @@ static void part_finish(struct ofi_domain *d, void *ctx, int status, const char 
     bool hold = deferred && !is_dc && status == 0 && op->status == 0 && op->parts == 1;
     if (hold)
         held_push(pp, op);
-    bool peer_gone = !pp->base.connected || pp->base.failed ||
-                     status == -ECONNRESET || status == -ENOTCONN || status == -EPIPE ||
-                     status == -ECONNREFUSED || status == -ECONNABORTED || status == -EHOSTUNREACH;
+    bool peer_gone = !pp->base.connected || pp->base.failed || status == -ECONNRESET ||
+                     status == -ENOTCONN || status == -EPIPE || status == -ECONNREFUSED ||
+                     status == -ECONNABORTED || status == -EHOSTUNREACH;
     if (!peer_gone && pp->held_head) {
         int rc = maybe_confirm(d, pp, fmsg, sizeof(fmsg));
         if (rc < 0) {
