@@ -69,7 +69,9 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1210,6 +1212,31 @@ static void test_descriptor_rejected(void **state)
 
 /* ---- 6. a peer killed mid-transfer --------------------------------------------- */
 
+/*
+ * SIGKILLs target k.  A target of ofi+shm killed this way cannot unlink its
+ * shared-memory files (/dev/shm/<pid>:<n>:<m>, libfabric 1.17 names them by
+ * pid), and a later process that gets the same pid then fails fi_enable with
+ * -EBUSY; so the suite removes the files of the target it killed (reaped,
+ * so nobody maps them any more).
+ */
+static int kill_target(struct fx *f, int k)
+{
+    int st = conf_child_kill(&f->kid[k]);
+    if (strcmp(f->be->name, "ofi+shm") != 0 || f->kid[k].pid <= 0)
+        return st;
+    char prefix[32];
+    int plen = snprintf(prefix, sizeof(prefix), "%d:", (int)f->kid[k].pid);
+    DIR *dir = opendir("/dev/shm");
+    if (!dir)
+        return st;
+    struct dirent *e;
+    while ((e = readdir(dir)) != NULL)
+        if (strncmp(e->d_name, prefix, (size_t)plen) == 0)
+            unlinkat(dirfd(dir), e->d_name, 0);
+    closedir(dir);
+    return st;
+}
+
 #define KILL_OPS 64
 #define KILL_OPB (512 * 1024)
 
@@ -1248,7 +1275,7 @@ static void test_peer_killed_mid_transfer(void **state)
      * initiator's poll (shm's CMA, rxm's socket writes) still hold most ops. */
     size_t done_before = f->n_cq;
     int64_t t_kill = conf_now_ms();
-    assert_int_equal(conf_child_kill(&f->kid[0]), 128 + 9);
+    assert_int_equal(kill_target(f, 0), 128 + 9);
 
     /* Every op completes exactly once, within the bound. */
     fx_gather(f, KILL_OPS, t_kill + CONF_DEATH_BOUND_MS);
@@ -1325,7 +1352,7 @@ static void test_dead_peer_refused(void **state)
     conf_pattern_fill(f->buf, 4096, 1, 0);
     xfer(f, 0, KVN_XPORT_WRITE, 0, 0, 4096, 1);
     assert_int_equal(tgt_hash_fenced(f, 0, 0, 4096), conf_hash64(f->buf, 4096));
-    assert_int_equal(conf_child_kill(&f->kid[0]), 128 + 9);
+    assert_int_equal(kill_target(f, 0), 128 + 9);
 
     struct kvn_xport_sge sge[8];
     struct kvn_xport_op ops[8];
@@ -1974,36 +2001,20 @@ static uint32_t bw_run_paused(struct fx *f, struct bw_plan *b, uint64_t cookie0)
 
 #define BW_HELD 40
 
-static void test_disconnect_with_held_writes(void **state)
+/* After kvn_xport_disconnect(): every op of the plan completes exactly
+ * once, with success or -ECANCELED, and the successful ones are at the
+ * target.  Returns how many succeeded. */
+static uint32_t bw_after_disconnect(struct fx *f, struct bw_plan *b, uint64_t cookie0,
+                                    uint32_t before)
 {
-    struct fx *f = *state;
-    NEED_BACKEND(f);
-    size_t region = 1 * MiB;
-    fx_start(f, 1, &region, 1 * MiB, NULL);
-    struct bw_plan *b = fx_calloc(f, 1, sizeof(*b));
-    unsigned char *exp = fx_calloc(f, 1 * MiB, 1);
-    uint64_t len[BW_HELD];
-    for (uint32_t k = 0; k < BW_HELD; k++)
-        len[k] = bw_small_len(k, 9);
-    bw_plan(f, b, BW_HELD, len, 0, 800, 40000);
-    tgt_simple(f, 0, TGT_PAUSE);
-    bw_post(f, b, BW_HELD);
-    uint32_t before = bw_run_paused(f, b, 40000);
-
-    /* The target runs again before the disconnect (libfabric 1.17 shm
-     * crashes a target whose initiator endpoint closes under queued
-     * commands, see kvn_xport.h), but this side does not progress in
-     * between: on rxm the writes stay held, their confirm unread. */
-    tgt_send(f, 0, TGT_RESUME, NULL, 0);
-    kvn_xport_disconnect(f->peer[0]);
-    fx_gather(f, BW_HELD - before, conf_now_ms() + CONF_DEATH_BOUND_MS);
-    uint32_t after = bw_take_stashed(f, b, 40000, 0);
-    if (before + after != BW_HELD)
-        fail_msg("%s: %u of %d WRITEs completed after a disconnect (%u outstanding)", f->be->uri,
-                 before + after, BW_HELD, kvn_xport_outstanding(f->x));
+    fx_gather(f, b->n - before, conf_now_ms() + CONF_DEATH_BOUND_MS);
+    uint32_t after = bw_take_stashed(f, b, cookie0, 0);
+    if (before + after != b->n)
+        fail_msg("%s: %u of %u WRITEs completed after a disconnect (%u outstanding)", f->be->uri,
+                 before + after, b->n, kvn_xport_outstanding(f->x));
     assert_int_equal(kvn_xport_outstanding(f->x), 0);
     uint32_t n_ok = 0;
-    for (uint32_t k = 0; k < BW_HELD; k++) {
+    for (uint32_t k = 0; k < b->n; k++) {
         if (b->status[k] != 0 && b->status[k] != -ECANCELED)
             fail_msg("%s: WRITE %u after a disconnect: %s, expected success or -ECANCELED",
                      f->be->uri, k, kvn_err_name(b->status[k]));
@@ -2012,16 +2023,19 @@ static void test_disconnect_with_held_writes(void **state)
     for (int i = 0; i < 8; i++)
         fx_progress(f);
     assert_int_equal(f->n_cq, 0); /* never twice */
-    fx_expect_ok(f, 0);           /* of TGT_RESUME */
-    for (uint32_t k = 0; k < BW_HELD; k++)
+    return n_ok;
+}
+
+static void bw_verify_ok_ones(struct fx *f, struct bw_plan *b)
+{
+    for (uint32_t k = 0; k < b->n; k++)
         if (b->status[k] == 0)
             bw_check_at_target(f, b, k, "completed before the disconnect");
-    print_message("[  INFO    ] %s: disconnect with %d WRITEs to a paused target: %u done "
-                  "before, %u ok and %u canceled in all\n",
-                  f->be->uri, BW_HELD, before, n_ok, BW_HELD - n_ok);
+}
 
-    /* Reconnect: the domain works with the same target (a range the old
-     * connection never wrote, in case its writes still land). */
+/* Connects peer 0 again (the old handle goes with its rmr). */
+static void bw_reconnect(struct fx *f)
+{
     struct kvn_err err;
     kvn_err_clear(&err);
     kvn_xport_rmr_free(f->rmr[0]); /* releases the disconnected handle */
@@ -2033,7 +2047,67 @@ static void test_disconnect_with_held_writes(void **state)
     rc = kvn_xport_rmr_unpack(f->peer[0], f->desc[0], f->desc_len[0], &f->rmr[0], &err);
     if (rc < 0)
         fail_msg("%s: rmr_unpack after reconnect: %s", f->be->uri, err.msg);
-    bw_plan(f, b, BW_HELD, len, 512 * 1024, 801, 50000);
+}
+
+#define BW_ROUND_SPAN (128 * 1024) /* each round its own range: old writes may still land */
+
+static void test_disconnect_with_held_writes(void **state)
+{
+    struct fx *f = *state;
+    NEED_BACKEND(f);
+    size_t region = 1 * MiB;
+    fx_start(f, 1, &region, 1 * MiB, NULL);
+    struct bw_plan *b = fx_calloc(f, 1, sizeof(*b));
+    unsigned char *exp = fx_calloc(f, 1 * MiB, 1);
+    uint64_t len[BW_HELD];
+    for (uint32_t k = 0; k < BW_HELD; k++)
+        len[k] = bw_small_len(k, 9);
+
+    /* 1. Target paused: the writes are sent (rxm: held) but none can be
+     * confirmed.  The target runs again before the disconnect (libfabric
+     * 1.17 shm crashes a target whose initiator endpoint closes under
+     * queued commands, see kvn_xport.h), but this side does not progress
+     * in between: on rxm the writes stay held, their confirm unread. */
+    bw_plan(f, b, BW_HELD, len, 0, 800, 40000);
+    tgt_simple(f, 0, TGT_PAUSE);
+    bw_post(f, b, BW_HELD);
+    uint32_t before = bw_run_paused(f, b, 40000);
+    tgt_send(f, 0, TGT_RESUME, NULL, 0);
+    kvn_xport_disconnect(f->peer[0]);
+    uint32_t n_ok = bw_after_disconnect(f, b, 40000, before);
+    fx_expect_ok(f, 0); /* of TGT_RESUME */
+    bw_verify_ok_ones(f, b);
+    print_message("[  INFO    ] %s: disconnect with %d WRITEs to a paused target: %u done "
+                  "before, %u ok and %u canceled in all\n",
+                  f->be->uri, BW_HELD, before, n_ok, BW_HELD - n_ok);
+
+    /* 2. Target running, disconnected as soon as the first 1 / 17 / 33
+     * writes completed: on rxm the rest are held (sent, their confirm not
+     * polled yet) or in flight. */
+    static const uint32_t upto[] = {1, 17, 33, 1};
+    for (size_t r = 0; r < sizeof(upto) / sizeof(upto[0]); r++) {
+        uint64_t c0 = 41000 + r * 1000;
+        bw_reconnect(f);
+        bw_plan(f, b, BW_HELD, len, (r + 1) * BW_ROUND_SPAN, 810 + r, c0);
+        bw_post(f, b, r == 3 ? 1 : BW_HELD); /* last round: single-op posts */
+        int64_t deadline = conf_now_ms() + CONF_OP_MS;
+        before = 0;
+        while (before < upto[r] && conf_now_ms() <= deadline) {
+            if (fx_progress(f) == 0)
+                kvn_xport_wait(f->x, 2, NULL);
+            before += bw_take_stashed(f, b, c0, 0);
+        }
+        kvn_xport_disconnect(f->peer[0]);
+        n_ok = bw_after_disconnect(f, b, c0, before);
+        bw_verify_ok_ones(f, b);
+        print_message("[  INFO    ] %s: disconnect once %u WRITEs completed: %u of %d done "
+                      "before, %u ok and %u canceled in all\n",
+                      f->be->uri, upto[r], before, BW_HELD, n_ok, BW_HELD - n_ok);
+    }
+
+    /* 3. Reconnect: the domain works with the same target. */
+    bw_reconnect(f);
+    bw_plan(f, b, BW_HELD, len, 7 * BW_ROUND_SPAN, 801, 50000);
     bw_post(f, b, BW_HELD);
     bw_collect_ok(f, b, 50000, conf_now_ms() + CONF_OP_MS);
     bw_verify_span(f, b, exp);
@@ -2057,7 +2131,7 @@ static void test_target_killed_with_held_writes(void **state)
     uint32_t before = bw_run_paused(f, b, 60000);
 
     int64_t t_kill = conf_now_ms();
-    assert_int_equal(conf_child_kill(&f->kid[0]), 128 + 9);
+    assert_int_equal(kill_target(f, 0), 128 + 9);
     fx_gather(f, b->n - before, t_kill + CONF_DEATH_BOUND_MS);
     uint32_t after = bw_take_stashed(f, b, 60000, 0);
     int64_t t_done = conf_now_ms();
