@@ -1988,6 +1988,14 @@ static void test_batched_writes_large_mixed(void **state)
     bw_verify_span(f, b, exp);
 }
 
+/* One 1-byte WRITE to the last byte of target 0's region (unused by the
+ * plans) and its completion: the connection is up (rxm connects on the first
+ * op, which needs the target's progress) before the target is paused. */
+static void bw_warm(struct fx *f, uint64_t cookie)
+{
+    xfer(f, 0, KVN_XPORT_WRITE, 0, kvn_xport_rmr_len(f->rmr[0]) - 1, 1, cookie);
+}
+
 /* Lets the paused target's initiator side run for a while (so writes get
  * sent and, on rxm, held), without posting; every WRITE reported meanwhile
  * must already be at the (paused) target.  Returns how many completed. */
@@ -2069,6 +2077,7 @@ static void test_disconnect_with_held_writes(void **state)
      * queued commands, see kvn_xport.h), but this side does not progress
      * in between: on rxm the writes stay held, their confirm unread. */
     bw_plan(f, b, BW_HELD, len, 0, 800, 40000);
+    bw_warm(f, 39999);
     tgt_simple(f, 0, TGT_PAUSE);
     bw_post(f, b, BW_HELD);
     uint32_t before = bw_run_paused(f, b, 40000);
@@ -2088,6 +2097,7 @@ static void test_disconnect_with_held_writes(void **state)
     for (size_t r = 0; r < sizeof(upto) / sizeof(upto[0]); r++) {
         uint64_t c0 = 41000 + r * 1000;
         bw_reconnect(f);
+        bw_warm(f, c0 - 1);
         bw_plan(f, b, BW_HELD, len, (r + 1) * BW_ROUND_SPAN, 810 + r, c0);
         bw_post(f, b, r == 3 ? 1 : BW_HELD); /* last round: single-op posts */
         int64_t deadline = conf_now_ms() + CONF_OP_MS;
@@ -2125,6 +2135,7 @@ static void test_target_killed_with_held_writes(void **state)
     for (uint32_t k = 0; k < BW_HELD + 10; k++)
         len[k] = bw_small_len(k, 11);
     bw_plan(f, b, BW_HELD + 10, len, 0, 900, 60000);
+    bw_warm(f, 59999);
     tgt_simple(f, 0, TGT_PAUSE);
     post_ok(f, 0, b->ops, 25);
     post_ok(f, 0, b->ops + 25, BW_HELD + 10 - 25);
