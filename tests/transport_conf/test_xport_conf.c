@@ -37,7 +37,15 @@
  *     they follow when the initiator waited for the WRITE completions (the
  *     portable rule of kvn_xport.h), and also without waiting where the
  *     backend documents ordering (table below);
- *   - bad input to the API on a live domain (blobs, lengths, limits).
+ *   - bad input to the API on a live domain (blobs, lengths, limits);
+ *   - batched write confirmation (ofi rxm holds writes until a later
+ *     delivery-complete part; the contract is the same everywhere): 1 .. 1024
+ *     small WRITEs of odd sizes in flight, each at the target as it
+ *     completes, windows that end with held writes completing with no
+ *     further post; WRITEs above 2 MiB among small ones, in one batch and
+ *     across batches; a disconnect with writes held (success or -ECANCELED,
+ *     each once, reconnect works) and a SIGKILLed target with writes held
+ *     (each once, within CONF_DEATH_BOUND_MS).
  *
  * Notification ordering after preceding WRITEs to the same peer, posted back
  * to back without waiting for the WRITE completion (what kvn_xport.h and the
