@@ -6,7 +6,9 @@
  *   usage: test_ucx_backend URI      (ucx+tcp, ucx+sm, ucx)
  *
  * What is checked: WRITE / READ correctness for odd sizes and a 1024-entry
- * scatter-gather list; notifications ordered after un-awaited WRITEs (the
+ * scatter-gather list; WRITEs sharing write-completion flushes are each at
+ * the target when their completion is polled (bursts, trickles, disconnect
+ * with WRITEs waiting); notifications ordered after un-awaited WRITEs (the
  * flush-before-send rule of transport/ucx); descriptor keys that pass the
  * common framing but carry a corrupted UCX key are refused; disconnect with
  * ops outstanding completes them with -ECANCELED exactly once; a peer domain
@@ -841,6 +843,107 @@ static void test_write_delivery(void **state)
     assert_true(notify_and_check(f, 0, 7 * 65536, 65536, 71));
 }
 
+/* Polls A alone and checks every WRITE completion of A against B's bytes
+ * right when it is polled (a completed WRITE is at the target), then lets B
+ * progress; returns once the n WRITEs with cookies cookie0.. completed.
+ * lo[i], ro[i], len[i] describe WRITE cookie0 + i. */
+static void take_writes_delivered(struct fx *f, uint64_t cookie0, size_t n, const uint64_t *lo,
+                                  const uint64_t *ro, const uint64_t *len)
+{
+    unsigned char seen[256] = {0};
+    assert_true(n <= sizeof(seen));
+    size_t done = 0;
+    int64_t end = now_ms() + WAIT_MS;
+    struct kvn_xport_cqe c[16];
+    while (done < n) {
+        int k = kvn_xport_poll(f->a.x, c, 16);
+        assert_true(k >= 0);
+        for (int i = 0; i < k; i++) {
+            assert_int_equal(c[i].kind, KVN_XPORT_WRITE);
+            assert_true(c[i].cookie >= cookie0 && c[i].cookie < cookie0 + n);
+            size_t w = (size_t)(c[i].cookie - cookie0);
+            assert_int_equal(seen[w], 0); /* exactly once */
+            seen[w] = 1;
+            expect_ok(&c[i], len[w]);
+            assert_memory_equal(f->b.buf + ro[w], f->a.buf + lo[w], len[w]);
+            done++;
+        }
+        if (now_ms() > end)
+            fail_msg("%zu of %zu WRITEs completed", done, n);
+        k = kvn_xport_poll(f->b.x, c, 16); /* the target progresses (tcp) */
+        assert_int_equal(k, 0);
+    }
+}
+
+/* WRITEs share write-completion flushes (delivery mode): a burst of WRITEs
+ * of mixed sizes, more than one flush batch, each checked at the target
+ * when its completion is polled; WRITEs posted while a flush is in flight
+ * and fewer than a batch complete without further posts (the flush for
+ * them is issued from progress); and WRITEs waiting for a flush when the
+ * peer is disconnected complete exactly once (done or canceled). */
+static void test_write_batches(void **state)
+{
+    struct fx *f = *state;
+    enum { N = 80 };
+    uint64_t lo[N], ro[N], len[N];
+    static const uint64_t sizes[] = {1, 4096, 65536, 100, 300 * 1024, 8191, 2, 32768};
+    fill(f->a.buf, BUF_LEN / 2, 77);
+    memset(f->b.buf, 0, BUF_LEN);
+    uint64_t off = 0;
+    for (size_t i = 0; i < N; i++) {
+        len[i] = sizes[i % (sizeof(sizes) / sizeof(sizes[0]))];
+        lo[i] = (i * 4099) % (BUF_LEN / 2 - len[i]); /* distinct sources */
+        ro[i] = off;
+        off += len[i] + 8;
+        assert_true(off <= BUF_LEN);
+        post1(&f->a, KVN_XPORT_WRITE, lo[i], ro[i], len[i], 1000 + i);
+    }
+    take_writes_delivered(f, 1000, N, lo, ro, len);
+    assert_int_equal(kvn_xport_outstanding(f->a.x), 0);
+
+    /* a trickle: one WRITE, then two more while its flush may be in flight,
+     * then only polling */
+    for (int round = 0; round < 3; round++) {
+        memset(f->b.buf, 0, 3 * 8192);
+        for (size_t i = 0; i < 3; i++) {
+            len[i] = 4096 + i + (size_t)round;
+            lo[i] = 65536 * (i + 1) + (size_t)round;
+            ro[i] = 8192 * i;
+            post1(&f->a, KVN_XPORT_WRITE, lo[i], ro[i], len[i], 2000 + 10 * (uint64_t)round + i);
+        }
+        take_writes_delivered(f, 2000 + 10 * (uint64_t)round, 3, lo, ro, len);
+    }
+
+    /* WRITEs waiting for a flush when the peer is disconnected */
+    for (uint64_t i = 0; i < 12; i++)
+        post1(&f->a, KVN_XPORT_WRITE, i * 4096, i * 4096, 4096, 3000 + i);
+    assert_int_equal(kvn_xport_outstanding(f->a.x), 12);
+    kvn_xport_rmr_free(f->a.rmr);
+    f->a.rmr = NULL;
+    kvn_xport_disconnect(f->a.peer);
+    f->a.peer = NULL;
+    for (uint64_t i = 0; i < 12; i++) {
+        struct kvn_xport_cqe c = take(f, 0, KVN_XPORT_WRITE, 3000 + i, NULL);
+        assert_true(c.status == 0 || c.status == -ECANCELED);
+    }
+    for (int i = 0; i < 50; i++)
+        progress(f);
+    for (size_t i = 0; i < f->n_cq; i++)
+        assert_true(f->from_b[i]); /* no second completion on A */
+    assert_int_equal(kvn_xport_outstanding(f->a.x), 0);
+
+    /* connected again, batching still delivers */
+    side_link(&f->a, &f->b);
+    memset(f->b.buf, 0, BUF_LEN);
+    for (size_t i = 0; i < 20; i++) {
+        len[i] = 16384;
+        lo[i] = 16384 * i;
+        ro[i] = BUF_LEN - 16384 * (i + 1);
+        post1(&f->a, KVN_XPORT_WRITE, lo[i], ro[i], len[i], 4000 + i);
+    }
+    take_writes_delivered(f, 4000, 20, lo, ro, len);
+}
+
 /* The child of test_dead_process: a target that serves until killed. */
 static void dead_process_child(int wfd, int rfd)
 {
@@ -1020,6 +1123,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_peer_gone, setup_short_timeout, teardown),
         cmocka_unit_test_setup_teardown(test_ucx_mem_alloc, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_delivery, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_batches, setup, teardown),
         /* the data path again with local WRITE completion */
         cmocka_unit_test_setup_teardown(test_write_read_sizes, setup_local, teardown),
         cmocka_unit_test_setup_teardown(test_sg_1024, setup_local, teardown),

@@ -99,6 +99,12 @@
 #define UCX_KEY_MAGIC       0x4b584355u  /* "UCXK" */
 #define UCX_KEY_HDR         8u           /* u32 magic, u32 packed rkey length */
 #define UCX_FLUSH_MAX       16u          /* write-completion flushes in flight per peer */
+#ifndef UCX_FL_EVERY
+#define UCX_FL_EVERY 4u /* WRITEs per write-completion flush, at most... */
+#endif
+#ifndef UCX_FL_BYTES
+#define UCX_FL_BYTES (256u << 10) /* ...or bytes (see "WRITE completion flushes") */
+#endif
 #define UCX_ADDR_MAGIC      0x41584355u  /* "UCXA": our header before the worker address */
 #define UCX_PID_CHECK_NS    100000000ull /* sm peers' liveness check period */
 
@@ -219,6 +225,8 @@ struct ucx_peer {
     struct xport_link fl_wait;  /* WRITEs waiting for a flush to be issued */
     struct xport_link fl_reqs;  /* flushes in flight (ucx_req.rlink) */
     uint32_t n_fl;              /* how many */
+    uint32_t fl_n;              /* WRITEs in fl_wait */
+    uint64_t fl_bytes;          /* their bytes */
     pid_t pid;                  /* ucx+sm: the peer's process, 0 = unknown */
     struct xport_link pid_link; /* in d->pid_peers when pid != 0 */
 };
@@ -343,6 +351,7 @@ static int ucx_errno(ucs_status_t st)
 
 static void link_init_(struct xport_link *l);
 static void fl_complete(struct xport_link *list, int status, const char *msg);
+static void fl_wait_complete(struct ucx_peer *up, int status, const char *msg);
 
 static void own(struct ucx_peer *up, struct xport_op *op, uint32_t parts)
 {
@@ -962,6 +971,8 @@ static void hand_back_owned(struct ucx_domain *d, struct ucx_peer *up)
         d->n_stale++;
     }
     up->n_fl = 0;
+    up->fl_n = 0; /* fl_wait's WRITEs are owned: emptied below */
+    up->fl_bytes = 0;
     while (up->owned.next != &up->owned) {
         struct xport_op *op = olink_op(up->owned.next);
         link_del_(op_olink(op));
@@ -1026,7 +1037,7 @@ static void ucx_disconnect(struct kvn_xport_peer *p)
         drop_queued_notifies(d, up);
         /* no flush can be issued any more: the WRITEs waiting for one are
          * finished (canceled; their puts may still be running) */
-        fl_complete(&up->fl_wait, -ECANCELED, "canceled: peer disconnected");
+        fl_wait_complete(up, -ECANCELED, "canceled: peer disconnected");
     }
 }
 
@@ -1312,12 +1323,15 @@ static void ucx_rmr_free(struct kvn_xport_rmr *r)
  * WRITE completion flushes (delivery mode).  A WRITE's last part is "a
  * flush issued after its puts".  WRITEs wait in the peer's fl_wait list; up
  * to UCX_FLUSH_MAX ucp_ep_flush_nbx per peer are in flight, each carrying
- * the WRITEs that were waiting when it was issued (ucx_req.writes); when
- * the limit is reached, the next flush is issued as one completes, so a
- * burst of WRITEs shares flushes.  Measured at 64 KiB over tcp, depth 16,
- * on the loaded 2-core machine: 1, 4 and 64 flushes in flight were alike
- * (within noise) and all 2.5-5x slower than local completion; at 1 MiB and
- * over sm no difference was visible.
+ * the WRITEs that were waiting when it was issued (ucx_req.writes).  A
+ * flush of an endpoint confirms every put posted on it before, so WRITEs
+ * share flushes: one is issued once UCX_FL_EVERY WRITEs or UCX_FL_BYTES
+ * bytes wait, or when none is in flight for the peer (the idle case: no
+ * flush callback would come back to issue one); otherwise the WRITEs wait
+ * for the next flush, issued from progress after one completes.  So a
+ * waiting WRITE is never left without a flush that will cover it, and every
+ * WRITE still completes only after a flush issued after its puts.  At
+ * 256 KiB and above every WRITE still gets its own flush (UCX_FL_BYTES).
  */
 static void fl_complete(struct xport_link *list, int status, const char *msg)
 {
@@ -1337,16 +1351,32 @@ static void fl_splice(struct xport_link *to, struct xport_link *from)
     }
 }
 
+/* Finishes every WRITE of up's fl_wait (none of them is covered by a flush). */
+static void fl_wait_complete(struct ucx_peer *up, int status, const char *msg)
+{
+    struct xport_link l;
+    link_init_(&l);
+    fl_splice(&l, &up->fl_wait);
+    up->fl_n = 0;
+    up->fl_bytes = 0;
+    fl_complete(&l, status, msg);
+}
+
 static void batch_flush_cb(void *request, ucs_status_t st, void *user_data);
 
+/* Issues a flush for the WRITEs in fl_wait when they are worth one: the
+ * batch is full (UCX_FL_EVERY WRITEs or UCX_FL_BYTES bytes), or no flush is
+ * in flight for the peer (nothing else will come back to issue one). */
 static void flush_kick(struct ucx_peer *up)
 {
     while (up->n_fl < UCX_FLUSH_MAX && up->fl_wait.next != &up->fl_wait) {
         if (!up->ep || up->ep_failed) {
-            fl_complete(&up->fl_wait, up->ep ? -ECONNRESET : -ECANCELED,
-                        up->ep ? up->why : "canceled: peer disconnected");
+            fl_wait_complete(up, up->ep ? -ECONNRESET : -ECANCELED,
+                             up->ep ? up->why : "canceled: peer disconnected");
             return;
         }
+        if (up->n_fl && up->fl_n < UCX_FL_EVERY && up->fl_bytes < UCX_FL_BYTES)
+            return; /* batching: a flush in flight will call back */
         ucp_request_param_t fp = {
             .op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
             .cb.send = batch_flush_cb,
@@ -1354,11 +1384,11 @@ static void flush_kick(struct ucx_peer *up)
         };
         ucs_status_ptr_t r = ucp_ep_flush_nbx(up->ep, &fp);
         if (r == NULL) {
-            fl_complete(&up->fl_wait, 0, NULL);
+            fl_wait_complete(up, 0, NULL);
             return; /* up may be gone with its last op */
         } else if (UCS_PTR_IS_ERR(r)) {
             ucs_status_t st = UCS_PTR_STATUS(r);
-            fl_complete(&up->fl_wait, ucx_errno(st), ucs_status_string(st));
+            fl_wait_complete(up, ucx_errno(st), ucs_status_string(st));
             return;
         } else {
             struct ucx_req *rq = r;
@@ -1369,6 +1399,8 @@ static void flush_kick(struct ucx_peer *up)
             rq->kind = UCX_REQ_BATCH;
             link_init_(&rq->writes);
             fl_splice(&rq->writes, &up->fl_wait);
+            up->fl_n = 0;
+            up->fl_bytes = 0;
             link_add_(&up->fl_reqs, &rq->rlink);
             up->n_fl++;
         }
@@ -1456,6 +1488,9 @@ static int ucx_post(struct kvn_xport_peer *p, struct xport_op *op, const struct 
     }
     if (deliver) {
         link_add_(&up->fl_wait, op_flink(op));
+        up->fl_n++;
+        for (uint32_t i = 0; i < req->n_local; i++)
+            up->fl_bytes += req->local[i].len;
         flush_kick(up);
     }
     return 0;
