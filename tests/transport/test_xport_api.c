@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "transport/kvn_xport.h"
 #include "transport/xport_impl.h"
@@ -1325,6 +1326,45 @@ static void test_wait_fd_shm(void **state)
     wait_fd_loop("ofi+shm", 0);
 }
 
+/*
+ * A process killed earlier with our pid leaves shm region files named after
+ * that pid (/dev/shm/<pid>:<uid>:<ep>); libfabric 1.17 failed fi_enable with
+ * EBUSY on a full-sized one and crashed with SIGBUS on a 0-byte one. The ofi
+ * backend names its region uniquely, so stale files of a reused pid are inert.
+ */
+static void test_shm_stale_region_files(void **state)
+{
+    (void)state;
+    char path[128];
+    int planted = 0;
+    for (int ep = 0; ep < 64; ep++) {
+        snprintf(path, sizeof(path), "/dev/shm/%d:%d:%d", (int)getpid(), (int)getuid(), ep);
+        FILE *f = fopen(path, "wx");
+        if (!f)
+            continue;
+        if (ep % 2 == 1 && ftruncate(fileno(f), 8 << 20) != 0) {
+            fclose(f);
+            unlink(path);
+            continue;
+        }
+        fclose(f);
+        planted |= 1;
+    }
+    assert_true(planted);
+    struct kvn_err err;
+    struct kvn_xport *a = NULL, *b = NULL;
+    int rc_a = kvn_xport_open("ofi+shm", NULL, &a, &err);
+    int rc_b = rc_a == 0 ? kvn_xport_open("ofi+shm", NULL, &b, &err) : rc_a;
+    for (int ep = 0; ep < 64; ep++) {
+        snprintf(path, sizeof(path), "/dev/shm/%d:%d:%d", (int)getpid(), (int)getuid(), ep);
+        unlink(path);
+    }
+    assert_int_equal(rc_a, 0);
+    assert_int_equal(rc_b, 0);
+    kvn_xport_close(b);
+    kvn_xport_close(a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1353,6 +1393,7 @@ int main(void)
         cmocka_unit_test(test_wait_fd_tcp),
         cmocka_unit_test(test_wait_fd_shm),
         cmocka_unit_test(test_wait_fd_busy_poll_tcp),
+        cmocka_unit_test(test_shm_stale_region_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

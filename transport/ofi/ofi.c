@@ -95,6 +95,8 @@
 #include <rdma/fi_cm.h>
 #include <rdma/fi_domain.h>
 #include <rdma/fi_endpoint.h>
+#include <sys/random.h>
+#include <time.h>
 #include <rdma/fi_errno.h>
 #include <rdma/fi_rma.h>
 
@@ -418,7 +420,22 @@ static int ofi_open(const struct xport_uri *uri, const struct kvn_xport_attr *at
     char service[16];
     const char *svc = NULL;
     uint64_t flags = 0;
-    if (!d->is_shm) {
+    char shm_name[48];
+    if (d->is_shm) {
+        /*
+         * shm names its region files /dev/shm/<name>:<uid>:<ep>, and by default
+         * <name> is our pid: a process killed earlier with the same pid leaves
+         * files that make fi_enable fail (EBUSY) or crash (SIGBUS on a 0-byte
+         * file). A random suffix makes the name ours alone; the pid stays first
+         * so that peers can still check our liveness (shm_name_pid).
+         */
+        uint64_t r = 0;
+        if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != (ssize_t)sizeof(r))
+            r = (uint64_t)(uintptr_t)d ^ ((uint64_t)getpid() << 32) ^ (uint64_t)time(NULL);
+        snprintf(shm_name, sizeof(shm_name), "%d:%016llx", (int)getpid(), (unsigned long long)r);
+        node = shm_name;
+        flags = FI_SOURCE;
+    } else {
         const char *bh = attr->bind_host ? attr->bind_host : "127.0.0.1";
         node = strcmp(bh, "any") == 0 ? "0.0.0.0" : bh;
         snprintf(service, sizeof(service), "%u", attr->port);
