@@ -16,18 +16,26 @@ static unsigned long n_flush, n_put;
 ucs_status_ptr_t ucp_ep_flush_nbx(ucp_ep_h ep, const ucp_request_param_t *p)
 {
     static ucs_status_ptr_t (*f)(ucp_ep_h, const ucp_request_param_t *);
-    if (!f) f = (ucs_status_ptr_t (*)(ucp_ep_h, const ucp_request_param_t *))dlsym(RTLD_NEXT, "ucp_ep_flush_nbx");
+    if (!f)
+        f = (ucs_status_ptr_t(*)(ucp_ep_h, const ucp_request_param_t *))dlsym(RTLD_NEXT,
+                                                                              "ucp_ep_flush_nbx");
     n_flush++;
     return f(ep, p);
 }
-ucs_status_ptr_t ucp_put_nbx(ucp_ep_h ep, const void *b, size_t c, uint64_t ra, ucp_rkey_h rk, const ucp_request_param_t *p)
+ucs_status_ptr_t ucp_put_nbx(ucp_ep_h ep, const void *b, size_t c, uint64_t ra, ucp_rkey_h rk,
+                             const ucp_request_param_t *p)
 {
-    static ucs_status_ptr_t (*f)(ucp_ep_h, const void *, size_t, uint64_t, ucp_rkey_h, const ucp_request_param_t *);
-    if (!f) f = (ucs_status_ptr_t (*)(ucp_ep_h, const void *, size_t, uint64_t, ucp_rkey_h, const ucp_request_param_t *))dlsym(RTLD_NEXT, "ucp_put_nbx");
+    static ucs_status_ptr_t (*f)(ucp_ep_h, const void *, size_t, uint64_t, ucp_rkey_h,
+                                 const ucp_request_param_t *);
+    if (!f)
+        f = (ucs_status_ptr_t(*)(ucp_ep_h, const void *, size_t, uint64_t, ucp_rkey_h,
+                                 const ucp_request_param_t *))dlsym(RTLD_NEXT, "ucp_put_nbx");
     n_put++;
     return f(ep, b, c, ra, rk, p);
 }
 __attribute__((destructor)) static void done(void)
 {
-    if (n_put) fprintf(stderr, "CNT puts %lu flushes %lu (%.3f per put)\n", n_put, n_flush, (double)n_flush / n_put);
+    if (n_put)
+        fprintf(stderr, "CNT puts %lu flushes %lu (%.3f per put)\n", n_put, n_flush,
+                (double)n_flush / n_put);
 }

@@ -99,12 +99,8 @@
 #define UCX_KEY_MAGIC       0x4b584355u  /* "UCXK" */
 #define UCX_KEY_HDR         8u           /* u32 magic, u32 packed rkey length */
 #define UCX_FLUSH_MAX       16u          /* write-completion flushes in flight per peer */
-#ifndef UCX_FL_EVERY
-#define UCX_FL_EVERY 4u /* WRITEs per write-completion flush, at most... */
-#endif
-#ifndef UCX_FL_BYTES
-#define UCX_FL_BYTES (256u << 10) /* ...or bytes (see "WRITE completion flushes") */
-#endif
+#define UCX_FL_EVERY        4u           /* WRITEs per write-completion flush, at most... */
+#define UCX_FL_BYTES        (256u << 10) /* ...or bytes (see "WRITE completion flushes") */
 #define UCX_ADDR_MAGIC      0x41584355u  /* "UCXA": our header before the worker address */
 #define UCX_PID_CHECK_NS    100000000ull /* sm peers' liveness check period */
 
