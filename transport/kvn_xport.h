@@ -289,12 +289,13 @@ struct kvn_xport_op {
  * Posts n (>= 1) ops to peer p.  All ops are validated before any is
  * posted:
  *   -EINVAL  NULL/invalid args, kind, n_local, zero lengths, an mr or rmr of
- *            another domain/peer;
+ *            another domain/peer, n above max_outstanding (such a batch can
+ *            never be posted: split it);
  *   -ERANGE  a local SG entry outside its mr, a remote range outside the rmr
  *            (message names the op index and the bounds);
  *   -EACCES  WRITE to an rmr without REMOTE_WRITE, READ without REMOTE_READ;
  *   -EMSGSIZE total length above the backend's limit;
- *   -EAGAIN  n more ops would exceed max_outstanding;
+ *   -EAGAIN  n more ops would exceed max_outstanding now (poll, then retry);
  *   -ENOTCONN the peer was disconnected or failed.
  * On 0 every op completes exactly once on the completion queue.  The sge
  * arrays need not outlive the call; the memory must stay registered.
