@@ -121,4 +121,34 @@ static __attribute__((unused)) pid_t h_python(const char *script, const char *ou
     return p;
 }
 
+#ifdef cJSON__h /* for tests that include <cjson/cJSON.h> before this header */
+/* The JSON object in file path (a tool's output), or NULL with the text on stderr. */
+static __attribute__((unused)) cJSON *h_json_file(const char *path)
+{
+    char *s = th_slurp(path);
+    cJSON *j = cJSON_Parse(s);
+    if (!j)
+        fprintf(stderr, "not JSON (%s): %.300s\n", path, s);
+    free(s);
+    return j;
+}
+
+/*
+ * The reference consumer's summary in path, asserted to be JSON with an empty
+ * "errors" list; the caller checks more and cJSON_Delete()s it.
+ */
+static __attribute__((unused)) cJSON *h_consumer_summary(const char *path)
+{
+    cJSON *j = h_json_file(path);
+    assert_non_null(j);
+    cJSON *errs = cJSON_GetObjectItem(j, "errors");
+    assert_non_null(errs);
+    if (cJSON_GetArraySize(errs) != 0) {
+        char *s = cJSON_PrintUnformatted(j);
+        fail_msg("consumer found errors: %.2000s", s);
+    }
+    return j;
+}
+#endif
+
 #endif /* NODE_HARNESS_H */

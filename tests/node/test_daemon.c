@@ -26,27 +26,9 @@
 #include "th_cmocka.h"
 #include "transport/kvn_xport.h"
 
-static cJSON *json_file(const char *path)
-{
-    char *s = th_slurp(path);
-    cJSON *j = cJSON_Parse(s);
-    if (!j)
-        fprintf(stderr, "not JSON (%s): %s\n", path, s);
-    free(s);
-    return j;
-}
-
 static void assert_consumer_clean(const char *path)
 {
-    cJSON *j = json_file(path);
-    assert_non_null(j);
-    cJSON *errs = cJSON_GetObjectItem(j, "errors");
-    assert_non_null(errs);
-    if (cJSON_GetArraySize(errs) != 0) {
-        char *s = cJSON_Print(j);
-        fail_msg("consumer found errors: %s", s);
-    }
-    cJSON_Delete(j);
+    cJSON_Delete(h_consumer_summary(path));
 }
 
 static int64_t jint(const cJSON *a)
@@ -109,7 +91,7 @@ static void race(const char *transport, const char *format)
     assert_int_equal(th_wait(cons, 30000), 0);
     assert_int_equal(th_wait(dump, 30000), 0);
     assert_consumer_clean(cons_out);
-    cJSON *j = json_file(dump_out);
+    cJSON *j = h_json_file(dump_out);
     assert_non_null(j);
     assert_int_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "unknown_parent")), 0);
     cJSON *cpu = cJSON_GetObjectItem(j, "cpu_stored");
@@ -269,7 +251,7 @@ static void test_sigterm_drains(void **state)
     /* TERM while the completion is held: the node drains, acks, publishes, exits 0 */
     assert_int_equal(th_node_stop(&n), 0);
     assert_int_equal(th_wait(dump, 30000), 0);
-    cJSON *j = json_file(dump_out);
+    cJSON *j = h_json_file(dump_out);
     assert_non_null(j);
     assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(j, "cpu_stored")), 2);
     cJSON_Delete(j);

@@ -43,26 +43,9 @@ static uint32_t path(int32_t *toks)
     return pages * 2;
 }
 
-static cJSON *json_file(const char *p)
-{
-    char *s = th_slurp(p);
-    cJSON *j = cJSON_Parse(s);
-    if (!j)
-        fprintf(stderr, "not JSON (%s): %.300s\n", p, s);
-    free(s);
-    return j;
-}
-
 static void assert_clean(const char *p)
 {
-    cJSON *j = json_file(p);
-    assert_non_null(j);
-    cJSON *errs = cJSON_GetObjectItem(j, "errors");
-    assert_non_null(errs);
-    if (cJSON_GetArraySize(errs)) {
-        char *s = cJSON_PrintUnformatted(j);
-        fail_msg("consumer: %.2000s", s);
-    }
+    cJSON *j = h_consumer_summary(p);
     assert_int_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "gaps")), 0);
     cJSON_Delete(j);
 }
@@ -176,7 +159,7 @@ static void test_random_workload(void **state)
     assert_int_equal(th_wait(plc, 120000), 0);
     assert_clean(late_cons);
 
-    cJSON *a = json_file(live), *b = json_file(late);
+    cJSON *a = h_json_file(live), *b = h_json_file(late);
     assert_non_null(a);
     assert_non_null(b);
     assert_int_equal(cJSON_GetNumberValue(cJSON_GetObjectItem(a, "unknown_parent")), 0);
