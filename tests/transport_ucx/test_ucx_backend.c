@@ -843,6 +843,71 @@ static void test_write_delivery(void **state)
     assert_true(notify_and_check(f, 0, 7 * 65536, 65536, 71));
 }
 
+/* The upper bound of the eager-short range of an endpoint's AM protocol, as
+ * kvn_xport_ucx_peer_info prints it ("am_send: 0..<egr/short>..N.."), or -1. */
+static long egr_short_max(struct kvn_xport_peer *p)
+{
+    char *txt = NULL;
+    size_t len = 0;
+    FILE *ms = open_memstream(&txt, &len);
+    assert_non_null(ms);
+    struct kvn_err ke;
+    int rc = kvn_xport_ucx_peer_info(p, ms, &ke);
+    fclose(ms);
+    long v = -1;
+    const char *at = txt ? strstr(txt, "<egr/short>..") : NULL;
+    if (rc == 0 && at)
+        v = strtol(at + strlen("<egr/short>.."), NULL, 10);
+    free(txt);
+    return v;
+}
+
+/* kvn_xport_ucx_peer_info prints UCX's view of the endpoint; over tcp the
+ * backend's segment size (64K, see "TCP tuning" in ucx.c) shows in the AM
+ * thresholds, unless UCX_TCP_TX_SEG_SIZE is set in the environment, which
+ * wins (checked in a child process, so the variable does not leak). */
+static void test_peer_info(void **state)
+{
+    struct fx *f = *state;
+    struct kvn_err ke;
+    assert_int_equal(kvn_xport_ucx_peer_info(NULL, stdout, &ke), -EINVAL);
+    assert_int_equal(kvn_xport_ucx_peer_info(f->a.peer, NULL, &ke), -EINVAL);
+    struct kvn_xport *ofi = NULL;
+    if (kvn_xport_open("ofi+tcp", NULL, &ofi, NULL) == 0) {
+        unsigned char blob[KVN_XPORT_ADDR_MAX];
+        size_t bl = sizeof(blob);
+        struct kvn_xport_peer *op = NULL;
+        assert_int_equal(kvn_xport_address(ofi, blob, &bl, &ke), 0);
+        assert_int_equal(kvn_xport_connect(ofi, blob, bl, &op, &ke), 0);
+        assert_int_equal(kvn_xport_ucx_peer_info(op, stdout, &ke), -ENOTSUP);
+        assert_non_null(strstr(ke.msg, "not a UCX peer"));
+        kvn_xport_close(ofi);
+    }
+    long thr = egr_short_max(f->a.peer);
+    assert_true(thr > 0);
+    if (strcmp(g_uri, "ucx+tcp") != 0)
+        return;
+    assert_true(thr > 8192); /* 64K segments, not UCX's 8K default */
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        setenv("UCX_TCP_TX_SEG_SIZE", "8K", 1);
+        struct kvn_xport *x = NULL, *y = NULL;
+        unsigned char blob[KVN_XPORT_ADDR_MAX];
+        size_t bl = sizeof(blob);
+        struct kvn_xport_peer *p = NULL;
+        if (kvn_xport_open(g_uri, NULL, &x, &ke) || kvn_xport_open(g_uri, NULL, &y, &ke) ||
+            kvn_xport_address(y, blob, &bl, &ke) || kvn_xport_connect(x, blob, bl, &p, &ke))
+            _exit(2);
+        long t = egr_short_max(p);
+        _exit(t > 0 && t <= 8192 ? 0 : 3);
+    }
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+}
+
 /* Polls A alone and checks every WRITE completion of A against B's bytes
  * right when it is polled (a completed WRITE is at the target), then lets B
  * progress; returns once the n WRITEs with cookies cookie0.. completed.
@@ -1124,6 +1189,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_ucx_mem_alloc, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_delivery, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_batches, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_peer_info, setup, teardown),
         /* the data path again with local WRITE completion */
         cmocka_unit_test_setup_teardown(test_write_read_sizes, setup_local, teardown),
         cmocka_unit_test_setup_teardown(test_sg_1024, setup_local, teardown),

@@ -33,6 +33,7 @@
 #define KVN_XPORT_UCX_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #include "transport/kvn_xport.h"
 #include "util/kvn_err.h"
@@ -78,5 +79,15 @@ int kvn_xport_ucx_mem_size(struct kvn_xport *x, const void *addr, size_t *len, s
  * Errors: -EINVAL (NULL x, on not 0/1), -ENOTSUP (not a UCX domain).
  */
 int kvn_xport_ucx_set_write_delivery(struct kvn_xport *x, int on, struct kvn_err *err);
+
+/*
+ * Prints what UCX chose for the endpoint of peer p (ucp_ep_print_info: its
+ * lanes, transports and protocol thresholds) to out: the UCX analogue of
+ * `fi_info -v`, for checking which transport and protocol a peer's data
+ * takes.  The format is UCX's and may change between UCX versions.
+ * Errors: -EINVAL (NULL p or out; p disconnected or failed), -ENOTSUP
+ * (not a UCX peer).
+ */
+int kvn_xport_ucx_peer_info(struct kvn_xport_peer *p, FILE *out, struct kvn_err *err);
 
 #endif /* KVN_XPORT_UCX_H */
