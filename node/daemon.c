@@ -30,6 +30,11 @@
 #define LAT_BUCKETS    (256u + 24u * 32u) /* log-linear: exact below 256 us, ~3% above */
 #define ACKS_PER_TICK  4096u
 #define DRAIN_LIMIT_MS 30000u
+/* While transfers are out the loop spins on the copy engine and looks at its
+ * sockets and fds (a poll() system call plus ZeroMQ's checks per socket)
+ * once per SPIN_POLL_EVERY spins: a request waits a few microseconds more,
+ * the completion queue is drained that much more often (BENCHMARKS.md §4). */
+#define SPIN_POLL_EVERY 16u
 #define MAX_RECV_FRAME (4u * KVN_RPC_MAX_FRAME) /* beyond: ZeroMQ drops the peer */
 
 struct lock_entry {
@@ -63,6 +68,7 @@ struct kvn_node {
     uint64_t *sums_buf;  /* l1_checksum results */
     struct lock_entry locks[MAX_LOCKS];
     uint32_t lock_free, locks_held;
+    uint32_t spins; /* busy iterations since the last zmq_poll */
     uint64_t tick;
     uint64_t last_lease_scan;
     bool stopping;
@@ -1085,7 +1091,13 @@ int kvn_node_run(struct kvn_node *n, struct kvn_err *err)
             timeout = kvn_cluster_timeout_ms(n->cluster, now, timeout);
         if (n->stopping && timeout > 10)
             timeout = 10;
-        int pr = zmq_poll(items, ni, timeout);
+        int pr = 0;
+        if (timeout == 0 && kvn_xfer_busy(n->xfer) && ++n->spins < SPIN_POLL_EVERY) {
+            /* spinning: the sockets wait for the next SPIN_POLL_EVERY-th turn */
+        } else {
+            n->spins = 0;
+            pr = zmq_poll(items, ni, timeout);
+        }
         if (pr < 0 && zmq_errno() != EINTR)
             return kvn_err_set(err, -EIO, "zmq_poll: %s", zmq_strerror(zmq_errno()));
         if (pr > 0 && (items[i_sig].revents & ZMQ_POLLIN))

@@ -58,6 +58,7 @@ struct kvn_xfer {
     uint8_t *standin;
     size_t standin_map;
     uint32_t standin_slots;
+    bool unarmed; /* progress polled without re-arming the wait fd since */
     struct kvn_xport_mr *standin_mr;
 
     uint32_t delay_ms;
@@ -450,8 +451,17 @@ int kvn_xfer_progress(struct kvn_xfer *x, uint64_t now_ms, kvn_xfer_done_fn done
     if (!x)
         return -EINVAL;
     post_queued(x, now_ms);
+    /* While ops are out the loop comes straight back (kvn_xfer_busy), so
+     * polls do not re-arm the wait fd (system calls per empty poll); once
+     * nothing is out, an empty kvn_xport_poll re-arms it before the loop
+     * may sleep.  Until then the copy engine counts as busy (unarmed). */
+    x->unarmed = true;
     for (int round = 0; round < 64; round++) {
-        int n = kvn_xport_poll(x->x, x->cqes, (int)(sizeof(x->cqes) / sizeof(x->cqes[0])));
+        int cap = (int)(sizeof(x->cqes) / sizeof(x->cqes[0]));
+        bool spin = kvn_xport_outstanding(x->x) > 0 || x->postq.len > 0;
+        int n = spin ? kvn_xport_poll_busy(x->x, x->cqes, cap) : kvn_xport_poll(x->x, x->cqes, cap);
+        if (n == 0 && !spin)
+            x->unarmed = false;
         if (n <= 0)
             break;
         for (int i = 0; i < n; i++)
@@ -496,7 +506,7 @@ int kvn_xfer_wait_fd(struct kvn_xfer *x)
 
 bool kvn_xfer_busy(const struct kvn_xfer *x)
 {
-    return x && (kvn_xport_outstanding(x->x) > 0 || x->postq.len > 0);
+    return x && (kvn_xport_outstanding(x->x) > 0 || x->postq.len > 0 || x->unarmed);
 }
 
 uint64_t kvn_xfer_next_due(const struct kvn_xfer *x)

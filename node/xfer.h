@@ -127,7 +127,9 @@ int kvn_xfer_progress(struct kvn_xfer *x, uint64_t now_ms, kvn_xfer_done_fn done
 /* The transport's wait fd (readable when progress may have work). */
 int kvn_xfer_wait_fd(struct kvn_xfer *x);
 
-/* True while operations are in flight or queued (the loop busy-polls then). */
+/* True while operations are in flight or queued, or until progress has
+ * re-armed the wait fd after them: the loop busy-polls (calls progress again
+ * without sleeping on the wait fd) while this holds. */
 bool kvn_xfer_busy(const struct kvn_xfer *x);
 
 /* Earliest due time of a held job (ms), or UINT64_MAX when none is held. */

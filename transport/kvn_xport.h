@@ -342,6 +342,17 @@ struct kvn_xport_cqe {
 int kvn_xport_poll(struct kvn_xport *x, struct kvn_xport_cqe *out, int max);
 
 /*
+ * kvn_xport_poll() for a caller that busy-polls and will poll again at
+ * once: the same progress, timeouts and completions, but an empty poll does
+ * not re-arm the wait fd, which costs system calls (eventfd and timerfd
+ * reads, the backend's arm: UCX's ucp_worker_arm) on every empty poll of a
+ * spinning loop.  Before sleeping on the wait fd, call kvn_xport_poll()
+ * until it returns 0 (that empty poll re-arms).  Same errors as
+ * kvn_xport_poll().
+ */
+int kvn_xport_poll_busy(struct kvn_xport *x, struct kvn_xport_cqe *out, int max);
+
+/*
  * An fd (epoll-based) that becomes readable when kvn_xport_poll() may return
  * something, including an op timeout coming due.  Contract: after it fires,
  * call kvn_xport_poll() until it returns 0, then sleep on the fd again.

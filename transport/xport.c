@@ -1320,7 +1320,7 @@ static int progress(struct kvn_xport *x)
     return rc;
 }
 
-int kvn_xport_poll(struct kvn_xport *x, struct kvn_xport_cqe *out, int max)
+static int poll_cq(struct kvn_xport *x, struct kvn_xport_cqe *out, int max, bool may_rearm)
 {
     if (!x || !out || max <= 0)
         return -EINVAL;
@@ -1353,10 +1353,20 @@ int kvn_xport_poll(struct kvn_xport *x, struct kvn_xport_cqe *out, int max)
     if (n == 0) {
         if (rc < 0)
             return rc;
-        if (x->fd_used)
+        if (x->fd_used && may_rearm)
             rearm(x);
     }
     return n;
+}
+
+int kvn_xport_poll(struct kvn_xport *x, struct kvn_xport_cqe *out, int max)
+{
+    return poll_cq(x, out, max, true);
+}
+
+int kvn_xport_poll_busy(struct kvn_xport *x, struct kvn_xport_cqe *out, int max)
+{
+    return poll_cq(x, out, max, false);
 }
 
 int kvn_xport_wait_fd(struct kvn_xport *x)

@@ -1307,6 +1307,75 @@ static void wait_fd_loop(const char *uri, unsigned flags)
     close_pair(&pr);
 }
 
+/*
+ * kvn_xport_poll_busy: refuses bad arguments like kvn_xport_poll, returns the
+ * same completions (a notification both ways), and after a loop of busy
+ * polls one kvn_xport_poll until empty re-arms the wait fds: a process that
+ * then sleeps on them is woken by the next notification (poll() timing out
+ * is a failure).
+ */
+static void poll_busy_then_sleep(const char *uri)
+{
+    struct kvn_err err;
+    struct pair pr;
+    if (open_pair(uri, NULL, &pr) < 0) {
+        print_message("%s not available here: case not run\n", uri);
+        return;
+    }
+    struct kvn_xport_cqe c[8];
+    assert_int_equal(kvn_xport_poll_busy(NULL, c, 8), -EINVAL);
+    assert_int_equal(kvn_xport_poll_busy(pr.a, NULL, 8), -EINVAL);
+    assert_int_equal(kvn_xport_poll_busy(pr.a, c, 0), -EINVAL);
+    int fda = kvn_xport_wait_fd(pr.a), fdb = kvn_xport_wait_fd(pr.b);
+    assert_true(fda >= 0 && fdb >= 0);
+    assert_int_equal(kvn_xport_notify(pr.ab, "ping", 4, 91, &err), 0);
+    int send = 0, recv = 0;
+    uint64_t end = now_s() + GUARD_S;
+    while (!send || !recv) {
+        int n = kvn_xport_poll_busy(pr.a, c, 8);
+        assert_true(n >= 0);
+        for (int i = 0; i < n; i++)
+            send += c[i].kind == KVN_XPORT_SEND && c[i].cookie == 91 && c[i].status == 0;
+        n = kvn_xport_poll_busy(pr.b, c, 8);
+        assert_true(n >= 0);
+        for (int i = 0; i < n; i++)
+            recv += c[i].kind == KVN_XPORT_RECV && c[i].len == 4 && !memcmp(c[i].data, "ping", 4);
+        assert_true(now_s() <= end);
+    }
+    assert_int_equal(send, 1);
+    assert_int_equal(recv, 1);
+    /* before sleeping: poll until empty (re-arms) */
+    while (kvn_xport_poll(pr.a, c, 8) > 0)
+        ;
+    while (kvn_xport_poll(pr.b, c, 8) > 0)
+        ;
+    assert_int_equal(kvn_xport_notify(pr.ba, "pong", 4, 92, &err), 0);
+    int got = 0;
+    while (got < 2) {
+        struct pollfd pf[2] = {{.fd = fda, .events = POLLIN}, {.fd = fdb, .events = POLLIN}};
+        assert_true(poll(pf, 2, 10000) > 0);
+        int n;
+        while ((n = kvn_xport_poll(pr.a, c, 8)) > 0)
+            for (int i = 0; i < n; i++)
+                got += c[i].kind == KVN_XPORT_RECV && c[i].len == 4 &&
+                       !memcmp(c[i].data, "pong", 4);
+        while ((n = kvn_xport_poll(pr.b, c, 8)) > 0)
+            for (int i = 0; i < n; i++)
+                got += c[i].kind == KVN_XPORT_SEND && c[i].cookie == 92 && c[i].status == 0;
+        assert_true(now_s() <= end);
+    }
+    assert_int_equal(got, 2);
+    close_pair(&pr);
+}
+
+static void test_poll_busy(void **state)
+{
+    (void)state;
+    poll_busy_then_sleep("ofi+tcp");
+    poll_busy_then_sleep("ofi+shm");
+    poll_busy_then_sleep("ucx+tcp");
+}
+
 static void test_wait_fd_tcp(void **state)
 {
     (void)state;
@@ -1372,6 +1441,7 @@ int main(void)
         cmocka_unit_test(test_open_bad_args),
         cmocka_unit_test(test_open_close_backends),
         cmocka_unit_test(test_bind_any),
+        cmocka_unit_test(test_poll_busy),
         cmocka_unit_test(test_list_devices),
         cmocka_unit_test(test_address_connect_validation),
         cmocka_unit_test(test_mr_and_descriptors),
