@@ -12,17 +12,26 @@
  * messages, so a target that stops progressing stalls the client).
  *
  *   client                               server
- *     | -- HELLO {op, max size, name} -->  |   allocate + register buffer
+ *     | -- HELLO {op, region, name} ---->  |   allocate + register the region
  *     | <-- ADDR blob, MR descriptor ----  |
  *     | --- ADDR blob ------------------>  |   both connect to each other
  *     |  for each size:                    |
- *     | --- SIZE {bytes, seed} ---------->  |   write: zero [0,bytes)
- *     | <-- READY ----------------------   |   read:  fill pattern(seed)
+ *     | --- SIZE {bytes, seed, slots} --->  |   write: zero [0,bytes*slots)
+ *     | <-- READY ----------------------   |   read:  fill pattern(seed) there
  *     |  ... WRITE/READ x (warmup+iters)   |   (polls its domain meanwhile)
  *     |  ~~~ notify(run number) ~~~~~~~~>  |   transport message, ordered after
  *     | --- DONE {verify, run number} -->  |   the writes: waits for it, then
  *     | <-- RESULT {ok, bad offset} -----  |   write+verify: check pattern
  *     | --- BYE ------------------------>  |
+ *
+ * --buffer SIZE: both sides register a region of SIZE bytes (HELLO carries it,
+ * as it carries the largest -s), and operation i uses slot i mod (SIZE / bytes)
+ * at offset slot * bytes on both the local and the remote side, so consecutive
+ * operations touch distinct pages (a KV cache moves distinct pages through
+ * DRAM; one re-used buffer stays in the CPU cache).  Default SIZE = bytes: one
+ * slot, offset 0, as before.  The slots an operation touches ("used": at most
+ * warmup + iters of them) hold one pattern over [0, bytes * used), so --verify
+ * checks every slot.
  *
  * Every frame is {u32 magic, u16 type, u16 zero, u32 payload length} in network
  * byte order followed by the payload; an ERROR frame carries a text message.
@@ -84,7 +93,7 @@
 #define XB_STALL_NS        (30ull * 1000000000ull)
 
 #define XB_MAGIC       0x4b564258u /* "KVBX" */
-#define XB_VERSION     2u
+#define XB_VERSION     3u          /* 3: SIZE carries the slot count (--buffer) */
 #define XB_MAX_PAYLOAD 65536u
 
 enum xb_frame {
@@ -108,6 +117,7 @@ struct xb_opts {
     const char *bind_host; /* bootstrap listen address and transport bind_host */
     int port;
     uint64_t size;
+    uint64_t buffer; /* --buffer: region bytes; 0 = the size of each op (one slot) */
     bool sweep;
     uint32_t iters;
     uint32_t warmup;
@@ -119,6 +129,7 @@ struct xb_opts {
 
 struct xb_result {
     uint64_t bytes;
+    uint64_t buffer_bytes; /* bytes * slots: the region the ops cycle through */
     uint32_t iters;
     double bw_peak_gbps;
     double bw_avg_gbps;
@@ -151,6 +162,21 @@ static uint64_t now_ns(void)
 static const char *op_name(enum xb_op op)
 {
     return op == XB_OP_WRITE ? "write" : "read";
+}
+
+/* Slots of `bytes` in the --buffer region: buffer / bytes, at least 1 (one slot without
+ * --buffer, and in a sweep for the sizes above the region). */
+static uint64_t slot_count(const struct xb_opts *o, uint64_t bytes)
+{
+    uint64_t n = o->buffer / bytes;
+    return n ? n : 1;
+}
+
+/* The slots a run touches: operation i uses slot i mod slots. */
+static uint64_t slots_used(const struct xb_opts *o, uint64_t slots)
+{
+    uint64_t total = (uint64_t)o->warmup + o->iters;
+    return slots < total ? slots : total;
 }
 
 /* "4096", "64K", "64KiB", "1M", "1MB" (binary multiples, as perftest). */
@@ -643,13 +669,20 @@ static int recv_addr_and_connect(struct xb_session *s, struct kvn_err *err)
 static int server_size(struct xb_session *s, const unsigned char *p, uint32_t len, uint64_t *bytes,
                        uint64_t *seed, struct kvn_err *err)
 {
-    if (len != 16)
-        return kvn_err_set(err, -EPROTO, "SIZE frame of %u bytes, expected 16", len);
+    if (len != 24)
+        return kvn_err_set(err, -EPROTO, "SIZE frame of %u bytes, expected 24", len);
     *bytes = get_u64(p);
     *seed = get_u64(p + 8);
+    uint64_t slots = get_u64(p + 16);
     if (*bytes == 0 || *bytes > s->buf_len)
         return kvn_err_set(err, -EPROTO, "size %" PRIu64 " outside the %" PRIu64 "-byte buffer",
                            *bytes, s->buf_len);
+    if (slots == 0 || slots > s->buf_len / *bytes)
+        return kvn_err_set(err, -EPROTO,
+                           "%" PRIu64 " slots of %" PRIu64 " bytes exceed the %" PRIu64
+                           "-byte buffer",
+                           slots, *bytes, s->buf_len);
+    *bytes *= slots; /* from here on: the used part of the region */
     if (s->o->op == XB_OP_WRITE)
         memset(s->buf, 0, *bytes);
     else
@@ -772,7 +805,7 @@ static int run_server(struct xb_opts *o, struct kvn_err *err)
             rc = kvn_err_set(err, -EPROTO, "bootstrap: unexpected frame type %u", type);
             goto refuse;
         }
-        uint64_t bytes = 0, seed = 0;
+        uint64_t bytes = 0, seed = 0; /* bytes: of all used slots */
         rc = server_size(&s, pay, plen, &bytes, &seed, err);
         if (rc < 0)
             goto refuse;
@@ -877,7 +910,7 @@ static void progress_show(const struct xb_opts *o, uint64_t bytes, uint32_t done
     fprintf(stderr, "\r  %s %" PRIu64 " B: %u/%u   ", op_name(o->op), bytes, done, total);
 }
 
-static int run_transfers(struct xb_session *s, struct xb_run *r, uint64_t bytes,
+static int run_transfers(struct xb_session *s, struct xb_run *r, uint64_t bytes, uint64_t slots,
                          struct xb_result *res, struct kvn_err *err)
 {
     const struct xb_opts *o = s->o;
@@ -886,6 +919,7 @@ static int run_transfers(struct xb_session *s, struct xb_run *r, uint64_t bytes,
     struct kvn_xport_cqe cqe[XB_CQ_BATCH];
     bool show = isatty(STDERR_FILENO);
     uint64_t next_show = now_ns() + 1000000000ull, last_progress = now_ns();
+    uint64_t slot = 0; /* of the next op to post: (cookie) mod slots */
 
     for (uint32_t i = 0; i < o->depth; i++) {
         r->sges[i].mr = s->mr;
@@ -902,8 +936,14 @@ static int run_transfers(struct xb_session *s, struct xb_run *r, uint64_t bytes,
         if (avail > total - posted)
             avail = total - posted;
         if (avail) {
-            for (uint32_t i = 0; i < avail; i++)
+            uint64_t sl = slot;
+            for (uint32_t i = 0; i < avail; i++) {
                 r->ops[i].cookie = posted + i;
+                r->sges[i].offset = sl * bytes;
+                r->ops[i].remote_offset = sl * bytes;
+                if (++sl == slots)
+                    sl = 0;
+            }
             uint64_t t = now_ns();
             int rc = kvn_xport_post(s->peer, r->ops, avail, err);
             if (rc == -EAGAIN) {
@@ -911,6 +951,7 @@ static int run_transfers(struct xb_session *s, struct xb_run *r, uint64_t bytes,
             } else if (rc < 0) {
                 return rc;
             } else {
+                slot = sl;
                 for (uint32_t i = 0; i < avail; i++)
                     r->post_ns[posted + i] = t;
                 posted += avail;
@@ -985,20 +1026,23 @@ static int client_size(struct xb_session *s, struct xb_run *r, uint64_t bytes, u
                        struct xb_result *res, struct kvn_err *err)
 {
     const struct xb_opts *o = s->o;
-    unsigned char pay[16];
+    unsigned char pay[24];
     uint32_t len;
+    uint64_t slots = slot_count(o, bytes), used = slots_used(o, slots);
 
+    res->buffer_bytes = bytes * slots;
     if (o->op == XB_OP_WRITE)
-        pattern_fill(s->buf, bytes, seed);
+        pattern_fill(s->buf, bytes * used, seed);
     else
-        memset(s->buf, 0, bytes);
+        memset(s->buf, 0, bytes * used);
     put_u64(pay, bytes);
     put_u64(pay + 8, seed);
-    int rc = frame_send(&s->conn, XB_SIZE, pay, 16, err);
+    put_u64(pay + 16, used);
+    int rc = frame_send(&s->conn, XB_SIZE, pay, 24, err);
     if (rc == 0)
         rc = frame_recv(&s->conn, XB_READY, pay, sizeof(pay), &len, err);
     if (rc == 0)
-        rc = run_transfers(s, r, bytes, res, err);
+        rc = run_transfers(s, r, bytes, slots, res, err);
     if (rc == 0)
         rc = client_barrier(s, ++s->runs, err);
     if (rc < 0)
@@ -1021,11 +1065,14 @@ static int client_size(struct xb_session *s, struct xb_run *r, uint64_t bytes, u
         return kvn_err_set(err, -EPROTO, "RESULT of %u bytes, expected 16", len);
     res->verified = -1;
     if (o->verify) {
-        uint64_t bad = o->op == XB_OP_WRITE ? get_u64(pay + 8) : pattern_check(s->buf, bytes, seed);
-        res->verified = bad == bytes;
+        uint64_t all = bytes * used;
+        uint64_t bad = o->op == XB_OP_WRITE ? get_u64(pay + 8) : pattern_check(s->buf, all, seed);
+        res->verified = bad == all;
         if (!res->verified)
-            return kvn_err_set(err, -EIO, "verify: %" PRIu64 "-byte %s differs at offset %" PRIu64,
-                               bytes, op_name(o->op), bad);
+            return kvn_err_set(err, -EIO,
+                               "verify: %" PRIu64 "-byte %s differs at offset %" PRIu64
+                               " (slot %" PRIu64 " of %" PRIu64 ")",
+                               bytes, op_name(o->op), bad, bad / bytes, used);
     }
     return 0;
 }
@@ -1059,6 +1106,7 @@ static int print_result(const struct xb_opts *o, const char *name, const struct 
     cJSON_AddStringToObject(j, "test", op_name(o->op));
     cJSON_AddStringToObject(j, "transport", name);
     cJSON_AddNumberToObject(j, "bytes", (double)r->bytes);
+    cJSON_AddNumberToObject(j, "buffer_bytes", (double)r->buffer_bytes);
     cJSON_AddNumberToObject(j, "iterations", r->iters);
     cJSON_AddNumberToObject(j, "warmup", o->warmup);
     cJSON_AddNumberToObject(j, "depth", o->depth);
@@ -1109,6 +1157,12 @@ static uint64_t max_size(const struct xb_opts *o)
     return o->sweep ? XB_SWEEP_MAX : o->size;
 }
 
+/* Bytes each side allocates and registers: the --buffer region, or the largest size. */
+static uint64_t region_size(const struct xb_opts *o)
+{
+    return o->buffer > max_size(o) ? o->buffer : max_size(o);
+}
+
 static int run_client(struct xb_opts *o, struct kvn_err *err)
 {
     struct xb_session s;
@@ -1123,7 +1177,7 @@ static int run_client(struct xb_opts *o, struct kvn_err *err)
     if (rc < 0)
         goto out;
     /* Open the transport first: a bad URI fails before anything else. */
-    rc = session_open(&s, max_size(o), err);
+    rc = session_open(&s, region_size(o), err);
     if (rc < 0)
         goto out;
     rc = tcp_connect(o->host, o->port, o->timeout_s * 1000, &s.conn.fd, err);
@@ -1136,7 +1190,7 @@ static int run_client(struct xb_opts *o, struct kvn_err *err)
         nlen = sizeof(hello) - 17;
     put_u32(hello, XB_VERSION);
     put_u32(hello + 4, (uint32_t)o->op);
-    put_u64(hello + 8, max_size(o));
+    put_u64(hello + 8, region_size(o));
     memcpy(hello + 16, name, nlen);
     rc = frame_send(&s.conn, XB_HELLO, hello, (uint32_t)(16 + nlen), err);
     if (rc < 0)
@@ -1157,9 +1211,9 @@ static int run_client(struct xb_opts *o, struct kvn_err *err)
     rc = kvn_xport_rmr_unpack(s.peer, blob, len, &s.rmr, err);
     if (rc < 0)
         goto refuse;
-    if (kvn_xport_rmr_len(s.rmr) < max_size(o)) {
+    if (kvn_xport_rmr_len(s.rmr) < region_size(o)) {
         rc = kvn_err_set(err, -EPROTO, "server registered %zu bytes, need %" PRIu64,
-                         kvn_xport_rmr_len(s.rmr), max_size(o));
+                         kvn_xport_rmr_len(s.rmr), region_size(o));
         goto refuse;
     }
     rc = send_blobs(&s, false, err);
@@ -1200,24 +1254,26 @@ static int run_memcpy(struct xb_opts *o, struct kvn_err *err)
 {
     struct xb_run r;
     memset(&r, 0, sizeof(r));
-    uint64_t hi = max_size(o);
-    unsigned char *a = buf_alloc(hi), *b = buf_alloc(hi);
+    uint64_t hi = max_size(o), region = region_size(o);
+    unsigned char *a = buf_alloc(region), *b = buf_alloc(region);
     int rc = run_alloc(&r, o, err);
     if (rc == 0 && (!a || !b))
-        rc = kvn_err_set(err, -ENOMEM, "cannot allocate two %" PRIu64 "-byte buffers", hi);
+        rc = kvn_err_set(err, -ENOMEM, "cannot allocate two %" PRIu64 "-byte buffers", region);
     if (rc < 0)
         goto out;
     o->depth = 1;
     print_header(o, "memcpy");
     for (uint64_t bytes = o->sweep ? XB_SWEEP_MIN : o->size; bytes <= hi; bytes *= 2) {
         unsigned char *src = o->op == XB_OP_WRITE ? a : b, *dst = o->op == XB_OP_WRITE ? b : a;
-        pattern_fill(src, bytes, bytes);
+        uint64_t slots = slot_count(o, bytes), used = slots_used(o, slots), off = 0;
+        pattern_fill(src, bytes * used, bytes);
         uint32_t total = o->warmup + o->iters;
         uint64_t t = now_ns();
         for (uint32_t i = 0; i < total; i++) {
             r.post_ns[i] = t;
-            memcpy(dst, src, bytes);
+            memcpy(dst + off, src + off, bytes);
             __asm__ __volatile__("" : : "r"(dst) : "memory"); /* keep every copy */
+            off = off + bytes == bytes * slots ? 0 : off + bytes;
             t = now_ns();
             if (i >= o->warmup) {
                 r.lat_ns[i - o->warmup] = t - r.post_ns[i];
@@ -1227,9 +1283,10 @@ static int run_memcpy(struct xb_opts *o, struct kvn_err *err)
         struct xb_result res;
         memset(&res, 0, sizeof(res));
         compute_figures(&r, o, bytes, r.post_ns[o->warmup], r.done_ns[o->iters - 1], &res);
+        res.buffer_bytes = bytes * slots;
         res.verified = -1;
         if (o->verify) {
-            res.verified = pattern_check(dst, bytes, bytes) == bytes;
+            res.verified = pattern_check(dst, bytes * used, bytes) == bytes * used;
             if (!res.verified) {
                 rc = kvn_err_set(err, -EIO, "memcpy verify failed");
                 goto out;
@@ -1260,6 +1317,10 @@ static void usage(FILE *f, const char *cmd)
             "                       default 127.0.0.1 for the transport; 'any' = all interfaces\n"
             "  -s, --size SIZE      bytes per operation, K/M/G suffixes (default %u)\n"
             "  -a, --all            sweep sizes 2 B .. 8 MiB in powers of two\n"
+            "      --buffer SIZE    both sides register SIZE bytes (K/M/G, >= -s, max 1G) and\n"
+            "                       op i uses slot i mod (SIZE / size) at offset slot * size\n"
+            "                       locally and remotely: distinct pages, not one cached\n"
+            "                       buffer (default: the size, one slot; with -a per size)\n"
             "  -n, --iters N        measured iterations per size (default %u)\n"
             "  -w, --warmup N       unmeasured iterations first (default %u)\n"
             "  -q, --depth Q        operations in flight (default %u, max %u)\n"
@@ -1274,7 +1335,7 @@ static void usage(FILE *f, const char *cmd)
 /* Returns 0, 1 (help printed) or -EINVAL with the reason in err. */
 static int parse_args(int argc, char **argv, struct xb_opts *o, struct kvn_err *err)
 {
-    enum { OPT_VERIFY = 256, OPT_JSON, OPT_TIMEOUT };
+    enum { OPT_VERIFY = 256, OPT_JSON, OPT_TIMEOUT, OPT_BUFFER };
     static const struct option longopts[] = {
         {"transport", required_argument, NULL, 't'},
         {"port", required_argument, NULL, 'p'},
@@ -1287,10 +1348,12 @@ static int parse_args(int argc, char **argv, struct xb_opts *o, struct kvn_err *
         {"verify", no_argument, NULL, OPT_VERIFY},
         {"json", no_argument, NULL, OPT_JSON},
         {"timeout", required_argument, NULL, OPT_TIMEOUT},
+        {"buffer", required_argument, NULL, OPT_BUFFER},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     bool have_size = false;
+    const char *buffer_arg = NULL;
     uint32_t v;
 
     if (argc < 1 || !argv || !argv[0])
@@ -1352,6 +1415,11 @@ static int parse_args(int argc, char **argv, struct xb_opts *o, struct kvn_err *
         case OPT_JSON:
             o->json = true;
             break;
+        case OPT_BUFFER:
+            if (parse_size(optarg, &o->buffer) < 0 || o->buffer == 0 || o->buffer > XB_MAX_SIZE)
+                return kvn_err_set(err, -EINVAL, "buffer '%s' is not in 1..1G", optarg);
+            buffer_arg = optarg;
+            break;
         case OPT_TIMEOUT:
             if (parse_u32(optarg, 1, 86400, &v) < 0)
                 return kvn_err_set(err, -EINVAL, "timeout '%s' not in 1..86400 s", optarg);
@@ -1363,6 +1431,9 @@ static int parse_args(int argc, char **argv, struct xb_opts *o, struct kvn_err *
         default:
             if (optopt && strchr("tpbsnwq", optopt))
                 return kvn_err_set(err, -EINVAL, "option -%c needs a value", optopt);
+            if (optopt == OPT_BUFFER || optopt == OPT_TIMEOUT)
+                return kvn_err_set(err, -EINVAL, "option --%s needs a value",
+                                   optopt == OPT_BUFFER ? "buffer" : "timeout");
             return kvn_err_set(err, -EINVAL, "unknown option '%s'", argv[optind - 1]);
         }
     }
@@ -1372,6 +1443,11 @@ static int parse_args(int argc, char **argv, struct xb_opts *o, struct kvn_err *
         return kvn_err_set(err, -EINVAL, "unexpected argument '%s'", argv[optind]);
     if (have_size && o->sweep)
         return kvn_err_set(err, -EINVAL, "-s and -a exclude each other");
+    if (buffer_arg && !o->sweep && o->buffer < o->size)
+        return kvn_err_set(err, -EINVAL,
+                           "--buffer %s (%" PRIu64 " bytes) is smaller than the size of one "
+                           "operation (-s, %" PRIu64 " bytes)",
+                           buffer_arg, o->buffer, o->size);
     if (!*o->uri)
         return kvn_err_set(err, -EINVAL, "empty transport URI");
     bool local = !strcmp(o->uri, "memcpy");

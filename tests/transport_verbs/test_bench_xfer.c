@@ -4,7 +4,9 @@
  * 127.0.0.1, the server on a free port it picks itself (-p 0) and prints.
  * The client runs with --verify --json; its JSON lines are parsed and
  * checked.  Backends not built or not usable here are reported skipped.
- * Bad command lines are checked in-process (exit status 2).
+ * Bad command lines are checked in-process (exit status 2).  --buffer runs
+ * (distinct slots per operation) are checked like the others, and their JSON
+ * must report the region in buffer_bytes.
  *
  * Every child is bounded: the harness kills it after CHILD_LIMIT_S.
  */
@@ -43,6 +45,14 @@ static uint64_t now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* "64K" / "1M" / "4097" as bytes (the test's own sizes only). */
+static uint64_t kb_value(const char *s)
+{
+    char *end;
+    uint64_t v = strtoull(s, &end, 10);
+    return *end == 'K' ? v << 10 : *end == 'M' ? v << 20 : v;
 }
 
 static void spawn(struct child *c, char **argv)
@@ -182,9 +192,11 @@ static void run_pair(const char *op, const char *uri, const char *server_op, cha
     r->server_rc = finish(&r->server, deadline);
 }
 
-/* Parses every JSON line of out; checks each and returns how many. */
-static int check_json(const char *out, const char *op, uint64_t first_bytes, uint32_t iters,
-                      uint64_t *last_bytes)
+/* Parses every JSON line of out; checks each and returns how many.  buffer: the
+ * --buffer given (0: none), so buffer_bytes must be slots * bytes with slots =
+ * buffer / bytes, at least 1. */
+static int check_json_buf(const char *out, const char *op, uint64_t first_bytes, uint32_t iters,
+                          uint64_t buffer, uint64_t *last_bytes)
 {
     int count = 0;
     uint64_t expect = first_bytes;
@@ -206,6 +218,10 @@ static int check_json(const char *out, const char *op, uint64_t first_bytes, uin
             cJSON *p99 = cJSON_GetObjectItem(j, "lat_p99_us");
             cJSON *ver = cJSON_GetObjectItem(j, "verified");
             cJSON *test = cJSON_GetObjectItem(j, "test");
+            cJSON *bb = cJSON_GetObjectItem(j, "buffer_bytes");
+            assert_true(cJSON_IsNumber(bb));
+            uint64_t slots = buffer / expect ? buffer / expect : 1;
+            assert_true((uint64_t)bb->valuedouble == slots * expect);
             assert_true(cJSON_IsNumber(b) && cJSON_IsNumber(it) && cJSON_IsNumber(pk) &&
                         cJSON_IsNumber(avg) && cJSON_IsNumber(mr) && cJSON_IsNumber(p50) &&
                         cJSON_IsNumber(p99));
@@ -232,7 +248,15 @@ static int check_json(const char *out, const char *op, uint64_t first_bytes, uin
     return count;
 }
 
-static void pair_case(const char *uri, const char *op, const char *size, uint32_t iters)
+static int check_json(const char *out, const char *op, uint64_t first_bytes, uint32_t iters,
+                      uint64_t *last_bytes)
+{
+    return check_json_buf(out, op, first_bytes, iters, 0, last_bytes);
+}
+
+/* size and buffer in bytes or with a K suffix; buffer NULL: no --buffer. */
+static void pair_case_buf(const char *uri, const char *op, const char *size, const char *buffer,
+                          uint32_t iters)
 {
     char why[256];
     if (!usable(uri, why, sizeof(why))) {
@@ -242,8 +266,10 @@ static void pair_case(const char *uri, const char *op, const char *size, uint32_
     }
     char istr[16];
     snprintf(istr, sizeof(istr), "%u", iters);
-    char *extra[] = {"-s", (char *)size, "-n",       istr,     "-w", "5",
-                     "-q", "8",          "--verify", "--json", NULL};
+    char *extra[] = {"-s", (char *)size, "-n",     istr,       "-w",           "5", "-q",
+                     "8",  "--verify",   "--json", "--buffer", (char *)buffer, NULL};
+    if (!buffer)
+        extra[10] = NULL;
     static struct pair_result r;
     memset(&r, 0, sizeof(r));
     run_pair(op, uri, op, extra, &r);
@@ -252,8 +278,47 @@ static void pair_case(const char *uri, const char *op, const char *size, uint32_
                       r.server_rc, r.server.buf);
     assert_int_equal(r.client_rc, 0);
     assert_int_equal(r.server_rc, 0);
-    uint64_t bytes = strtoull(size, NULL, 10), last = 0;
-    assert_int_equal(check_json(r.client.buf, op, bytes, iters, &last), 1);
+    uint64_t bytes = kb_value(size), last = 0;
+    assert_int_equal(
+        check_json_buf(r.client.buf, op, bytes, iters, buffer ? kb_value(buffer) : 0, &last), 1);
+}
+
+static void pair_case(const char *uri, const char *op, const char *size, uint32_t iters)
+{
+    pair_case_buf(uri, op, size, NULL, iters);
+}
+
+/* --buffer 1M with 64 KiB ops: 16 slots, each checked by --verify (55 ops: all 16 used). */
+static void test_ofi_tcp_buffer_write(void **s)
+{
+    (void)s;
+    pair_case_buf("ofi+tcp", "write", "64K", "1M", 50);
+}
+
+static void test_ofi_tcp_buffer_read(void **s)
+{
+    (void)s;
+    pair_case_buf("ofi+tcp", "read", "64K", "1M", 50);
+}
+
+static void test_ucx_tcp_buffer_write(void **s)
+{
+    (void)s;
+    pair_case_buf("ucx+tcp", "write", "64K", "1M", 50);
+}
+
+static void test_ucx_tcp_buffer_read(void **s)
+{
+    (void)s;
+    pair_case_buf("ucx+tcp", "read", "64K", "1M", 50);
+}
+
+/* A region that is not a multiple of the size, fewer ops than slots: only the
+ * slots used are checked, and buffer_bytes is the whole slots' span. */
+static void test_ofi_tcp_buffer_odd(void **s)
+{
+    (void)s;
+    pair_case_buf("ofi+tcp", "read", "4097", "300000", 20);
 }
 
 static void test_ofi_tcp_write(void **s)
@@ -425,6 +490,13 @@ static void test_table_and_memcpy(void **s)
     assert_int_equal(finish(&c, now_ms() + 30000), 0);
     uint64_t last = 0;
     assert_int_equal(check_json(c.buf, "read", 2, 4, &last), 23);
+
+    /* -a with --buffer: the region per size (64 KiB / size slots, at least 1) */
+    char *bargv[] = {"read", "-t",       "memcpy", "-a",       "-n",  "4", "-w",
+                     "0",    "--verify", "--json", "--buffer", "64K", NULL};
+    spawn(&c, bargv);
+    assert_int_equal(finish(&c, now_ms() + 30000), 0);
+    assert_int_equal(check_json_buf(c.buf, "read", 2, 4, 65536, &last), 23);
 }
 
 static int run_main(char **argv)
@@ -456,6 +528,13 @@ static void test_bad_args(void **s)
         {"write", "-t", "memcpy", "127.0.0.1", NULL},
         {"write", "h1", "h2", NULL},
         {"write", "--timeout", "0", NULL},
+        {"write", "--buffer", "1Q", NULL},
+        {"write", "--buffer", "0", NULL},
+        {"write", "--buffer", "2G", NULL},
+        {"write", "--buffer", "-1M", NULL},
+        {"write", "--buffer", NULL},
+        {"write", "-s", "64K", "--buffer", "32K", NULL},
+        {"write", "--buffer", "32K", NULL}, /* smaller than the default -s 64K */
         {"copy", NULL},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -468,6 +547,43 @@ static void test_bad_args(void **s)
     assert_int_equal(kvn_bench_xfer_main(0, NULL), 2);
     char *help[] = {"read", "--help", NULL};
     assert_int_equal(run_main(help), 0);
+}
+
+/* Runs argv in-process with stderr captured into msg; returns the exit status. */
+static int run_main_stderr(char **argv, char *msg, size_t cap)
+{
+    FILE *tmp = tmpfile();
+    assert_non_null(tmp);
+    fflush(stderr);
+    int saved = dup(STDERR_FILENO);
+    assert_true(saved >= 0);
+    dup2(fileno(tmp), STDERR_FILENO);
+    int rc = run_main(argv);
+    fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    rewind(tmp);
+    size_t n = fread(msg, 1, cap - 1, tmp);
+    msg[n] = '\0';
+    fclose(tmp);
+    return rc;
+}
+
+/* --buffer below -s, or with a bad suffix: usage error (2) that says why. */
+static void test_buffer_refused(void **s)
+{
+    (void)s;
+    char msg[1024];
+    char *small[] = {"read", "-t", "ofi+tcp", "-s", "64K", "--buffer", "32K", "127.0.0.1", NULL};
+    assert_int_equal(run_main_stderr(small, msg, sizeof(msg)), 2);
+    assert_non_null(strstr(msg, "--buffer 32K (32768 bytes) is smaller than the size of one "
+                                "operation (-s, 65536 bytes)"));
+    char *suffix[] = {"read", "-s", "64K", "--buffer", "1MX", "127.0.0.1", NULL};
+    assert_int_equal(run_main_stderr(suffix, msg, sizeof(msg)), 2);
+    assert_non_null(strstr(msg, "buffer '1MX' is not in 1..1G"));
+    char *novalue[] = {"read", "-s", "64K", "--buffer", NULL};
+    assert_int_equal(run_main_stderr(novalue, msg, sizeof(msg)), 2);
+    assert_non_null(strstr(msg, "option --buffer needs a value"));
 }
 
 /* A transport that cannot open is a runtime failure (1), not a usage error. */
@@ -485,14 +601,27 @@ static void test_bad_transport(void **s)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_bad_args),      cmocka_unit_test(test_table_and_memcpy),
-        cmocka_unit_test(test_no_server),     cmocka_unit_test(test_bad_transport),
-        cmocka_unit_test(test_ofi_tcp_write), cmocka_unit_test(test_ofi_tcp_read),
-        cmocka_unit_test(test_ucx_tcp_write), cmocka_unit_test(test_ucx_tcp_read),
-        cmocka_unit_test(test_ofi_shm_write), cmocka_unit_test(test_ucx_sm_read),
-        cmocka_unit_test(test_sweep_ofi_tcp), cmocka_unit_test(test_server_killed),
-        cmocka_unit_test(test_client_killed), cmocka_unit_test(test_server_killed_ucx),
+        cmocka_unit_test(test_bad_args),
+        cmocka_unit_test(test_table_and_memcpy),
+        cmocka_unit_test(test_no_server),
+        cmocka_unit_test(test_bad_transport),
+        cmocka_unit_test(test_ofi_tcp_write),
+        cmocka_unit_test(test_ofi_tcp_read),
+        cmocka_unit_test(test_ucx_tcp_write),
+        cmocka_unit_test(test_ucx_tcp_read),
+        cmocka_unit_test(test_ofi_shm_write),
+        cmocka_unit_test(test_ucx_sm_read),
+        cmocka_unit_test(test_sweep_ofi_tcp),
+        cmocka_unit_test(test_server_killed),
+        cmocka_unit_test(test_client_killed),
+        cmocka_unit_test(test_server_killed_ucx),
         cmocka_unit_test(test_op_mismatch),
+        cmocka_unit_test(test_buffer_refused),
+        cmocka_unit_test(test_ofi_tcp_buffer_write),
+        cmocka_unit_test(test_ofi_tcp_buffer_read),
+        cmocka_unit_test(test_ucx_tcp_buffer_write),
+        cmocka_unit_test(test_ucx_tcp_buffer_read),
+        cmocka_unit_test(test_ofi_tcp_buffer_odd),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
