@@ -4,7 +4,7 @@
  * published) per second, plus the node's ack-to-publish latency.
  *
  *   kvnode --l1 256M --host-pool 512M --page-bytes 1M --page-size 16 ... &
- *   kvn-wtbench -c tcp://127.0.0.1:7100 --rounds 10 --pages-per-insert 16 [--json]
+ *   kvn-wtbench -c tcp://127.0.0.1:7100 --rounds 10 --pages-per-insert 16 [--events EP] [--json]
  *
  * With --engine N the tool is also the engine: it registers an L1 region of N
  * slots in its own transport domain (same transport as the node; memory from
@@ -16,8 +16,18 @@
  * until every write-through job is acknowledged, then resets the index (not
  * timed). --warmup N (default 1) rounds run first and are not counted: the
  * first touch of every page (page faults, the node mapping the engine's UCX
- * segment) is not the copy rate (kvbench warms up too). Time is measured from the first insert of a
- * round to the stats reply that shows no job pending.
+ * segment) is not the copy rate (kvbench warms up too).
+ *
+ * When a round ends ("end" in the JSON):
+ *   stats   (default) time runs from the first insert to the stats reply that shows no job
+ *           pending, polled every 200 us: a coarse mark for rounds of 7-30 ms.
+ *   events  with --events tcp://HOST:PORT (the node's --events PUB endpoint): a SUB socket,
+ *           connected before the first round (then a 300 ms settle, so the subscription is
+ *           in place), decodes every batch (node/events/event_codec.h) and the round ends when
+ *           CPU_PINNED BlockStored events (the write-through acks) have named every page the
+ *           round inserted.  One stats call follows (not timed): it must show no job pending
+ *           and no failed job, else the run fails.
+ * Every wait is bounded (10 s per round); a timeout ends the run with a message, exit 1.
  */
 #include <getopt.h>
 #include <pthread.h>
@@ -29,8 +39,14 @@
 #include <string.h>
 #include <time.h>
 
+#include <zmq.h>
+
+#include "node/events/event_codec.h"
 #include "node/kvnode_client.h"
 #include "transport/kvn_xport.h"
+
+#define ROUND_LIMIT_S 10.0 /* every wait of a round */
+#define SETTLE_NS     300000000L
 
 struct engine {
     struct kvn_xport *x;
@@ -112,6 +128,98 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+/*
+ * The node's KV events, followed to mark the end of a round: counts the page hashes of
+ * CPU_PINNED BlockStored events (one hash per acked page).
+ */
+struct evwatch {
+    void *ctx, *sub;
+    struct kvn_events_decoder dec;
+    uint64_t stored; /* CPU_PINNED BlockStored hashes since the last drain */
+};
+
+static int ev_visit(void *arg, const struct kvn_kv_event *ev)
+{
+    struct evwatch *w = arg;
+    if (ev->type == KVN_EV_BLOCK_STORED && ev->medium == KVN_MEDIUM_CPU_PINNED)
+        w->stored += ev->n_hashes;
+    return 0;
+}
+
+static void ev_close(struct evwatch *w)
+{
+    if (w->sub)
+        zmq_close(w->sub);
+    if (w->ctx)
+        zmq_ctx_term(w->ctx);
+    kvn_events_decoder_fini(&w->dec);
+    memset(w, 0, sizeof(*w));
+}
+
+static int ev_open(struct evwatch *w, const char *ep, struct kvn_err *e)
+{
+    int zero = 0;
+    memset(w, 0, sizeof(*w));
+    kvn_events_decoder_init(&w->dec, NULL);
+    w->ctx = zmq_ctx_new();
+    if (!w->ctx)
+        return kvn_err_set(e, -EIO, "zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
+    w->sub = zmq_socket(w->ctx, ZMQ_SUB);
+    /* RCVHWM 0: no limit, a round's events (one per page) must all arrive */
+    if (!w->sub || zmq_setsockopt(w->sub, ZMQ_LINGER, &zero, sizeof(zero)) != 0 ||
+        zmq_setsockopt(w->sub, ZMQ_RCVHWM, &zero, sizeof(zero)) != 0 ||
+        zmq_setsockopt(w->sub, ZMQ_SUBSCRIBE, "", 0) != 0 || zmq_connect(w->sub, ep) != 0)
+        return kvn_err_set(e, -EINVAL, "--events %s: %s", ep, zmq_strerror(zmq_errno()));
+    /* a SUB connects and subscribes asynchronously: give it time before the first round */
+    nanosleep(&(struct timespec){0, SETTLE_NS}, NULL);
+    return 0;
+}
+
+/*
+ * Takes what is waiting on the SUB socket, waiting up to timeout_ms for the first message
+ * (0: never waits).  Each message is [topic][seq][payload]; the payload is decoded strictly.
+ * Returns the messages taken, or a negative code (malformed message, ZMQ error).
+ */
+static int ev_take(struct evwatch *w, long timeout_ms, struct kvn_err *e)
+{
+    int taken = 0;
+    for (;;) {
+        zmq_pollitem_t it = {.socket = w->sub, .events = ZMQ_POLLIN};
+        int n = zmq_poll(&it, 1, taken ? 0 : timeout_ms);
+        if (n < 0)
+            return kvn_err_set(e, -EIO, "events: zmq_poll: %s", zmq_strerror(zmq_errno()));
+        if (n == 0)
+            return taken;
+        zmq_msg_t f[3];
+        int nf = 0, more = 1, rc = 0;
+        while (more) {
+            zmq_msg_t m;
+            zmq_msg_init(&m);
+            if (zmq_msg_recv(&m, w->sub, 0) < 0) {
+                zmq_msg_close(&m);
+                rc = kvn_err_set(e, -EIO, "events: recv: %s", zmq_strerror(zmq_errno()));
+                break;
+            }
+            more = zmq_msg_more(&m);
+            if (nf < 3)
+                f[nf] = m;
+            else
+                zmq_msg_close(&m);
+            nf++;
+        }
+        if (rc == 0 && nf != 3)
+            rc = kvn_err_set(e, -EBADMSG, "events: a message of %d frames, expected 3", nf);
+        if (rc == 0)
+            rc = kvn_events_decode(&w->dec, zmq_msg_data(&f[2]), zmq_msg_size(&f[2]), ev_visit, w,
+                                   NULL, e);
+        for (int i = 0; i < nf && i < 3; i++)
+            zmq_msg_close(&f[i]);
+        if (rc < 0)
+            return rc;
+        taken++;
+    }
+}
+
 static uint64_t stat_u64(struct kvn_client *c, const char *k)
 {
     struct kvn_client_reply *r;
@@ -131,6 +239,7 @@ int main(int argc, char **argv)
     uint32_t ppi = 16, engine_slots = 0;
     const char *engine_poll = "auto";
     int plain_mem = 0;
+    const char *events_ep = NULL;
     static const struct option opts[] = {{"connect", required_argument, NULL, 'c'},
                                          {"rounds", required_argument, NULL, 'r'},
                                          {"pages-per-insert", required_argument, NULL, 'p'},
@@ -139,9 +248,10 @@ int main(int argc, char **argv)
                                          {"engine-poll", required_argument, NULL, 'P'},
                                          {"engine-mem", required_argument, NULL, 'M'},
                                          {"warmup", required_argument, NULL, 'W'},
+                                         {"events", required_argument, NULL, 'E'},
                                          {NULL, 0, NULL, 0}};
     int o;
-    while ((o = getopt_long(argc, argv, "c:r:p:je:P:M:W:", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, "c:r:p:je:P:M:W:E:", opts, NULL)) != -1) {
         switch (o) {
         case 'c':
             ep = optarg;
@@ -164,6 +274,13 @@ int main(int argc, char **argv)
         case 'W':
             warmup = atoi(optarg);
             break;
+        case 'E':
+            if (strncmp(optarg, "tcp://", 6) || !optarg[6]) {
+                fprintf(stderr, "kvn-wtbench: --events wants tcp://HOST:PORT, not '%s'\n", optarg);
+                return 2;
+            }
+            events_ep = optarg;
+            break;
         case 'M':
             if (strcmp(optarg, "domain") && strcmp(optarg, "mmap")) {
                 fprintf(stderr, "kvn-wtbench: --engine-mem is domain or mmap\n");
@@ -175,7 +292,7 @@ int main(int argc, char **argv)
             fprintf(stderr,
                     "usage: kvn-wtbench [-c EP] [--rounds N] [--warmup N] [--pages-per-insert P] "
                     "[--engine SLOTS] [--engine-poll auto|busy|wait] [--engine-mem domain|mmap] "
-                    "[--json]\n");
+                    "[--events tcp://HOST:PORT] [--json]\n");
             return 2;
         }
     }
@@ -225,10 +342,19 @@ int main(int argc, char **argv)
         return 1;
     }
     uint32_t inserts = (uint32_t)(slots / ppi);
+    uint64_t round_pages = (uint64_t)inserts * ppi;
     int32_t *toks = malloc(sizeof(int32_t) * ps * ppi);
     uint32_t *sl = malloc(sizeof(uint32_t) * ppi);
-    if (!toks || !sl)
-        return 1;
+    struct evwatch w = {0};
+    int status = 1;
+    if (!toks || !sl) {
+        fprintf(stderr, "kvn-wtbench: out of memory\n");
+        goto out;
+    }
+    if (events_ep && ev_open(&w, events_ep, &e) < 0) {
+        fprintf(stderr, "kvn-wtbench: %s\n", e.msg);
+        goto out;
+    }
     double busy = 0;
     uint64_t b0 = 0, acks0 = 0;
     /* warmup rounds first, not counted: the first touch of every page (the node mapping the
@@ -240,9 +366,17 @@ int main(int argc, char **argv)
         }
         if (kvn_client_reset(c, &e) < 0) {
             fprintf(stderr, "kvn-wtbench: reset: %s\n", e.msg);
-            return 1;
+            goto out;
         }
-        double t0 = now_s();
+        /* what the reset published (removals, clears) is not this round's */
+        if (events_ep) {
+            if (ev_take(&w, 0, &e) < 0) {
+                fprintf(stderr, "kvn-wtbench: %s\n", e.msg);
+                goto out;
+            }
+            w.stored = 0;
+        }
+        double t0 = now_s(), t_end;
         for (uint32_t k = 0; k < inserts; k++) {
             for (uint64_t i = 0; i < ps * ppi; i++)
                 toks[i] =
@@ -252,35 +386,77 @@ int main(int argc, char **argv)
                 sl[i] = k * ppi + i;
             if (kvn_client_insert(c, toks, (uint32_t)(ps * ppi), sl, ppi, NULL, &e) < 0) {
                 fprintf(stderr, "kvn-wtbench: insert: %s\n", e.msg);
-                return 1;
+                goto out;
             }
         }
-        while (stat_u64(c, "pending_jobs") != 0)
-            nanosleep(&(struct timespec){0, 200000}, NULL); /* do not crowd the node's loop */
+        if (events_ep) {
+            /* the round's acks, as a router would see them */
+            while (w.stored < round_pages) {
+                double left = t0 + ROUND_LIMIT_S - now_s();
+                if (left <= 0) {
+                    fprintf(stderr,
+                            "kvn-wtbench: round %d: %" PRIu64 " of %" PRIu64
+                            " pages announced (CPU_PINNED BlockStored) within %.0f s\n",
+                            rd, w.stored, round_pages, ROUND_LIMIT_S);
+                    goto out;
+                }
+                if (ev_take(&w, (long)(left * 1000) + 1, &e) < 0) {
+                    fprintf(stderr, "kvn-wtbench: round %d: %s\n", rd, e.msg);
+                    goto out;
+                }
+            }
+            t_end = now_s();
+            uint64_t pending = stat_u64(c, "pending_jobs"), failed = stat_u64(c, "jobs_failed");
+            if (pending != 0 || failed != 0) {
+                fprintf(stderr,
+                        "kvn-wtbench: round %d: every page announced, but stats show "
+                        "pending_jobs %" PRIu64 " jobs_failed %" PRIu64
+                        " (UINT64_MAX: stats failed)\n",
+                        rd, pending, failed);
+                goto out;
+            }
+        } else {
+            uint64_t pending;
+            while ((pending = stat_u64(c, "pending_jobs")) != 0) {
+                if (now_s() - t0 > ROUND_LIMIT_S) {
+                    fprintf(stderr,
+                            "kvn-wtbench: round %d: pending_jobs still %" PRIu64
+                            " after %.0f s (UINT64_MAX: stats failed)\n",
+                            rd, pending, ROUND_LIMIT_S);
+                    goto out;
+                }
+                nanosleep(&(struct timespec){0, 200000}, NULL); /* do not crowd the node's loop */
+            }
+            t_end = now_s();
+        }
         if (rd >= warmup)
-            busy += now_s() - t0;
+            busy += t_end - t0;
     }
     uint64_t bytes = stat_u64(c, "bytes_to_l2") - b0;
     uint64_t acks = stat_u64(c, "acks_ok") - acks0;
     uint64_t p50 = stat_u64(c, "ack_to_publish_p50_us"), p99 = stat_u64(c, "ack_to_publish_p99_us");
     uint64_t failed = stat_u64(c, "jobs_failed"), skipped = stat_u64(c, "backups_skipped");
     double gbps = bytes / busy / 1e9;
+    const char *end_mark = events_ep ? "events" : "stats";
     if (json)
-        printf("{\"mode\":\"%s\",\"engine_mem\":\"%s\",\"warmup\":%d,\"page_bytes\":%" PRIu64
-               ",\"bytes\":%" PRIu64 ",\"seconds\":%.6f,\"gbps\":%.4f,"
+        printf("{\"mode\":\"%s\",\"engine_mem\":\"%s\",\"end\":\"%s\",\"warmup\":%d,"
+               "\"page_bytes\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"seconds\":%.6f,\"gbps\":%.4f,"
                "\"acks\":%" PRIu64 ",\"jobs_failed\":%" PRIu64 ",\"backups_skipped\":%" PRIu64
                ",\"ack_to_publish_p50_us\":%" PRIu64 ",\"ack_to_publish_p99_us\":%" PRIu64 "}\n",
                engine_slots ? (g.passive ? "engine-wait" : "engine") : "loopback",
                !engine_slots ? "node"
                : plain_mem   ? "mmap"
                              : "domain",
-               warmup, pb, bytes, busy, gbps, acks, failed, skipped, p50, p99);
+               end_mark, warmup, pb, bytes, busy, gbps, acks, failed, skipped, p50, p99);
     else
         printf("page_bytes %" PRIu64 "  bytes %" PRIu64 "  %.3f s  %.3f GB/s  acks %" PRIu64
-               "  failed %" PRIu64 "  ack->publish p50 %" PRIu64 " us p99 %" PRIu64 " us\n",
-               pb, bytes, busy, gbps, acks, failed, p50, p99);
+               "  failed %" PRIu64 "  ack->publish p50 %" PRIu64 " us p99 %" PRIu64 " us  end %s\n",
+               pb, bytes, busy, gbps, acks, failed, p50, p99, end_mark);
+    status = 0;
+out:
     free(toks);
     free(sl);
+    ev_close(&w);
     kvn_client_close(c);
     if (engine_slots) {
         atomic_store(&g.stop, 1);
@@ -292,5 +468,5 @@ int main(int argc, char **argv)
             kvn_xport_mem_free(g.x, g.l1, g.l1_len, NULL);
         kvn_xport_close(g.x);
     }
-    return 0;
+    return status;
 }
