@@ -2,6 +2,7 @@
 #include "node/host_pool.h"
 
 #include "transport/kvn_xport.h"
+#include "util/kvn_mem.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -11,7 +12,6 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define HUGE_2M       (2ull << 20)
 #define MPOL_BIND_    2         /* <numaif.h> is libnuma's, not libc's: the values are ABI */
 #define MPOL_MF_MOVE_ (1u << 1) /* move pages already populated (domain memory) */
 
@@ -31,6 +31,7 @@ struct pool_mem {
     bool huge;
     const char *how;
     const char *numa;
+    char how_buf[96];
 };
 
 static void pool_mem_put(const struct pool_mem *m)
@@ -91,30 +92,33 @@ static int pool_mem_get(struct kvn_xport *x, uint64_t want, bool try_huge, struc
                      : "domain memory (kvn_xport_mem_alloc, huge pages when available)";
         return 0;
     }
-    if (try_huge) {
-        m->map_bytes = (size_t)((want + HUGE_2M - 1) / HUGE_2M * HUGE_2M);
-        base = mmap(NULL, m->map_bytes, PROT_READ | PROT_WRITE,
-                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
-        if (base != MAP_FAILED)
-            m->huge = true;
-    }
-    if (base == MAP_FAILED) {
-        long ps = sysconf(_SC_PAGESIZE);
-        size_t pg = ps > 0 ? (size_t)ps : 4096;
-        m->map_bytes = (size_t)((want + pg - 1) / pg * pg);
-        /* populated up front: the pool is registered for RDMA anyway (verbs pins it), and
-         * page faults in the first transfers would only move the cost to the data path */
-        base = mmap(NULL, m->map_bytes, PROT_READ | PROT_WRITE,
-                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-        if (base == MAP_FAILED)
-            return kvn_err_set(err, -ENOMEM, "mmap of %" PRIu64 " bytes failed: %s", want,
-                               strerror(errno));
-        if (m->map_bytes >= HUGE_2M)
-            (void)madvise(base, m->map_bytes, MADV_HUGEPAGE); /* a hint; THP may be off */
-    }
-    m->base = base;
-    m->how = m->huge ? "huge pages (MAP_HUGETLB)" : "regular pages";
+    struct kvn_mem km;
+    int rc = kvn_mem_map((size_t)want, try_huge, &km, err);
+    if (rc < 0)
+        return rc;
+    m->base = km.base;
+    m->map_bytes = km.map_len;
+    m->huge = km.hugetlb;
+    m->how = km.hugetlb       ? "huge pages (MAP_HUGETLB)"
+             : km.thp_advised ? "regular pages, transparent huge pages advised"
+                              : "regular pages";
     return 0;
+}
+
+/* Our own mapping is populated after the NUMA binding, so the policy applies to every page
+ * (domain memory comes populated and is moved by the binding instead). */
+static void pool_mem_populate(struct pool_mem *m)
+{
+    if (m->x)
+        return;
+    struct kvn_mem km = {.base = m->base, .map_len = m->map_bytes, .hugetlb = m->huge};
+    kvn_mem_populate(&km);
+    size_t hb = kvn_mem_huge_bytes(&km);
+    if (hb && !m->huge)
+        snprintf(m->how_buf, sizeof(m->how_buf), "%s (%zu MiB in huge pages)", m->how,
+                 hb >> 20);
+    if (m->how_buf[0])
+        m->how = m->how_buf;
 }
 
 static void pool_adopt(struct kvn_host_pool *p, const struct pool_mem *m, int bound)
@@ -181,6 +185,7 @@ int kvn_host_pool_create_in(struct kvn_xport *x, struct kvn_host_pool **out, uin
         free(p);
         return rc;
     }
+    pool_mem_populate(&m);
     p->want_numa = numa_node;
     pool_adopt(p, &m, bound);
     *out = p;
@@ -203,6 +208,7 @@ int kvn_host_pool_move(struct kvn_host_pool *pool, struct kvn_xport *x, struct k
         pool_mem_put(&m);
         return rc;
     }
+    pool_mem_populate(&m);
     memcpy(m.base, pool->base, (size_t)kvn_host_pool_bytes(pool));
     struct pool_mem old = pool_mem_of(pool);
     pool_adopt(pool, &m, bound);

@@ -5,16 +5,17 @@
  *   | page 0 | page 1 | page 2 | ...                      | page n-1 |  (mapping rounded up)
  *
  * Where the bytes come from:
- *   - kvn_host_pool_create (no domain): mapped (and populated) once at start-up, with
- *     MAP_HUGETLB when try_huge and the kernel has huge pages to give (else regular pages with
- *     MADV_HUGEPAGE as a hint);
+ *   - kvn_host_pool_create (no domain): mapped once at start-up (util/kvn_mem.h), with
+ *     MAP_HUGETLB when try_huge and the kernel has huge pages to give, else regular pages,
+ *     2 MiB aligned and advised MADV_HUGEPAGE before they are touched (transparent huge pages
+ *     where THP is "always" or "madvise"), then populated after the NUMA binding;
  *   - kvn_host_pool_create_in(x, ...): from kvn_xport_mem_alloc(x), the memory x is best at:
  *     on UCX domains UCX allocates it (ucp_mem_map ALLOCATE: the only memory UCX 1.13 puts/gets
  *     directly over shared memory, ucx+sm; huge pages are then UCX's choice, `huge` stays
  *     false); on other domains it is the same populated anonymous mapping as above with huge
  *     pages tried - except when try_huge is false, then the pool maps regular pages itself.
- * Either way the pool is bound to a NUMA node when asked (mbind; memory already populated is
- * moved, MPOL_MF_MOVE), and registered once with the transport by its user. Which page holds
+ * Either way the pool is bound to a NUMA node when asked (mbind before our own mapping is
+ * populated; domain memory, populated already, is moved, MPOL_MF_MOVE), and registered once with the transport by its user. Which page holds
  * what is the cache's business (its page allocator hands out indices); this file only turns an
  * index into bytes.
  *

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "transport/kvn_xport.h"
+#include "util/kvn_mem.h"
 #include "transport/xport_impl.h"
 
 #ifdef KVN_HAVE_UCX
@@ -35,7 +36,6 @@
 #endif
 
 #define MEM_PAGE  4096ull
-#define MEM_HUGE  (2ull << 20)
 #define MEM_MAGIC 0x4d454d4e564b5450ull /* "PTKVNMEM" */
 #define MEM_MAX   (1ull << 62)
 
@@ -81,25 +81,17 @@ static int mmap_alloc(struct kvn_xport *x, size_t len, void **out, struct kvn_er
 {
     uint64_t tail_off = round_up(len, MEM_PAGE);
     uint64_t need = tail_off + sizeof(struct mem_tail);
-    void *base = MAP_FAILED;
-    uint64_t map = round_up(need, MEM_HUGE);
-    bool huge = false;
-    if (need >= MEM_HUGE) { /* at least one whole huge page: little slack */
-        base = mmap(NULL, (size_t)map, PROT_READ | PROT_WRITE,
-                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
-        huge = base != MAP_FAILED;
-    }
-    if (base == MAP_FAILED) {
-        map = round_up(need, MEM_PAGE);
-        /* populated: the memory is about to be registered (verbs pins it), and
-         * faults in the first transfers would only move the cost to the data path */
-        base = mmap(NULL, (size_t)map, PROT_READ | PROT_WRITE,
-                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-        if (base == MAP_FAILED)
-            return kvn_err_set(err, -ENOMEM, "mmap of %zu bytes failed: %s", len, strerror(errno));
-        if (map >= MEM_HUGE)
-            (void)madvise(base, (size_t)map, MADV_HUGEPAGE); /* a hint; THP may be off */
-    }
+    /* huge pages when the kernel gives them (MAP_HUGETLB, else 2 MiB aligned memory advised
+     * for THP before it is touched), populated: the memory is about to be registered (verbs
+     * pins it), and faults in the first transfers would only move the cost to the data path */
+    struct kvn_mem km;
+    int rc = kvn_mem_map((size_t)need, true, &km, err);
+    if (rc < 0)
+        return rc;
+    kvn_mem_populate(&km);
+    void *base = km.base;
+    uint64_t map = km.map_len;
+    bool huge = km.hugetlb;
     struct mem_tail t = {.magic = MEM_MAGIC,
                          .addr = (uint64_t)(uintptr_t)base,
                          .len = len,
