@@ -55,8 +55,8 @@
  */
 #include "bench/bench.h"
 #include "transport/kvn_xport.h"
-#include "transport/ucx/kvn_xport_ucx.h"
 #include "util/kvn_err.h"
+#include "util/kvn_mem.h"
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
@@ -140,15 +140,14 @@ struct xb_result {
 };
 
 /*
- * UCX domains get their buffers from kvn_xport_ucx_mem_alloc(): over ucx+sm
- * only UCX-allocated memory is put/get directly (caller memory falls back to
- * UCX 1.13's software RMA, ~50x slower; see transport/ucx/kvn_xport_ucx.h),
- * and that is what a node's host pool uses too.  Weak, because the UCX
- * backend is optional at build time: without it the symbols are NULL and
- * every backend gets plain pages.
+ * Every domain's buffer comes from kvn_xport_mem_alloc(), the memory the
+ * domain is best at, as the node's engines and pools use it: UCX-allocated on
+ * UCX domains (over ucx+sm only that memory is put/get directly; caller
+ * memory falls back to UCX 1.13's software RMA, ~50x slower), elsewhere 2 MiB
+ * aligned memory backed by huge pages when the kernel gives them
+ * (util/kvn_mem.h; over ofi+shm a huge-page source halved the time of a
+ * CMA read, BENCHMARKS.md §4).  -t memcpy uses the same mappings.
  */
-#pragma weak kvn_xport_ucx_mem_alloc
-#pragma weak kvn_xport_ucx_mem_free
 
 /* --- small helpers ------------------------------------------------------- */
 
@@ -275,13 +274,13 @@ static uint64_t pattern_check(const unsigned char *buf, uint64_t len, uint64_t s
     return len;
 }
 
-static void *buf_alloc(uint64_t len)
+/* -t memcpy's buffers: the mappings kvn_xport_mem_alloc makes outside UCX. */
+static void *buf_alloc(struct kvn_mem *m, uint64_t len)
 {
-    size_t sz = (size_t)((len + 4095) & ~4095ull);
-    void *p = aligned_alloc(4096, sz ? sz : 4096);
-    if (p)
-        memset(p, 0, sz ? sz : 4096); /* fault the pages in before timing */
-    return p;
+    if (kvn_mem_map((size_t)(len ? len : 1), true, m, NULL) < 0)
+        return NULL;
+    kvn_mem_populate(m);
+    return m->base;
 }
 
 static void put_u16(unsigned char *p, uint16_t v)
@@ -583,7 +582,6 @@ struct xb_session {
     struct kvn_xport_rmr *rmr; /* client: the server's buffer */
     unsigned char *buf;
     uint64_t buf_len;
-    bool buf_ucx; /* buf came from kvn_xport_ucx_mem_alloc */
     struct xb_conn conn;
     uint64_t runs; /* client: sizes run so far (the end-of-run number) */
 };
@@ -596,10 +594,8 @@ static void session_close(struct xb_session *s)
         kvn_xport_disconnect(s->peer);
     if (s->mr)
         kvn_xport_mr_dereg(s->mr, NULL);
-    if (s->buf_ucx)
-        kvn_xport_ucx_mem_free(s->x, s->buf, NULL);
-    else
-        free(s->buf);
+    if (s->buf)
+        (void)kvn_xport_mem_free(s->x, s->buf, (size_t)s->buf_len, NULL);
     if (s->x)
         kvn_xport_close(s->x);
     if (s->conn.fd >= 0)
@@ -618,19 +614,12 @@ static int session_open(struct xb_session *s, uint64_t buf_len, struct kvn_err *
     if (rc < 0)
         return rc;
     s->buf_len = buf_len;
-    if (kvn_xport_ucx_mem_alloc && kvn_xport_backend(s->x) == KVN_XPORT_BACKEND_UCX) {
-        void *p = NULL;
-        rc = kvn_xport_ucx_mem_alloc(s->x, buf_len, &p, err);
-        if (rc < 0)
-            return rc;
-        s->buf = p;
-        s->buf_ucx = true;
-        memset(s->buf, 0, buf_len); /* fault the pages in before timing */
-    } else {
-        s->buf = buf_alloc(buf_len);
-    }
-    if (!s->buf)
-        return kvn_err_set(err, -ENOMEM, "cannot allocate a %" PRIu64 "-byte buffer", buf_len);
+    void *p = NULL;
+    rc = kvn_xport_mem_alloc(s->x, (size_t)buf_len, &p, err);
+    if (rc < 0)
+        return rc;
+    s->buf = p;
+    memset(s->buf, 0, buf_len); /* fault the pages in before timing (UCX maps lazily) */
     return kvn_xport_mr_reg(s->x, s->buf, buf_len,
                             KVN_XPORT_ACCESS_LOCAL | KVN_XPORT_ACCESS_REMOTE_READ |
                                 KVN_XPORT_ACCESS_REMOTE_WRITE,
@@ -1255,7 +1244,8 @@ static int run_memcpy(struct xb_opts *o, struct kvn_err *err)
     struct xb_run r;
     memset(&r, 0, sizeof(r));
     uint64_t hi = max_size(o), region = region_size(o);
-    unsigned char *a = buf_alloc(region), *b = buf_alloc(region);
+    struct kvn_mem ma, mb;
+    unsigned char *a = buf_alloc(&ma, region), *b = buf_alloc(&mb, region);
     int rc = run_alloc(&r, o, err);
     if (rc == 0 && (!a || !b))
         rc = kvn_err_set(err, -ENOMEM, "cannot allocate two %" PRIu64 "-byte buffers", region);
@@ -1297,8 +1287,8 @@ static int run_memcpy(struct xb_opts *o, struct kvn_err *err)
             break;
     }
 out:
-    free(a);
-    free(b);
+    kvn_mem_unmap(&ma);
+    kvn_mem_unmap(&mb);
     run_free(&r);
     return rc;
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # node/bench_wt.sh - write-through throughput of kvnode against `kvbench read`, side by side.
-#   [PORT0=17600] [PPI=64] [BIG=64M] [WTBENCH=other kvn-wtbench] [WTARGS=...] node/bench_wt.sh BUILD_DIR [ROUNDS] [PAGE_BYTES] [TRANSPORTS...]
+#   [PORT0=17600] [PPI=64] [BIG=64M] [WTROUNDS=20] [WTBENCH=other kvn-wtbench] [WTARGS=...] node/bench_wt.sh BUILD_DIR [ROUNDS] [PAGE_BYTES] [TRANSPORTS...]
 # For each transport and round: kvbench read (server + client, -s PAGE_BYTES -q 16), then a
 # kvnode whose L1 is an engine in another process (kvn-wtbench --engine: the production
 # path), then a kvnode with its own --l1 stand-in (loopback in one process). Prints one line
@@ -11,11 +11,15 @@
 # kvbench read of PAGE_BYTES ops re-reads one PAGE_BYTES buffer (cache-resident at 1 MiB), the
 # node copies 128 MiB of distinct pages (DRAM): so each round also runs two DRAM-bound
 # references: kvbench read of PAGE_BYTES ops cycling through a 128 MiB region (--buffer 128M:
-# distinct pages on both sides, as the node's copies; -q 16 -n 400 -w 40), and kvbench read
-# with BIG (default 64M, beyond the last-level cache) ops, 4 in flight.
+# distinct pages on both sides, as the node's copies; -q 16 -n 512 -w 128: the warmup touches
+# every one of the 128 slots once, so no page is first mapped while timed, as the node's
+# untimed warmup round does), and kvbench read with BIG (default 64M, beyond the last-level
+# cache) ops, 4 in flight; and a single-thread memcpy of the same pages (kvbench write -t
+# memcpy -s PAGE_BYTES --buffer 128M): the DRAM copy floor the node's copies run into.
 set -uo pipefail
 PPI=${PPI:-64} # pages per insert (64 pages of 16 tokens: a 1024-token prompt)
 BIG=${BIG:-64M}
+WR=${WTROUNDS:-20} # kvn-wtbench rounds per node run (a round of 128 MiB lasts 7-30 ms)
 P0=${PORT0:-17600}; PK=$P0; PN=$((P0 + 5)); PE=$((P0 + 6))
 WTB=${WTBENCH:-} # another kvn-wtbench binary (A/B runs); default: BUILD_DIR's
 WTARGS=${WTARGS:-} # extra kvn-wtbench args for the engine runs, e.g. "--engine-mem mmap --engine-poll busy"
@@ -24,7 +28,7 @@ WTB=${WTB:-$B/node/kvn-wtbench}
 TS=("$@"); [ ${#TS[@]} -eq 0 ] && TS=(ofi+tcp ofi+shm ucx+tcp ucx+sm)
 med() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 for T in "${TS[@]}"; do
-  : > /tmp/bwt_kb.$$; : > /tmp/bwt_wt.$$; : > /tmp/bwt_en.$$; : > /tmp/bwt_kd.$$; : > /tmp/bwt_kr.$$
+  : > /tmp/bwt_kb.$$; : > /tmp/bwt_wt.$$; : > /tmp/bwt_en.$$; : > /tmp/bwt_kd.$$; : > /tmp/bwt_kr.$$; : > /tmp/bwt_km.$$
   for r in $(seq 1 "$R"); do
     "$B/bench/kvbench" read -t "$T" -p $PK -b 127.0.0.1 >/dev/null 2>&1 & S=$!
     sleep 0.5
@@ -33,7 +37,7 @@ for T in "${TS[@]}"; do
     kill $S 2>/dev/null; wait $S 2>/dev/null
     "$B/bench/kvbench" read -t "$T" -p $PK -b 127.0.0.1 >/dev/null 2>&1 & S=$!
     sleep 0.5
-    kr=$("$B/bench/kvbench" read -t "$T" -p $PK -b 127.0.0.1 -s "$PB" --buffer 128M -n 400 -w 40 -q 16 --json 127.0.0.1 2>/dev/null \
+    kr=$("$B/bench/kvbench" read -t "$T" -p $PK -b 127.0.0.1 -s "$PB" --buffer 128M -n 512 -w 128 -q 16 --json 127.0.0.1 2>/dev/null \
          | python3 -c 'import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])["bw_avg_gbps"])')
     kill $S 2>/dev/null; wait $S 2>/dev/null
     "$B/bench/kvbench" read -t "$T" -p $PK -b 127.0.0.1 >/dev/null 2>&1 & S=$!
@@ -41,23 +45,25 @@ for T in "${TS[@]}"; do
     kd=$("$B/bench/kvbench" read -t "$T" -p $PK -b 127.0.0.1 -s "$BIG" -n 24 -w 4 -q 4 --json 127.0.0.1 2>/dev/null \
          | python3 -c 'import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])["bw_avg_gbps"])')
     kill $S 2>/dev/null; wait $S 2>/dev/null
+    km=$("$B/bench/kvbench" write -t memcpy -s "$PB" --buffer 128M -n 512 -w 128 --json 2>/dev/null \
+         | python3 -c 'import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])["bw_avg_gbps"])')
     "$B/node/kvnode" --listen tcp://127.0.0.1:$PN --events tcp://127.0.0.1:$PE --transport "$T" \
       --page-size 16 --page-bytes "$PB" --host-pool 256M --no-hugepages --log-level warn & K=$!
     sleep 1
-    en=$("$WTB" -c tcp://127.0.0.1:$PN --rounds 5 --pages-per-insert "$PPI" --engine 128 --events tcp://127.0.0.1:$PE $WTARGS --json)
+    en=$("$WTB" -c tcp://127.0.0.1:$PN --rounds "$WR" --pages-per-insert "$PPI" --engine 128 --events tcp://127.0.0.1:$PE $WTARGS --json)
     kill -TERM $K; wait $K
     "$B/node/kvnode" --listen tcp://127.0.0.1:$PN --events tcp://127.0.0.1:$PE --transport "$T" \
       --page-size 16 --page-bytes "$PB" --host-pool 256M --l1 128M --no-hugepages --log-level warn & K=$!
     sleep 1
-    wt=$("$WTB" -c tcp://127.0.0.1:$PN --rounds 5 --pages-per-insert "$PPI" --events tcp://127.0.0.1:$PE --json)
+    wt=$("$WTB" -c tcp://127.0.0.1:$PN --rounds "$WR" --pages-per-insert "$PPI" --events tcp://127.0.0.1:$PE --json)
     kill -TERM $K; wait $K
     g=$(echo "$wt" | python3 -c 'import json,sys; print(json.load(sys.stdin)["gbps"])')
     ge=$(echo "$en" | python3 -c 'import json,sys; print(json.load(sys.stdin)["gbps"])')
-    echo "$T round $r: kvbench read $kb GB/s (128M region: $kr GB/s, $BIG ops: $kd GB/s), write-through engine $ge GB/s, loopback $g GB/s"
+    echo "$T round $r: kvbench read $kb GB/s (128M region: $kr GB/s, $BIG ops: $kd GB/s, memcpy floor $km GB/s), write-through engine $ge GB/s, loopback $g GB/s"
     echo "  engine:   $en"; echo "  loopback: $wt"
-    echo "$kb" >> /tmp/bwt_kb.$$; echo "$g" >> /tmp/bwt_wt.$$; echo "$ge" >> /tmp/bwt_en.$$; echo "$kd" >> /tmp/bwt_kd.$$; echo "$kr" >> /tmp/bwt_kr.$$
+    echo "$kb" >> /tmp/bwt_kb.$$; echo "$g" >> /tmp/bwt_wt.$$; echo "$ge" >> /tmp/bwt_en.$$; echo "$kd" >> /tmp/bwt_kd.$$; echo "$kr" >> /tmp/bwt_kr.$$; echo "$km" >> /tmp/bwt_km.$$
   done
-  mk=$(med < /tmp/bwt_kb.$$); mw=$(med < /tmp/bwt_wt.$$); me=$(med < /tmp/bwt_en.$$); md=$(med < /tmp/bwt_kd.$$); mr=$(med < /tmp/bwt_kr.$$)
-  echo "$T median: kvbench read $mk GB/s | write-through engine $me GB/s (ratio $(python3 -c "print(round($me/$mk,2) if $mk>0 else 'n/a')")) | loopback $mw GB/s (ratio $(python3 -c "print(round($mw/$mk,2) if $mk>0 else 'n/a')")) | kvbench read 128M region $mr GB/s (engine/that $(python3 -c "print(round($me/$mr,2) if $mr>0 else 'n/a')")) | kvbench read $BIG ops $md GB/s (engine/that $(python3 -c "print(round($me/$md,2) if $md>0 else 'n/a')"))"
+  mk=$(med < /tmp/bwt_kb.$$); mw=$(med < /tmp/bwt_wt.$$); me=$(med < /tmp/bwt_en.$$); md=$(med < /tmp/bwt_kd.$$); mr=$(med < /tmp/bwt_kr.$$); mm=$(med < /tmp/bwt_km.$$)
+  echo "$T median: kvbench read $mk GB/s | write-through engine $me GB/s (ratio $(python3 -c "print(round($me/$mk,2) if $mk>0 else 'n/a')")) | loopback $mw GB/s (ratio $(python3 -c "print(round($mw/$mk,2) if $mk>0 else 'n/a')")) | kvbench read 128M region $mr GB/s (engine/that $(python3 -c "print(round($me/$mr,2) if $mr>0 else 'n/a')")) | kvbench read $BIG ops $md GB/s (engine/that $(python3 -c "print(round($me/$md,2) if $md>0 else 'n/a')")) | memcpy floor $mm GB/s (engine/that $(python3 -c "print(round($me/$mm,2) if $mm>0 else 'n/a')"))"
 done
-rm -f /tmp/bwt_kb.$$ /tmp/bwt_wt.$$ /tmp/bwt_en.$$ /tmp/bwt_kd.$$ /tmp/bwt_kr.$$
+rm -f /tmp/bwt_kb.$$ /tmp/bwt_wt.$$ /tmp/bwt_en.$$ /tmp/bwt_kd.$$ /tmp/bwt_kr.$$ /tmp/bwt_km.$$
