@@ -18,6 +18,7 @@
 #include <sys/mman.h>
 
 #include "transport/kvn_xport.h"
+#include "util/kvn_mem.h"
 
 #define RUN_RING      (1u << 19)
 #define POST_BATCH    128u
@@ -225,17 +226,20 @@ int kvn_xfer_l1_standin(struct kvn_xfer *x, uint64_t bytes, struct kvn_err *err)
     if (x->standin)
         return kvn_err_set(err, -EBUSY, "the L1 stand-in exists already");
     uint32_t slots = (uint32_t)(bytes / pb);
-    size_t map = (size_t)(slots * pb);
-    void *m =
-        mmap(NULL, map, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    if (m == MAP_FAILED)
-        return kvn_err_set(err, -ENOMEM, "mmap of the %zu-byte L1 stand-in failed", map);
+    /* like an engine's L1 and the host pool: huge pages when the kernel gives them */
+    struct kvn_mem km;
+    int rc = kvn_mem_map((size_t)(slots * pb), true, &km, err);
+    if (rc < 0)
+        return rc;
+    kvn_mem_populate(&km);
+    void *m = km.base;
+    size_t map = km.map_len;
     struct kvn_xport_mr *mr;
     struct kvn_xport_rmr *rmr;
     uint8_t desc[KVN_XPORT_DESC_MAX];
     size_t dlen = sizeof(desc);
     struct kvn_err e;
-    int rc = kvn_xport_mr_reg(x->x, m, map, KVN_XPORT_ACCESS_ALL, &mr, &e);
+    rc = kvn_xport_mr_reg(x->x, m, map, KVN_XPORT_ACCESS_ALL, &mr, &e);
     if (rc < 0) {
         munmap(m, map);
         return kvn_err_set(err, rc, "registering the L1 stand-in: %s", e.msg);
