@@ -99,8 +99,8 @@
 #define UCX_KEY_MAGIC       0x4b584355u  /* "UCXK" */
 #define UCX_KEY_HDR         8u           /* u32 magic, u32 packed rkey length */
 #define UCX_FLUSH_MAX       16u          /* write-completion flushes in flight per peer */
-#define UCX_FL_EVERY        4u           /* WRITEs per write-completion flush, at most... */
-#define UCX_FL_BYTES        (256u << 10) /* ...or bytes (see "WRITE completion flushes") */
+#define UCX_FL_EVERY        8u           /* WRITEs per write-completion flush, at most... */
+#define UCX_FL_BYTES        (512u << 10) /* ...or bytes (see "WRITE completion flushes") */
 #define UCX_ADDR_MAGIC      0x41584355u  /* "UCXA": our header before the worker address */
 #define UCX_PID_CHECK_NS    100000000ull /* sm peers' liveness check period */
 
@@ -1372,7 +1372,7 @@ static void ucx_rmr_free(struct kvn_xport_rmr *r)
  * for the next flush, issued from progress after one completes.  So a
  * waiting WRITE is never left without a flush that will cover it, and every
  * WRITE still completes only after a flush issued after its puts.  At
- * 256 KiB and above every WRITE still gets its own flush (UCX_FL_BYTES).
+ * 512 KiB and above every WRITE still gets its own flush (UCX_FL_BYTES).
  */
 static void fl_complete(struct xport_link *list, int status, const char *msg)
 {
