@@ -4,7 +4,9 @@
 # For each transport and round: kvbench read (server + client, -s PAGE_BYTES -q 16), then a
 # kvnode whose L1 is an engine in another process (kvn-wtbench --engine: the production
 # path), then a kvnode with its own --l1 stand-in (loopback in one process). Prints one line
-# per measurement and the medians and ratios per transport. Ports: 127.0.0.1, PORT0..PORT0+10
+# per measurement and the medians and ratios per transport, then the median over rounds of
+# the ratios measured within one round (the side-by-side figure: the machine's memory
+# bandwidth drifts by 20 % or more between rounds). Ports: 127.0.0.1, PORT0..PORT0+10
 # (kvbench on PORT0, the node on PORT0+5, its --events PUB on PORT0+6).
 # kvn-wtbench runs with --events (the node's PUB): a round ends when CPU_PINNED BlockStored
 # events announced every page it inserted, not at a stats poll.
@@ -28,7 +30,7 @@ WTB=${WTB:-$B/node/kvn-wtbench}
 TS=("$@"); [ ${#TS[@]} -eq 0 ] && TS=(ofi+tcp ofi+shm ucx+tcp ucx+sm)
 med() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 for T in "${TS[@]}"; do
-  : > /tmp/bwt_kb.$$; : > /tmp/bwt_wt.$$; : > /tmp/bwt_en.$$; : > /tmp/bwt_kd.$$; : > /tmp/bwt_kr.$$; : > /tmp/bwt_km.$$
+  : > /tmp/bwt_kb.$$; : > /tmp/bwt_wt.$$; : > /tmp/bwt_en.$$; : > /tmp/bwt_kd.$$; : > /tmp/bwt_kr.$$; : > /tmp/bwt_km.$$; : > /tmp/bwt_q1.$$; : > /tmp/bwt_qr.$$
   for r in $(seq 1 "$R"); do
     "$B/bench/kvbench" read -t "$T" -p $PK -b 127.0.0.1 >/dev/null 2>&1 & S=$!
     sleep 0.5
@@ -62,8 +64,11 @@ for T in "${TS[@]}"; do
     echo "$T round $r: kvbench read $kb GB/s (128M region: $kr GB/s, $BIG ops: $kd GB/s, memcpy floor $km GB/s), write-through engine $ge GB/s, loopback $g GB/s"
     echo "  engine:   $en"; echo "  loopback: $wt"
     echo "$kb" >> /tmp/bwt_kb.$$; echo "$g" >> /tmp/bwt_wt.$$; echo "$ge" >> /tmp/bwt_en.$$; echo "$kd" >> /tmp/bwt_kd.$$; echo "$kr" >> /tmp/bwt_kr.$$; echo "$km" >> /tmp/bwt_km.$$
+    python3 -c "print($ge/$kb if $kb > 0 else 0)" >> /tmp/bwt_q1.$$
+    python3 -c "print($ge/$kr if $kr > 0 else 0)" >> /tmp/bwt_qr.$$
   done
   mk=$(med < /tmp/bwt_kb.$$); mw=$(med < /tmp/bwt_wt.$$); me=$(med < /tmp/bwt_en.$$); md=$(med < /tmp/bwt_kd.$$); mr=$(med < /tmp/bwt_kr.$$); mm=$(med < /tmp/bwt_km.$$)
   echo "$T median: kvbench read $mk GB/s | write-through engine $me GB/s (ratio $(python3 -c "print(round($me/$mk,2) if $mk>0 else 'n/a')")) | loopback $mw GB/s (ratio $(python3 -c "print(round($mw/$mk,2) if $mk>0 else 'n/a')")) | kvbench read 128M region $mr GB/s (engine/that $(python3 -c "print(round($me/$mr,2) if $mr>0 else 'n/a')")) | kvbench read $BIG ops $md GB/s (engine/that $(python3 -c "print(round($me/$md,2) if $md>0 else 'n/a')")) | memcpy floor $mm GB/s (engine/that $(python3 -c "print(round($me/$mm,2) if $mm>0 else 'n/a')"))"
+  echo "$T side by side (median over rounds of the ratio within a round): engine / kvbench read $(med < /tmp/bwt_q1.$$ | xargs printf '%.2f') | engine / kvbench read 128M region $(med < /tmp/bwt_qr.$$ | xargs printf '%.2f')"
 done
-rm -f /tmp/bwt_kb.$$ /tmp/bwt_wt.$$ /tmp/bwt_en.$$ /tmp/bwt_kd.$$ /tmp/bwt_kr.$$ /tmp/bwt_km.$$
+rm -f /tmp/bwt_q1.$$ /tmp/bwt_qr.$$ /tmp/bwt_kb.$$ /tmp/bwt_wt.$$ /tmp/bwt_en.$$ /tmp/bwt_kd.$$ /tmp/bwt_kr.$$ /tmp/bwt_km.$$
