@@ -1,5 +1,6 @@
 /* client.c - libkvnode (see kvnode_client.h). */
 #include "node/kvnode_client.h"
+#include "node/kvn_msgpack.h"
 
 #include <cjson/cJSON.h>
 #include <msgpack.h>
@@ -213,20 +214,6 @@ static int encode(struct kvn_client *c, const struct kvn_client_req *r, uint64_t
     return 0;
 }
 
-static const msgpack_object *map_get(const msgpack_object *m, const char *key)
-{
-    if (m->type != MSGPACK_OBJECT_MAP)
-        return NULL;
-    size_t n = strlen(key);
-    for (uint32_t i = 0; i < m->via.map.size; i++) {
-        const msgpack_object *k = &m->via.map.ptr[i].key;
-        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
-            memcmp(k->via.str.ptr, key, n) == 0)
-            return &m->via.map.ptr[i].val;
-    }
-    return NULL;
-}
-
 /* Decodes one reply body; fills r->id/ok/code. */
 static int decode(const void *buf, size_t len, struct kvn_client_reply *r, struct kvn_err *err)
 {
@@ -245,8 +232,8 @@ static int decode(const void *buf, size_t len, struct kvn_client_reply *r, struc
         r->buf = NULL;
         return kvn_err_set(err, -EPROTO, "reply is not a msgpack map");
     }
-    const msgpack_object *ok = map_get(&r->up.data, "ok");
-    const msgpack_object *id = map_get(&r->up.data, "id");
+    const msgpack_object *ok = kvn_mp_map_get(&r->up.data, "ok");
+    const msgpack_object *id = kvn_mp_map_get(&r->up.data, "id");
     if (!ok || ok->type != MSGPACK_OBJECT_BOOLEAN || !id ||
         id->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
         msgpack_unpacked_destroy(&r->up);
@@ -258,7 +245,7 @@ static int decode(const void *buf, size_t len, struct kvn_client_reply *r, struc
     r->id = id->via.u64;
     r->code = 0;
     if (!r->ok) {
-        const msgpack_object *code = map_get(&r->up.data, "code");
+        const msgpack_object *code = kvn_mp_map_get(&r->up.data, "code");
         r->code = (code && code->type == MSGPACK_OBJECT_NEGATIVE_INTEGER && code->via.i64 >= -4095)
                       ? (int)code->via.i64
                       : -EPROTO;
@@ -268,7 +255,7 @@ static int decode(const void *buf, size_t len, struct kvn_client_reply *r, struc
 
 static void set_err_from_reply(const struct kvn_client_reply *r, struct kvn_err *err)
 {
-    const msgpack_object *e = map_get(&r->up.data, "error");
+    const msgpack_object *e = kvn_mp_map_get(&r->up.data, "error");
     if (e && e->type == MSGPACK_OBJECT_STR)
         kvn_err_set(err, r->code, "node: %.*s",
                     (int)(e->via.str.size > 200 ? 200 : e->via.str.size), e->via.str.ptr);
@@ -459,7 +446,7 @@ int kvn_client_reply_u64(const struct kvn_client_reply *r, const char *key, uint
 {
     if (!r || !key || !out)
         return -EINVAL;
-    const msgpack_object *v = map_get(&r->up.data, key);
+    const msgpack_object *v = kvn_mp_map_get(&r->up.data, key);
     if (!v)
         return -ENOENT;
     if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
@@ -475,7 +462,7 @@ int kvn_client_reply_i64(const struct kvn_client_reply *r, const char *key, int6
 {
     if (!r || !key || !out)
         return -EINVAL;
-    const msgpack_object *v = map_get(&r->up.data, key);
+    const msgpack_object *v = kvn_mp_map_get(&r->up.data, key);
     if (!v)
         return -ENOENT;
     if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
@@ -492,7 +479,7 @@ int kvn_client_reply_u64_array(const struct kvn_client_reply *r, const char *key
 {
     if (!r || !key || (!out && cap) || !n)
         return -EINVAL;
-    const msgpack_object *v = map_get(&r->up.data, key);
+    const msgpack_object *v = kvn_mp_map_get(&r->up.data, key);
     if (!v)
         return -ENOENT;
     if (v->type != MSGPACK_OBJECT_ARRAY)

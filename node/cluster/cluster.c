@@ -3,6 +3,7 @@
  * cluster.h for the picture and the daemon's five call sites).
  */
 #include "node/cluster/cluster.h"
+#include "node/kvn_msgpack.h"
 
 #include <inttypes.h>
 #include <stdarg.h>
@@ -191,23 +192,9 @@ static void kv_u32s(msgpack_packer *pk, uint32_t *nk, const char *k, const uint3
     (*nk)++;
 }
 
-static const msgpack_object *map_get(const msgpack_object *m, const char *key)
-{
-    if (m->type != MSGPACK_OBJECT_MAP)
-        return NULL;
-    size_t n = strlen(key);
-    for (uint32_t i = 0; i < m->via.map.size; i++) {
-        const msgpack_object *k = &m->via.map.ptr[i].key;
-        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
-            memcmp(k->via.str.ptr, key, n) == 0)
-            return &m->via.map.ptr[i].val;
-    }
-    return NULL;
-}
-
 static bool get_u64(const msgpack_object *m, const char *key, uint64_t *out)
 {
-    const msgpack_object *o = map_get(m, key);
+    const msgpack_object *o = kvn_mp_map_get(m, key);
     if (!o || o->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
         return false;
     *out = o->via.u64;
@@ -437,14 +424,14 @@ static void hb_readable(struct kvn_cluster *c, uint32_t id, uint64_t now)
         kvn_err_clear(&e);
         if (msgpack_unpack_next(&up, zmq_msg_data((zmq_msg_t *)body), zmq_msg_size(body), &off) ==
             MSGPACK_UNPACK_SUCCESS) {
-            const msgpack_object *ok = map_get(&up.data, "ok");
-            const msgpack_object *hb = map_get(&up.data, "hello");
+            const msgpack_object *ok = kvn_mp_map_get(&up.data, "ok");
+            const msgpack_object *hb = kvn_mp_map_get(&up.data, "hello");
             if (ok && ok->type == MSGPACK_OBJECT_BOOLEAN && ok->via.boolean && hb &&
                 hb->type == MSGPACK_OBJECT_BIN) {
                 if (apply_hello(c, id, hb->via.bin.ptr, hb->via.bin.size, now, &e) < 0)
                     clog_(c, 1, "peer %u hello refused: %s", id, e.msg);
             } else {
-                const msgpack_object *em = map_get(&up.data, "error");
+                const msgpack_object *em = kvn_mp_map_get(&up.data, "error");
                 c->st.hello_bad++;
                 if (em && em->type == MSGPACK_OBJECT_STR)
                     clog_(c, 1, "peer %u refused our hello: %.*s", id, (int)em->via.str.size,
@@ -907,11 +894,11 @@ static int call_peer(struct kvn_cluster *c, uint32_t id, const char *op, const s
         }
         r->msg = m;
         r->have = true;
-        const msgpack_object *ok = map_get(&r->up.data, "ok");
+        const msgpack_object *ok = kvn_mp_map_get(&r->up.data, "ok");
         if (ok && ok->type == MSGPACK_OBJECT_BOOLEAN && ok->via.boolean)
             return 0;
-        const msgpack_object *code = map_get(&r->up.data, "code");
-        const msgpack_object *em = map_get(&r->up.data, "error");
+        const msgpack_object *code = kvn_mp_map_get(&r->up.data, "code");
+        const msgpack_object *em = kvn_mp_map_get(&r->up.data, "error");
         int rc =
             code && code->type == MSGPACK_OBJECT_NEGATIVE_INTEGER ? (int)code->via.i64 : -EPROTO;
         kvn_err_set(err, rc, "%s at %s: %.*s", op, ep,
@@ -931,7 +918,7 @@ static int call_peer(struct kvn_cluster *c, uint32_t id, const char *op, const s
 static int reply_u32s(const struct call_reply *r, const char *key, uint32_t *out, uint32_t cap,
                       uint32_t *n)
 {
-    const msgpack_object *o = map_get(&r->up.data, key);
+    const msgpack_object *o = kvn_mp_map_get(&r->up.data, key);
     if (!o || o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size > cap)
         return -EPROTO;
     for (uint32_t i = 0; i < o->via.array.size; i++) {
@@ -1407,7 +1394,7 @@ static int h_push(struct kvn_cluster *c, struct kvn_radix *tree, const struct kv
         goto out; /* late or refused: the decode node frees the reservation itself */
     uint64_t inserted = 0, complete = 0;
     get_u64(&r.up.data, "inserted_tokens", &inserted);
-    const msgpack_object *co = map_get(&r.up.data, "complete");
+    const msgpack_object *co = kvn_mp_map_get(&r.up.data, "complete");
     complete = co && co->type == MSGPACK_OBJECT_BOOLEAN && co->via.boolean;
     call_reply_free(&r);
     uint64_t us = mono_us() - t0;
