@@ -28,27 +28,23 @@ WTARGS=${WTARGS:-} # extra kvn-wtbench args for the engine runs, e.g. "--engine-
 B=${1:?build dir}; R=${2:-3}; PB=${3:-1M}; shift 3 2>/dev/null || shift $#
 WTB=${WTB:-$B/node/kvn-wtbench}
 TS=("$@"); [ ${#TS[@]} -eq 0 ] && TS=(ofi+tcp ofi+shm ucx+tcp ucx+sm)
+bw_avg() { python3 -c 'import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])["bw_avg_gbps"])'; }
+# kvbench read server + client on transport $1 with the client options that follow: GB/s
+kb_read() {
+  local t=$1 s; shift
+  "$B/bench/kvbench" read -t "$t" -p $PK -b 127.0.0.1 >/dev/null 2>&1 & s=$!
+  sleep 0.5
+  "$B/bench/kvbench" read -t "$t" -p $PK -b 127.0.0.1 "$@" --json 127.0.0.1 2>/dev/null | bw_avg
+  kill $s 2>/dev/null; wait $s 2>/dev/null
+}
 med() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 for T in "${TS[@]}"; do
   : > /tmp/bwt_kb.$$; : > /tmp/bwt_wt.$$; : > /tmp/bwt_en.$$; : > /tmp/bwt_kd.$$; : > /tmp/bwt_kr.$$; : > /tmp/bwt_km.$$; : > /tmp/bwt_q1.$$; : > /tmp/bwt_qr.$$
   for r in $(seq 1 "$R"); do
-    "$B/bench/kvbench" read -t "$T" -p $PK -b 127.0.0.1 >/dev/null 2>&1 & S=$!
-    sleep 0.5
-    kb=$("$B/bench/kvbench" read -t "$T" -p $PK -b 127.0.0.1 -s "$PB" -n 400 -w 40 -q 16 --json 127.0.0.1 2>/dev/null \
-         | python3 -c 'import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])["bw_avg_gbps"])')
-    kill $S 2>/dev/null; wait $S 2>/dev/null
-    "$B/bench/kvbench" read -t "$T" -p $PK -b 127.0.0.1 >/dev/null 2>&1 & S=$!
-    sleep 0.5
-    kr=$("$B/bench/kvbench" read -t "$T" -p $PK -b 127.0.0.1 -s "$PB" --buffer 128M -n 512 -w 128 -q 16 --json 127.0.0.1 2>/dev/null \
-         | python3 -c 'import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])["bw_avg_gbps"])')
-    kill $S 2>/dev/null; wait $S 2>/dev/null
-    "$B/bench/kvbench" read -t "$T" -p $PK -b 127.0.0.1 >/dev/null 2>&1 & S=$!
-    sleep 0.5
-    kd=$("$B/bench/kvbench" read -t "$T" -p $PK -b 127.0.0.1 -s "$BIG" -n 24 -w 4 -q 4 --json 127.0.0.1 2>/dev/null \
-         | python3 -c 'import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])["bw_avg_gbps"])')
-    kill $S 2>/dev/null; wait $S 2>/dev/null
-    km=$("$B/bench/kvbench" write -t memcpy -s "$PB" --buffer 128M -n 512 -w 128 --json 2>/dev/null \
-         | python3 -c 'import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])["bw_avg_gbps"])')
+    kb=$(kb_read "$T" -s "$PB" -n 400 -w 40 -q 16)
+    kr=$(kb_read "$T" -s "$PB" --buffer 128M -n 512 -w 128 -q 16)
+    kd=$(kb_read "$T" -s "$BIG" -n 24 -w 4 -q 4)
+    km=$("$B/bench/kvbench" write -t memcpy -s "$PB" --buffer 128M -n 512 -w 128 --json 2>/dev/null | bw_avg)
     "$B/node/kvnode" --listen tcp://127.0.0.1:$PN --events tcp://127.0.0.1:$PE --transport "$T" \
       --page-size 16 --page-bytes "$PB" --host-pool 256M --no-hugepages --log-level warn & K=$!
     sleep 1
